@@ -1,0 +1,138 @@
+//! The broker: shared state (config, vhosts, users) and the accept loop that spawns one
+//! connection task per socket. Knows nothing of frames; `connection` does.
+
+use crate::config::Config;
+use crate::connection;
+use crate::vhost::VHost;
+use dashmap::DashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// State shared by every connection.
+pub struct BrokerState {
+    /// The configuration the broker started with.
+    pub config: Arc<Config>,
+    /// Virtual hosts by name.
+    pub vhosts: DashMap<String, Arc<VHost>>,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    next_connection_id: AtomicU64,
+}
+
+impl BrokerState {
+    /// A fresh id for a connection (used in logs and for exclusive ownership).
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Look up a vhost.
+    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.get(name).map(|v| v.clone())
+    }
+}
+
+/// A running broker. Dropping it does not stop the broker; call [`Broker::shutdown`].
+pub struct Broker {
+    state: Arc<BrokerState>,
+    local_addr: SocketAddr,
+    tracker: TaskTracker,
+}
+
+impl Broker {
+    /// Bind the listener and start accepting connections.
+    pub async fn start(config: Config) -> io::Result<Broker> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let addr = SocketAddr::new(
+            config
+                .amqp
+                .bind
+                .parse()
+                .map_err(|_| io::Error::other("bad bind address"))?,
+            config.amqp.port,
+        );
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let vhosts = DashMap::new();
+        for name in &config.vhosts {
+            vhosts.insert(name.clone(), Arc::new(VHost::new(name)));
+        }
+        let state = Arc::new(BrokerState {
+            config: Arc::new(config),
+            vhosts,
+            shutdown: CancellationToken::new(),
+            next_connection_id: AtomicU64::new(0),
+        });
+        let tracker = TaskTracker::new();
+        tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
+        info!(address = %local_addr, "listening for AMQP 0-9-1 connections on {local_addr}");
+        Ok(Broker {
+            state,
+            local_addr,
+            tracker,
+        })
+    }
+
+    /// The address the AMQP listener is bound to (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Shared state, for tests and management.
+    pub fn state(&self) -> &Arc<BrokerState> {
+        &self.state
+    }
+
+    /// Stop accepting, close every connection with 320 CONNECTION_FORCED, and wait (at most
+    /// `grace`) for the connection tasks to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.state.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close within {grace:?}");
+        }
+        info!("broker stopped");
+    }
+
+    /// Resolves when shutdown has been requested.
+    pub async fn cancelled(&self) {
+        self.state.shutdown.cancelled().await
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                backoff = Duration::from_millis(5);
+                let _ = socket.set_nodelay(true);
+                tracker.spawn(connection::serve(socket, peer, state.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning (mini-redis does the same).
+                error!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Broker configuration: `broker.toml` (embedded default, or `--config PATH`), then single
+//! settings overridden by `WARREN_*` environment variables and command-line flags (see `main.rs`).
+//!
+//! Pure data and validation; no I/O beyond reading the file. Unknown keys and bad values fail at
+//! start with a message naming the key.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The embedded default configuration (the top-level `broker.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../broker.toml");
+
+/// Everything the broker reads at start.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The AMQP listener.
+    pub amqp: Listener,
+    /// Protocol limits offered to clients in `connection.tune`.
+    pub limits: Limits,
+    /// Virtual hosts that exist at start.
+    pub vhosts: Vec<String>,
+    /// The vhost clients get when they ask for none (RabbitMQ's `default_vhost`).
+    pub default_vhost: String,
+    /// Users and their passwords.
+    pub users: Vec<User>,
+    /// Users that may connect from loopback addresses only (RabbitMQ's `loopback_users`).
+    pub loopback_users: Vec<String>,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+    /// `tracing` filter, e.g. `info` or `warren=debug`.
+    pub log_level: String,
+    /// Name reported as `cluster_name` in `connection.start`.
+    pub cluster_name: String,
+    /// Seconds a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
+    pub handshake_timeout: u64,
+}
+
+/// A TCP listener.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listener {
+    /// Address to bind (an IP address).
+    pub bind: String,
+    /// Port; 0 picks a free one (tests).
+    pub port: u16,
+}
+
+/// Protocol limits.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame in bytes (RabbitMQ default 131072; at least 4096).
+    pub frame_max: u32,
+    /// Highest channel number a client may open (RabbitMQ default 2047).
+    pub channel_max: u16,
+    /// Heartbeat interval offered, in seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest message body accepted, in bytes (RabbitMQ 4 default 16 MiB).
+    pub max_message_size: u64,
+}
+
+/// A user that may log in.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// Password (plain text, as in RabbitMQ's definitions before hashing).
+    pub password: String,
+    /// Vhosts the user may open; `"*"` means all.
+    #[serde(default = "all_vhosts")]
+    pub vhosts: Vec<String>,
+}
+
+fn all_vhosts() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Listener {
+            bind: "0.0.0.0".into(),
+            port: 5672,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_max: 131072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            amqp: Listener::default(),
+            limits: Limits::default(),
+            vhosts: vec!["/".into()],
+            default_vhost: "/".into(),
+            users: vec![User {
+                name: "guest".into(),
+                password: "guest".into(),
+                vhosts: all_vhosts(),
+            }],
+            loopback_users: vec!["guest".into()],
+            data_dir: PathBuf::from("data"),
+            log_level: "info".into(),
+            cluster_name: "warren@localhost".into(),
+            handshake_timeout: 10,
+        }
+    }
+}
+
+/// RabbitMQ's hard ceiling on message size (`?MAX_MSG_SIZE`, 512 MiB).
+pub const MAX_MESSAGE_SIZE_CEILING: u64 = 512 * 1024 * 1024;
+
+impl Config {
+    /// Parse a TOML document; unknown keys and bad values are errors naming the key.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Config::from_toml(DEFAULT_TOML).expect("the embedded broker.toml is valid")
+    }
+
+    /// A configuration for tests: loopback, an ephemeral port, guest allowed.
+    pub fn for_tests() -> Config {
+        let mut c = Config::default();
+        c.amqp.bind = "127.0.0.1".into();
+        c.amqp.port = 0;
+        c
+    }
+
+    /// Check values serde cannot check; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.amqp.bind.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "amqp.bind: '{}' is not an IP address",
+                self.amqp.bind
+            ));
+        }
+        if self.limits.frame_max != 0 && self.limits.frame_max < 4096 {
+            return Err(format!(
+                "limits.frame_max: {} is below the minimum of 4096",
+                self.limits.frame_max
+            ));
+        }
+        if self.limits.max_message_size == 0
+            || self.limits.max_message_size > MAX_MESSAGE_SIZE_CEILING
+        {
+            return Err(format!(
+                "limits.max_message_size: {} must be between 1 and {MAX_MESSAGE_SIZE_CEILING}",
+                self.limits.max_message_size
+            ));
+        }
+        if self.vhosts.is_empty() {
+            return Err("vhosts: at least one vhost is required".into());
+        }
+        if !self.vhosts.contains(&self.default_vhost) {
+            return Err(format!(
+                "default_vhost: '{}' is not listed in vhosts",
+                self.default_vhost
+            ));
+        }
+        for u in &self.users {
+            if u.name.is_empty() {
+                return Err("users.name: must not be empty".into());
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return Err(format!(
+                "log_level: '{}' is not a valid filter",
+                self.log_level
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `user` may only connect from a loopback address.
+    pub fn loopback_only(&self, user: &str) -> bool {
+        self.loopback_users.iter().any(|u| u == user)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_the_documented_default() {
+        assert_eq!(Config::embedded(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("[limits]\nframe_maxx = 5\n").unwrap_err();
+        assert!(e.contains("frame_maxx"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::from_toml("[amqp]\nport = \"x\"\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::from_toml("[amqp]\nport = 70000\n").unwrap_err();
+        assert!(e.contains("port"), "{e}");
+        let e = Config::from_toml("[limits]\nframe_max = 100\n").unwrap_err();
+        assert!(e.contains("limits.frame_max"), "{e}");
+        let e = Config::from_toml("[amqp]\nbind = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("amqp.bind"), "{e}");
+    }
+
+    #[test]
+    fn partial_files_take_defaults() {
+        let c = Config::from_toml("loopback_users = []\n").unwrap();
+        assert!(c.loopback_users.is_empty());
+        assert_eq!(c.limits, Limits::default());
+    }
+}

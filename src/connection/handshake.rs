@@ -1,0 +1,354 @@
+//! The AMQP handshake: protocol header, start/start-ok (SASL PLAIN or AMQPLAIN), tune/tune-ok
+//! (RabbitMQ's negotiation rules), open/open-ok (vhost and permission checks).
+
+use super::writer::Outbound;
+use super::{ConnCtx, Reader};
+use crate::broker::BrokerState;
+use crate::protocol::codec::{CodecError, FRAME_MIN_SIZE, Frame, FrameCodec, put_method};
+use crate::protocol::method::{self, Method};
+use crate::protocol::{AmqpError, sasl};
+use amq_protocol::protocol::{AMQPClass, connection as conn};
+use amq_protocol::types::{AMQPValue, FieldTable, LongString};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio_util::codec::FramedRead;
+use tracing::{info, warn};
+
+/// The only protocol header Warren speaks, sent back to clients that ask for another.
+pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+/// The pre-standard 0-9-1 header RabbitMQ also accepts.
+const PROTOCOL_HEADER_ALT: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
+
+/// Capabilities advertised in `connection.start`. Only what works: see docs/compatibility.md.
+pub const CAPABILITIES: &[&str] = &["authentication_failure_close"];
+
+pub(super) struct Handshake {
+    pub broker: Arc<BrokerState>,
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub outbound: Outbound,
+}
+
+pub(super) struct Opened {
+    pub ctx: ConnCtx,
+    pub heartbeat: u16,
+    pub channel_max: u16,
+    pub reader: Reader,
+}
+
+pub(super) enum Outcome {
+    Opened(Box<Opened>),
+    /// The handshake failed; the reader (if any) is drained before the socket closes.
+    Failed(Option<Reader>),
+}
+
+/// Why the handshake stopped early.
+enum Stop {
+    /// Send `connection.close` with this error, then drain.
+    Close(AmqpError),
+    /// Just close the socket (EOF, I/O error, auth failure without the client capability).
+    Silent(String),
+}
+
+impl From<AmqpError> for Stop {
+    fn from(e: AmqpError) -> Self {
+        Stop::Close(e)
+    }
+}
+
+/// `connection.start` server-properties, as RabbitMQ sends them (keys sorted by the BTreeMap).
+pub fn server_properties(cluster_name: &str) -> FieldTable {
+    let mut caps = FieldTable::default();
+    for c in CAPABILITIES {
+        caps.insert((*c).into(), AMQPValue::Boolean(true));
+    }
+    let mut p = FieldTable::default();
+    p.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    p.insert("cluster_name".into(), text(cluster_name));
+    p.insert("copyright".into(), text("Copyright (c) the Warren authors"));
+    p.insert(
+        "information".into(),
+        text("Licensed under the Apache License 2.0. Website: https://github.com/warren-mq/warren"),
+    );
+    p.insert(
+        "platform".into(),
+        text(&format!("Rust/tokio ({})", std::env::consts::OS)),
+    );
+    p.insert("product".into(), text("Warren"));
+    p.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
+    p
+}
+
+impl Handshake {
+    fn send(&self, m: conn::AMQPMethod) {
+        let mut b = BytesMut::new();
+        put_method(&mut b, 0, AMQPClass::Connection(m));
+        self.outbound.send(b.freeze());
+    }
+
+    pub(super) async fn run(self, mut read: OwnedReadHalf) -> Outcome {
+        let mut header = [0u8; 8];
+        if read.read_exact(&mut header).await.is_err() {
+            return Outcome::Failed(None);
+        }
+        let reader = FramedRead::with_capacity(
+            read,
+            FrameCodec {
+                frame_max: self.broker.config.limits.frame_max,
+            },
+            16 * 1024,
+        );
+        if &header != PROTOCOL_HEADER && &header != PROTOCOL_HEADER_ALT {
+            // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
+            info!(conn = self.id, peer = %self.peer, header = ?header, "unsupported protocol header");
+            self.outbound.send(Bytes::from_static(PROTOCOL_HEADER));
+            return Outcome::Failed(Some(reader));
+        }
+        let mut reader = reader;
+        match self.negotiate(&mut reader).await {
+            Ok((ctx, heartbeat, channel_max)) => Outcome::Opened(Box::new(Opened {
+                ctx,
+                heartbeat,
+                channel_max,
+                reader,
+            })),
+            Err(Stop::Close(e)) => {
+                warn!(conn = self.id, peer = %self.peer, error = %e, "handshake failed");
+                self.send(conn::AMQPMethod::Close(conn::Close {
+                    reply_code: e.code.code(),
+                    reply_text: e.short_text().into(),
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                }));
+                Outcome::Failed(Some(reader))
+            }
+            Err(Stop::Silent(reason)) => {
+                info!(conn = self.id, peer = %self.peer, %reason, "handshake stopped");
+                Outcome::Failed(Some(reader))
+            }
+        }
+    }
+
+    async fn negotiate(&self, reader: &mut Reader) -> Result<(ConnCtx, u16, u16), Stop> {
+        let config = &self.broker.config;
+        self.send(conn::AMQPMethod::Start(conn::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(&config.cluster_name),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        }));
+
+        let AMQPClass::Connection(conn::AMQPMethod::StartOk(start_ok)) =
+            next_method(reader, "starting").await?
+        else {
+            unreachable!("next_method only returns connection methods")
+        };
+        let client_caps = match start_ok.client_properties.inner().get("capabilities") {
+            Some(AMQPValue::FieldTable(t)) => t.clone(),
+            _ => FieldTable::default(),
+        };
+        let failure_close = matches!(
+            client_caps.inner().get("authentication_failure_close"),
+            Some(AMQPValue::Boolean(true))
+        );
+        let mechanism = start_ok.mechanism.as_str().to_string();
+        if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+            return Err(AmqpError::command_invalid(format!(
+                "unknown authentication mechanism '{mechanism}'"
+            ))
+            .on(10, 11)
+            .into());
+        }
+        let refused = |why: String| -> Stop {
+            warn!(conn = self.id, peer = %self.peer, "login refused: {why}");
+            let e = AmqpError::access_refused(format!(
+                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+            ))
+            .on(10, 11)
+            .connection();
+            if failure_close {
+                Stop::Close(e)
+            } else {
+                Stop::Silent(why)
+            }
+        };
+        let Some(creds) = sasl::parse(&mechanism, start_ok.response.as_bytes()) else {
+            return Err(refused("malformed SASL response".into()));
+        };
+        let Some(user) = config.users.iter().find(|u| u.name == creds.username) else {
+            return Err(refused(format!("user '{}' does not exist", creds.username)));
+        };
+        if user.password != creds.password {
+            return Err(refused(format!(
+                "invalid credentials for user '{}'",
+                user.name
+            )));
+        }
+        if config.loopback_only(&user.name) && !self.peer.ip().to_canonical().is_loopback() {
+            return Err(refused(format!(
+                "user '{}' can only connect via localhost",
+                user.name
+            )));
+        }
+
+        let limits = &config.limits;
+        self.send(conn::AMQPMethod::Tune(conn::Tune {
+            channel_max: limits.channel_max,
+            frame_max: limits.frame_max,
+            heartbeat: limits.heartbeat,
+        }));
+        let AMQPClass::Connection(conn::AMQPMethod::TuneOk(tune)) =
+            next_method(reader, "tuning").await?
+        else {
+            unreachable!()
+        };
+        negotiate_value(
+            "frame_max",
+            FRAME_MIN_SIZE,
+            limits.frame_max,
+            tune.frame_max,
+        )?;
+        negotiate_value(
+            "channel_max",
+            0,
+            limits.channel_max as u32,
+            tune.channel_max as u32,
+        )?;
+        let frame_max = if tune.frame_max == 0 {
+            limits.frame_max
+        } else {
+            tune.frame_max
+        };
+        let channel_max = if tune.channel_max == 0 {
+            limits.channel_max
+        } else {
+            tune.channel_max
+        };
+        reader.decoder_mut().frame_max = frame_max;
+
+        let AMQPClass::Connection(conn::AMQPMethod::Open(open)) =
+            next_method(reader, "opening").await?
+        else {
+            unreachable!()
+        };
+        let vhost_name = open.virtual_host.as_str();
+        let Some(vhost) = self.broker.vhost(vhost_name) else {
+            return Err(
+                AmqpError::not_allowed(format!("vhost {vhost_name} not found"))
+                    .on(10, 40)
+                    .into(),
+            );
+        };
+        if !user.vhosts.iter().any(|v| v == "*" || v == vhost_name) {
+            return Err(AmqpError::not_allowed(format!(
+                "access to vhost '{vhost_name}' refused for user '{}'",
+                user.name
+            ))
+            .on(10, 40)
+            .into());
+        }
+        self.send(conn::AMQPMethod::OpenOk(conn::OpenOk {}));
+        Ok((
+            ConnCtx {
+                broker: self.broker.clone(),
+                id: self.id,
+                peer: self.peer,
+                user: user.name.clone(),
+                vhost,
+                frame_max,
+                out: BytesMut::with_capacity(4096),
+            },
+            tune.heartbeat,
+            channel_max,
+        ))
+    }
+}
+
+/// RabbitMQ's `validate_negotiated_integer_value`: below the minimum or above the server's
+/// maximum is a 530.
+fn negotiate_value(field: &str, min: u32, server: u32, client: u32) -> Result<(), AmqpError> {
+    if client != 0 && client < min {
+        return Err(AmqpError::not_allowed(format!(
+            "negotiated {field} = {client} is lower than the minimum allowed value ({min})"
+        ))
+        .on(10, 31));
+    }
+    if server != 0 && client > server {
+        return Err(AmqpError::not_allowed(format!(
+            "negotiated {field} = {client} is higher than the maximum allowed value ({server})"
+        ))
+        .on(10, 31));
+    }
+    Ok(())
+}
+
+/// The next connection-class method on channel 0 (heartbeats skipped); anything else is an error
+/// for the given connection state.
+async fn next_method(reader: &mut Reader, state: &str) -> Result<AMQPClass, Stop> {
+    let expected = match state {
+        "starting" => 11,
+        "tuning" => 31,
+        _ => 40,
+    };
+    loop {
+        let frame = match reader.next().await {
+            None => {
+                return Err(Stop::Silent(
+                    "client closed the socket during the handshake".into(),
+                ));
+            }
+            Some(Err(CodecError::Io(e))) => return Err(Stop::Silent(format!("socket error: {e}"))),
+            Some(Err(CodecError::Protocol(e))) => return Err(Stop::Close(e)),
+            Some(Ok(f)) => f,
+        };
+        match frame {
+            Frame::Heartbeat { .. } => continue,
+            Frame::Method {
+                channel: 0,
+                class_id: 10,
+                method_id,
+                payload,
+            } if method_id == expected => {
+                return match method::decode(10, method_id, &payload) {
+                    Ok(Method::Other(m)) => Ok(m),
+                    Ok(Method::Publish(_)) => unreachable!(),
+                    Err(method::DecodeError::Invalid(e)) => Err(Stop::Close(e)),
+                    Err(method::DecodeError::Unknown) => Err(Stop::Silent("unknown method".into())),
+                };
+            }
+            Frame::Method {
+                channel: 0,
+                class_id: 10,
+                method_id: 50,
+                ..
+            } => {
+                return Err(Stop::Silent(
+                    "client closed the connection during the handshake".into(),
+                ));
+            }
+            Frame::Method {
+                class_id,
+                method_id,
+                ..
+            } => {
+                return Err(Stop::Close(
+                    AmqpError::channel_error(format!(
+                        "unexpected method in connection state {state}"
+                    ))
+                    .on(class_id, method_id),
+                ));
+            }
+            _ => {
+                return Err(Stop::Close(AmqpError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! One task per client connection: the protocol header, the handshake, then a loop over inbound
+//! frames, broker events and heartbeat timers. Owns the socket's read half, the channel table
+//! and the close handshake; every [`AmqpError`] becomes a `channel.close` or `connection.close`
+//! here and nowhere else. Writes go through the [`writer`] task, one batch per loop turn.
+
+mod handshake;
+pub mod writer;
+
+use crate::broker::BrokerState;
+use crate::channel::{Channel, ChannelState};
+use crate::protocol::codec::{CodecError, Frame, FrameCodec, put_heartbeat, put_method};
+use crate::protocol::method::{self, DecodeError, Method};
+use crate::protocol::{AmqpError, ReplyCode};
+use crate::vhost::VHost;
+use amq_protocol::protocol::{AMQPClass, channel as chan, connection as conn};
+use bytes::BytesMut;
+use futures::{FutureExt, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+use writer::Outbound;
+
+/// How long to wait for `connection.close-ok` after sending `connection.close`.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Frames processed per loop turn before the batch is handed to the writer.
+const MAX_FRAMES_PER_TURN: usize = 256;
+
+/// Per-connection context shared by the channels of the connection.
+pub struct ConnCtx {
+    /// Broker-wide state.
+    pub broker: Arc<BrokerState>,
+    /// Connection id (unique for the broker's lifetime).
+    pub id: u64,
+    /// The client address.
+    pub peer: SocketAddr,
+    /// Authenticated user.
+    pub user: String,
+    /// The vhost opened by `connection.open`.
+    pub vhost: Arc<VHost>,
+    /// Negotiated frame_max.
+    pub frame_max: u32,
+    /// Frames waiting to be handed to the writer at the end of this loop turn.
+    pub out: BytesMut,
+}
+
+impl ConnCtx {
+    /// Queue a method frame.
+    pub fn send_method(&mut self, channel: u16, method: AMQPClass) {
+        put_method(&mut self.out, channel, method);
+    }
+}
+
+/// What the loop does after handling an input.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Flush what is queued, then close the socket.
+    Stop,
+}
+
+/// Serve one socket until it closes. Never panics on client input.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>) {
+    let id = broker.next_connection_id();
+    debug!(conn = id, %peer, "accepted");
+    let (read, write) = stream.into_split();
+    let (outbound, writer_task) = Outbound::spawn(write);
+    let shake = handshake::Handshake {
+        broker: broker.clone(),
+        id,
+        peer,
+        outbound: outbound.clone(),
+    };
+    let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(timeout, shake.run(read)) => match r {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                info!(conn = id, %peer, "closing connection: handshake timeout");
+                handshake::Outcome::Failed(None)
+            }
+        },
+        _ = broker.shutdown.cancelled() => handshake::Outcome::Failed(None),
+    };
+    let reader = match outcome {
+        handshake::Outcome::Opened(opened) => {
+            let opened = *opened;
+            let mut c = Connection {
+                ctx: opened.ctx,
+                heartbeat: opened.heartbeat,
+                channel_max: opened.channel_max,
+                outbound: outbound.clone(),
+                channels: HashMap::new(),
+                closing_since: None,
+                last_recv: Instant::now(),
+                last_sent: Instant::now(),
+                stop_reason: None,
+            };
+            info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, "connection opened");
+            let mut reader = opened.reader;
+            let reason = c.run(&mut reader).await;
+            c.cleanup();
+            info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, %reason, "connection closed");
+            Some(reader)
+        }
+        handshake::Outcome::Failed(reader) => reader,
+    };
+    // Dropping the last sender lets the writer flush what is queued and send FIN.
+    drop(outbound);
+    if let Some(reader) = reader {
+        drain_until_eof(reader).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+}
+
+struct Connection {
+    ctx: ConnCtx,
+    heartbeat: u16,
+    channel_max: u16,
+    outbound: Outbound,
+    channels: HashMap<u16, Channel>,
+    /// Set when we have sent `connection.close` and wait for close-ok.
+    closing_since: Option<Instant>,
+    last_recv: Instant,
+    last_sent: Instant,
+    /// Why the loop stopped, for the log line.
+    stop_reason: Option<String>,
+}
+
+type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+
+impl Connection {
+    async fn run(&mut self, reader: &mut Reader) -> String {
+        reader.decoder_mut().frame_max = self.ctx.frame_max;
+        let hb = Duration::from_secs(self.heartbeat as u64);
+        let mut shutdown_seen = false;
+        loop {
+            let hb_deadline = self.next_heartbeat_deadline(hb);
+            let close_deadline = self.closing_since.map(|t| t + CLOSE_TIMEOUT);
+            let flow = tokio::select! {
+                frame = reader.next() => match frame {
+                    None => return "client closed the socket".into(),
+                    Some(Err(CodecError::Io(e))) => return format!("socket error: {e}"),
+                    Some(first) => {
+                        let mut flow = self.on_read(first);
+                        let mut n = 1;
+                        while flow == Flow::Continue && n < MAX_FRAMES_PER_TURN {
+                            match reader.next().now_or_never() {
+                                Some(Some(Err(CodecError::Io(e)))) => return format!("socket error: {e}"),
+                                Some(Some(r)) => flow = self.on_read(r),
+                                Some(None) => return "client closed the socket".into(),
+                                None => break,
+                            }
+                            n += 1;
+                        }
+                        flow
+                    }
+                },
+                _ = self.ctx.broker.shutdown.cancelled(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    if self.closing_since.is_none() {
+                        self.close_connection(AmqpError::new(
+                            ReplyCode::ConnectionForced,
+                            "broker forced connection closure with reason 'shutdown'",
+                        ));
+                    }
+                    Flow::Continue
+                }
+                _ = sleep_until(hb_deadline.unwrap_or_else(far_future)), if hb_deadline.is_some() => {
+                    self.on_heartbeat_timer(hb)
+                }
+                _ = sleep_until(close_deadline.unwrap_or_else(far_future)), if close_deadline.is_some() => {
+                    return "timed out waiting for connection.close-ok".into();
+                }
+            };
+            self.flush();
+            if let Flow::Stop = flow {
+                return self.stop_reason.take().unwrap_or_else(|| "closed".into());
+            }
+        }
+    }
+}
+
+/// After the close handshake (or a framing error), read and discard until the client closes,
+/// so that closing our end never turns into a TCP reset that could destroy the close frame.
+async fn drain_until_eof(reader: Reader) {
+    use tokio::io::AsyncReadExt;
+    let mut read = reader.into_inner();
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Ok(n) = read.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// A fault raised while handling a frame.
+pub enum Fault {
+    /// Reply with `channel.close` (soft) or `connection.close` (hard).
+    Amqp(AmqpError),
+    /// Drop the socket without a close frame (RabbitMQ 3.10 does this for unknown methods).
+    Drop(String),
+}
+
+impl From<AmqpError> for Fault {
+    fn from(e: AmqpError) -> Self {
+        Fault::Amqp(e)
+    }
+}
+
+/// Decode a method frame's payload; unknown methods drop the socket.
+pub fn decode_method(
+    class_id: u16,
+    method_id: u16,
+    payload: &bytes::Bytes,
+) -> Result<Method, Fault> {
+    method::decode(class_id, method_id, payload).map_err(|e| match e {
+        DecodeError::Unknown => Fault::Drop(format!("unknown method {class_id}/{method_id}")),
+        DecodeError::Invalid(e) => Fault::Amqp(e),
+    })
+}
+
+impl Connection {
+    fn on_read(&mut self, r: Result<Frame, CodecError>) -> Flow {
+        self.last_recv = Instant::now();
+        let frame = match r {
+            Ok(f) => f,
+            Err(CodecError::Protocol(e)) => {
+                // The byte stream cannot be trusted any more: say why and stop reading.
+                self.send_connection_close(&e);
+                self.stop_reason = Some(e.text);
+                return Flow::Stop;
+            }
+            Err(CodecError::Io(e)) => {
+                self.stop_reason = Some(format!("socket error: {e}"));
+                return Flow::Stop;
+            }
+        };
+        if self.closing_since.is_some() {
+            return self.on_frame_while_closing(frame);
+        }
+        let channel = frame.channel();
+        match self.on_frame(frame) {
+            Ok(flow) => flow,
+            Err(Fault::Drop(reason)) => {
+                self.stop_reason = Some(reason);
+                Flow::Stop
+            }
+            Err(Fault::Amqp(e)) => {
+                if e.closes_connection() || channel == 0 {
+                    self.close_connection(e);
+                } else {
+                    self.close_channel(channel, e);
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    /// After we sent `connection.close`, only close-ok (or a crossing close) matters.
+    fn on_frame_while_closing(&mut self, frame: Frame) -> Flow {
+        if let Frame::Method {
+            channel: 0,
+            class_id: 10,
+            method_id,
+            ..
+        } = frame
+        {
+            match method_id {
+                51 => return Flow::Stop,
+                50 => {
+                    self.ctx.send_method(
+                        0,
+                        AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                    );
+                    return Flow::Stop;
+                }
+                _ => {}
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Result<Flow, Fault> {
+        match frame {
+            Frame::Heartbeat { channel: 0 } => Ok(Flow::Continue),
+            Frame::Heartbeat { .. } => Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            )
+            .into()),
+            Frame::Method {
+                channel: 0,
+                class_id,
+                method_id,
+                payload,
+            } => {
+                let m = decode_method(class_id, method_id, &payload)?;
+                self.on_connection_method(m, class_id, method_id)
+            }
+            Frame::Header { channel: 0, .. } | Frame::Body { channel: 0, .. } => Err(
+                AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+                    .into(),
+            ),
+            frame => self.on_channel_frame(frame),
+        }
+    }
+
+    fn on_connection_method(
+        &mut self,
+        m: Method,
+        class_id: u16,
+        method_id: u16,
+    ) -> Result<Flow, Fault> {
+        match m {
+            Method::Other(AMQPClass::Connection(conn::AMQPMethod::Close(c))) => {
+                debug!(conn = self.ctx.id, code = c.reply_code, text = %c.reply_text, "client closed the connection");
+                self.ctx.send_method(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                );
+                self.stop_reason = Some(format!(
+                    "client sent connection.close ({} {})",
+                    c.reply_code, c.reply_text
+                ));
+                Ok(Flow::Stop)
+            }
+            Method::Other(AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_))) => {
+                // Warren has no expiring credentials; accept as RabbitMQ does for PLAIN.
+                self.ctx.send_method(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::UpdateSecretOk(
+                        conn::UpdateSecretOk {},
+                    )),
+                );
+                Ok(Flow::Continue)
+            }
+            Method::Other(AMQPClass::Connection(
+                conn::AMQPMethod::Blocked(_) | conn::AMQPMethod::Unblocked(_),
+            )) => Ok(Flow::Continue),
+            _ => Err(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .on(class_id, method_id)
+                    .into(),
+            ),
+        }
+    }
+
+    fn on_channel_frame(&mut self, frame: Frame) -> Result<Flow, Fault> {
+        let id = frame.channel();
+        let Some(channel) = self.channels.get_mut(&id) else {
+            return self.open_channel(frame);
+        };
+        match channel.state {
+            ChannelState::Closing => {
+                if let Frame::Method {
+                    class_id: 20,
+                    method_id,
+                    ..
+                } = frame
+                {
+                    match method_id {
+                        // close-ok: the channel number is free again
+                        41 => {
+                            self.channels.remove(&id);
+                        }
+                        // close crossing ours: answer it, the channel is done
+                        40 => {
+                            self.ctx.send_method(
+                                id,
+                                AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                            );
+                            self.channels.remove(&id);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+            ChannelState::Open => {
+                let outcome = channel.handle_frame(&mut self.ctx, frame)?;
+                if outcome == crate::channel::Outcome::Closed {
+                    if let Some(mut ch) = self.channels.remove(&id) {
+                        ch.release(&mut self.ctx);
+                    }
+                }
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    /// A frame on a channel number that is not open: only `channel.open` is allowed.
+    fn open_channel(&mut self, frame: Frame) -> Result<Flow, Fault> {
+        let id = frame.channel();
+        let Frame::Method {
+            class_id: 20,
+            method_id: 10,
+            payload,
+            ..
+        } = frame
+        else {
+            let (c, m) = match frame {
+                Frame::Method {
+                    class_id,
+                    method_id,
+                    ..
+                } => (class_id, method_id),
+                _ => (0, 0),
+            };
+            return Err(AmqpError::channel_error("expected 'channel.open'")
+                .on(c, m)
+                .into());
+        };
+        decode_method(20, 10, &payload)?;
+        if self.channel_max != 0 && id > self.channel_max {
+            return Err(AmqpError::channel_error(format!(
+                "channel {id} is above the negotiated channel_max ({})",
+                self.channel_max
+            ))
+            .on(20, 10)
+            .into());
+        }
+        self.channels.insert(id, Channel::new(id));
+        self.ctx.send_method(
+            id,
+            AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+        );
+        Ok(Flow::Continue)
+    }
+
+    fn close_channel(&mut self, id: u16, e: AmqpError) {
+        debug!(conn = self.ctx.id, channel = id, error = %e, "closing channel");
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.release(&mut self.ctx);
+            ch.state = ChannelState::Closing;
+        }
+        self.ctx.send_method(
+            id,
+            AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+                reply_code: e.code.code(),
+                reply_text: e.short_text().into(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+    }
+
+    fn send_connection_close(&mut self, e: &AmqpError) {
+        self.ctx.send_method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+                reply_code: e.code.code(),
+                reply_text: e.short_text().into(),
+                class_id: e.class_id,
+                method_id: e.method_id,
+            })),
+        );
+    }
+
+    /// Send `connection.close` and wait for close-ok; everything else is discarded meanwhile.
+    fn close_connection(&mut self, e: AmqpError) {
+        if e.code != ReplyCode::ConnectionForced {
+            warn!(conn = self.ctx.id, peer = %self.ctx.peer, error = %e, "closing connection");
+        }
+        self.send_connection_close(&e);
+        self.stop_reason = Some(e.text.clone());
+        self.closing_since = Some(Instant::now());
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut ch) = self.channels.remove(&id) {
+                ch.release(&mut self.ctx);
+            }
+        }
+    }
+
+    fn next_heartbeat_deadline(&self, hb: Duration) -> Option<Instant> {
+        if hb.is_zero() {
+            return None;
+        }
+        Some((self.last_sent + hb / 2).min(self.last_recv + hb * 2))
+    }
+
+    fn on_heartbeat_timer(&mut self, hb: Duration) -> Flow {
+        let now = Instant::now();
+        if now >= self.last_recv + hb * 2 {
+            self.stop_reason = Some(format!(
+                "missed heartbeats from client, timeout: {}s",
+                hb.as_secs()
+            ));
+            return Flow::Stop;
+        }
+        if now >= self.last_sent + hb / 2 {
+            put_heartbeat(&mut self.ctx.out);
+        }
+        Flow::Continue
+    }
+
+    fn flush(&mut self) {
+        if !self.ctx.out.is_empty() {
+            let batch = self.ctx.out.split().freeze();
+            self.outbound.send(batch);
+            self.last_sent = Instant::now();
+        }
+    }
+
+    /// Release everything the connection holds (channels; later: exclusive queues).
+    fn cleanup(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut ch) = self.channels.remove(&id) {
+                ch.release(&mut self.ctx);
+            }
+        }
+    }
+}

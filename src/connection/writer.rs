@@ -1,0 +1,89 @@
+//! The writer task: the only code that writes to a socket. The connection task hands it whole
+//! batches of encoded frames; the writer gathers everything queued and writes it with as few
+//! syscalls as possible (one vectored write per batch when the kernel takes it all).
+
+use bytes::{Buf, Bytes};
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+
+/// Handle to a connection's writer task.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: mpsc::UnboundedSender<Bytes>,
+    /// Bytes handed to the writer and not yet written to the socket.
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl Outbound {
+    /// Spawn the writer for `half`.
+    pub fn spawn(half: OwnedWriteHalf) -> (Outbound, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(run(half, rx, queued.clone()));
+        (Outbound { tx, queued }, task)
+    }
+
+    /// Queue a batch of frames. Returns false if the socket is gone.
+    pub fn send(&self, batch: Bytes) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        self.queued.fetch_add(batch.len(), Ordering::Relaxed);
+        self.tx.send(batch).is_ok()
+    }
+}
+
+const MAX_GATHER: usize = 64;
+
+async fn run(
+    mut half: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut bufs: Vec<Bytes> = Vec::with_capacity(MAX_GATHER);
+    while let Some(first) = rx.recv().await {
+        bufs.push(first);
+        while bufs.len() < MAX_GATHER {
+            match rx.try_recv() {
+                Ok(b) => bufs.push(b),
+                Err(_) => break,
+            }
+        }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if write_all_vectored(&mut half, &mut bufs).await.is_err() {
+            return;
+        }
+        queued.fetch_sub(total, Ordering::Relaxed);
+    }
+    let _ = half.shutdown().await;
+}
+
+async fn write_all_vectored(
+    half: &mut OwnedWriteHalf,
+    bufs: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    let mut start = 0;
+    while start < bufs.len() {
+        let slices: Vec<IoSlice<'_>> = bufs[start..].iter().map(|b| IoSlice::new(b)).collect();
+        let mut n = half.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let b = &mut bufs[start];
+            if n >= b.len() {
+                n -= b.len();
+                start += 1;
+            } else {
+                b.advance(n);
+                n = 0;
+            }
+        }
+    }
+    bufs.clear();
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Warren: an AMQP 0-9-1 message broker, a drop-in replacement for RabbitMQ.
+//!
+//! Data flows socket → [`protocol::codec`] → [`connection`] → [`channel`] → (exchanges, queues)
+//! → consumers → socket. The broker is a library: `main.rs` and the tests start it with
+//! [`Broker::start`].
+
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod message;
+pub mod protocol;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use config::Config;

@@ -1,0 +1,113 @@
+//! `warren`: command line, configuration and logging, then [`warren::Broker::start`]. Nothing else.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use warren::{Broker, Config};
+
+/// Warren, an AMQP 0-9-1 message broker compatible with RabbitMQ clients.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (default: the embedded broker.toml).
+    #[arg(long, env = "WARREN_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the AMQP listener (overrides amqp.bind).
+    #[arg(long, env = "WARREN_BIND")]
+    bind: Option<String>,
+    /// Port of the AMQP listener, 0 for any free port (overrides amqp.port).
+    #[arg(long, env = "WARREN_PORT")]
+    port: Option<u16>,
+    /// Directory for durable state (overrides data_dir).
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log filter, e.g. info or debug (overrides log_level).
+    #[arg(long, env = "WARREN_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => Config::embedded(),
+    };
+    if let Some(b) = &cli.bind {
+        config.amqp.bind = b.clone();
+    }
+    if let Some(p) = cli.port {
+        config.amqp.port = p;
+    }
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(l) = &cli.log_level {
+        config.log_level = l.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warren: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        print!("{}", toml::to_string(&config).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let broker = match Broker::start(config).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing connections with 320 CONNECTION_FORCED");
+        broker.shutdown(Duration::from_millis(800)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

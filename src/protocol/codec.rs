@@ -1,0 +1,443 @@
+//! Framing: the 7-byte frame header, `frame_max`, the frame-end octet, and zero-copy `Bytes`
+//! payloads. Pure and synchronous; knows nothing of channels' state, vhosts or queues.
+//!
+//! amq-protocol's `parse_frame` is not used as the frame layer: it copies bodies, does not check
+//! `frame_max` and cannot tell unknown methods from bad bytes. Method payloads are decoded later
+//! (see [`super::method`]) so that errors can name the offending class and method.
+
+use super::error::AmqpError;
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::frame::gen_frame;
+use amq_protocol::protocol::AMQPClass;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use cookie_factory::{BackToTheBuffer, GenError, GenResult, WriteContext};
+use std::fmt::Write as _;
+use std::io;
+use tokio_util::codec::Decoder;
+
+/// Frame type octets.
+pub const FRAME_METHOD: u8 = 1;
+/// Content header frame type.
+pub const FRAME_HEADER: u8 = 2;
+/// Content body frame type.
+pub const FRAME_BODY: u8 = 3;
+/// Heartbeat frame type.
+pub const FRAME_HEARTBEAT: u8 = 8;
+/// Frame-end octet.
+pub const FRAME_END: u8 = 0xCE;
+/// Header (7) plus frame-end (1).
+pub const FRAME_OVERHEAD: usize = 8;
+/// The smallest frame_max a peer may negotiate (RabbitMQ's `?FRAME_MIN_SIZE`).
+pub const FRAME_MIN_SIZE: u32 = 4096;
+
+/// One inbound frame; payloads share the socket read buffer.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    /// A method frame; `payload` starts at the class id.
+    Method {
+        /// Channel number.
+        channel: u16,
+        /// Class id (first two payload octets).
+        class_id: u16,
+        /// Method id (octets 2..4).
+        method_id: u16,
+        /// The whole method payload including class and method id.
+        payload: Bytes,
+    },
+    /// A content header frame, properties kept raw.
+    Header {
+        /// Channel number.
+        channel: u16,
+        /// Class id (must be 60, basic).
+        class_id: u16,
+        /// Weight (must be 0).
+        weight: u16,
+        /// Declared body size.
+        body_size: u64,
+        /// Raw property flags + property list, forwarded byte for byte.
+        properties: Bytes,
+    },
+    /// A content body frame.
+    Body {
+        /// Channel number.
+        channel: u16,
+        /// Body bytes.
+        payload: Bytes,
+    },
+    /// A heartbeat frame.
+    Heartbeat {
+        /// Channel number (must be 0).
+        channel: u16,
+    },
+}
+
+impl Frame {
+    /// The channel the frame is on.
+    pub fn channel(&self) -> u16 {
+        match self {
+            Frame::Method { channel, .. }
+            | Frame::Header { channel, .. }
+            | Frame::Body { channel, .. }
+            | Frame::Heartbeat { channel } => *channel,
+        }
+    }
+}
+
+/// Errors of the frame layer. They all close the connection.
+#[derive(Debug)]
+pub enum CodecError {
+    /// A framing error the peer caused; becomes `connection.close` with this error.
+    Protocol(AmqpError),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+impl From<io::Error> for CodecError {
+    fn from(e: io::Error) -> Self {
+        CodecError::Io(e)
+    }
+}
+
+/// Format bytes as an Erlang binary literal, as RabbitMQ prints frames in its errors.
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    let mut s = String::from("<<");
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{b}");
+    }
+    s.push_str(">>");
+    s
+}
+
+/// RabbitMQ's `fatal_frame_error` text: `type T, all octets = <<..>>: reason`.
+fn frame_error(ty: u8, payload: &[u8], reason: &str) -> CodecError {
+    let (which, shown) = if payload.len() > 16 {
+        ("first 16", &payload[..16])
+    } else {
+        ("all", payload)
+    };
+    CodecError::Protocol(AmqpError::frame_error(format!(
+        "type {ty}, {which} octets = {}: {reason}",
+        erlang_binary(shown)
+    )))
+}
+
+/// The frame decoder. `frame_max` is the negotiated maximum frame size (0 = unlimited).
+#[derive(Debug)]
+pub struct FrameCodec {
+    /// Negotiated frame_max; payloads larger than this are a 501.
+    pub frame_max: u32,
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        if src.len() < 7 {
+            return Ok(None);
+        }
+        let ty = src[0];
+        let channel = u16::from_be_bytes([src[1], src[2]]);
+        let size = u32::from_be_bytes([src[3], src[4], src[5], src[6]]);
+        // RabbitMQ allows payloads up to frame_max (frame_max - 8 + FRAME_SIZE_FUDGE of 8).
+        if self.frame_max != 0 && size > self.frame_max {
+            return Err(frame_error(
+                ty,
+                &[],
+                &format!(
+                    "{{frame_too_large,{size},{}}}",
+                    self.frame_max as usize - FRAME_OVERHEAD
+                ),
+            ));
+        }
+        let total = size as usize + FRAME_OVERHEAD;
+        if src.len() < total {
+            src.reserve(total - src.len());
+            return Ok(None);
+        }
+        let end = src[total - 1];
+        let mut payload = src.split_to(total).freeze();
+        payload.advance(7);
+        payload.truncate(size as usize);
+        if end != FRAME_END {
+            return Err(frame_error(
+                ty,
+                &payload,
+                &format!("{{invalid_frame_end_marker,{end}}}"),
+            ));
+        }
+        let frame = match ty {
+            FRAME_METHOD => {
+                if payload.len() < 4 {
+                    return Err(frame_error(ty, &payload, "{cannot_decode_method}"));
+                }
+                Frame::Method {
+                    channel,
+                    class_id: u16::from_be_bytes([payload[0], payload[1]]),
+                    method_id: u16::from_be_bytes([payload[2], payload[3]]),
+                    payload,
+                }
+            }
+            FRAME_HEADER => {
+                if payload.len() < 14 {
+                    return Err(frame_error(ty, &payload, "{cannot_decode_header}"));
+                }
+                let mut p = payload.clone();
+                let class_id = p.get_u16();
+                let weight = p.get_u16();
+                let body_size = p.get_u64();
+                Frame::Header {
+                    channel,
+                    class_id,
+                    weight,
+                    body_size,
+                    properties: p,
+                }
+            }
+            FRAME_BODY => Frame::Body { channel, payload },
+            FRAME_HEARTBEAT => Frame::Heartbeat { channel },
+            _ => return Err(frame_error(ty, &payload, "unknown_frame")),
+        };
+        Ok(Some(frame))
+    }
+}
+
+/// A `cookie_factory` writer appending to a `BytesMut` without temporary allocations for the
+/// back-patched length prefixes.
+struct BufW<'a> {
+    buf: &'a mut BytesMut,
+    overwrite_at: Option<usize>,
+}
+
+impl io::Write for BufW<'_> {
+    fn write(&mut self, d: &[u8]) -> io::Result<usize> {
+        match self.overwrite_at {
+            Some(p) => {
+                self.buf[p..p + d.len()].copy_from_slice(d);
+                self.overwrite_at = Some(p + d.len());
+            }
+            None => self.buf.extend_from_slice(d),
+        }
+        Ok(d.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BackToTheBuffer for BufW<'_> {
+    fn reserve_write_use<
+        Tmp,
+        Gen: Fn(WriteContext<Self>) -> Result<(WriteContext<Self>, Tmp), GenError>,
+        Before: Fn(WriteContext<Self>, Tmp) -> GenResult<Self>,
+    >(
+        s: WriteContext<Self>,
+        reserved: usize,
+        generate: &Gen,
+        before: &Before,
+    ) -> Result<WriteContext<Self>, GenError> {
+        let WriteContext { write, position } = s;
+        let start = write.buf.len();
+        write.buf.put_bytes(0, reserved);
+        let (ctx, tmp) = generate(WriteContext {
+            write,
+            position: position + reserved as u64,
+        })?;
+        let end = ctx.position;
+        let mut write = ctx.write;
+        let saved = write.overwrite_at.replace(start);
+        let ctx = before(WriteContext { write, position }, tmp)?;
+        if ctx.position != position + reserved as u64 {
+            return Err(GenError::BufferTooBig(reserved));
+        }
+        let mut write = ctx.write;
+        write.overwrite_at = saved;
+        Ok(WriteContext {
+            write,
+            position: end,
+        })
+    }
+}
+
+/// Append a method frame to `dst`.
+pub fn put_method(dst: &mut BytesMut, channel: u16, method: AMQPClass) {
+    let frame = AMQPFrame::Method(channel, method);
+    let start = dst.len();
+    let w = BufW {
+        buf: &mut *dst,
+        overwrite_at: None,
+    };
+    let failed = gen_frame(&frame)(WriteContext::from(w)).err();
+    if let Some(e) = failed {
+        // Only reachable with a programming error (e.g. a ShortString over 255 bytes).
+        tracing::error!(error = ?e, "failed to serialize method frame");
+        dst.truncate(start);
+    }
+}
+
+/// Append a heartbeat frame.
+pub fn put_heartbeat(dst: &mut BytesMut) {
+    dst.extend_from_slice(&[FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END]);
+}
+
+/// Append a content header (raw properties, forwarded unchanged) and the body, split into body
+/// frames of at most `frame_max - 8` bytes.
+pub fn put_content(
+    dst: &mut BytesMut,
+    channel: u16,
+    properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
+    let header_len = 12 + properties.len();
+    dst.reserve(FRAME_OVERHEAD * 2 + header_len + body.len());
+    dst.put_u8(FRAME_HEADER);
+    dst.put_u16(channel);
+    dst.put_u32(header_len as u32);
+    dst.put_u16(60);
+    dst.put_u16(0);
+    dst.put_u64(body.len() as u64);
+    dst.extend_from_slice(properties);
+    dst.put_u8(FRAME_END);
+    let chunk = if frame_max == 0 {
+        usize::MAX
+    } else {
+        frame_max as usize - FRAME_OVERHEAD
+    };
+    for part in body.chunks(chunk) {
+        dst.put_u8(FRAME_BODY);
+        dst.put_u16(channel);
+        dst.put_u32(part.len() as u32);
+        dst.extend_from_slice(part);
+        dst.put_u8(FRAME_END);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::{basic, channel};
+
+    fn frame_bytes(ty: u8, ch: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![ty];
+        v.extend_from_slice(&ch.to_be_bytes());
+        v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        v.extend_from_slice(payload);
+        v.push(FRAME_END);
+        v
+    }
+
+    #[test]
+    fn decodes_byte_by_byte() {
+        let mut out = BytesMut::new();
+        put_method(
+            &mut out,
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: "".into(),
+                routing_key: "rk".into(),
+                mandatory: true,
+                immediate: false,
+            })),
+        );
+        put_content(&mut out, 1, &[0, 0], b"hello world", 8192);
+        put_heartbeat(&mut out);
+        let mut codec = FrameCodec { frame_max: 8192 };
+        let mut buf = BytesMut::new();
+        let mut frames = vec![];
+        for b in out.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 4);
+        assert!(matches!(
+            frames[0],
+            Frame::Method {
+                channel: 1,
+                class_id: 60,
+                method_id: 40,
+                ..
+            }
+        ));
+        assert!(matches!(
+            frames[1],
+            Frame::Header {
+                body_size: 11,
+                class_id: 60,
+                ..
+            }
+        ));
+        match &frames[2] {
+            Frame::Body { payload, .. } => assert_eq!(&payload[..], b"hello world"),
+            f => panic!("{f:?}"),
+        }
+        assert!(matches!(frames[3], Frame::Heartbeat { channel: 0 }));
+    }
+
+    #[test]
+    fn rejects_oversized_frames_before_buffering() {
+        let mut codec = FrameCodec { frame_max: 131072 };
+        let mut buf = BytesMut::from(&[3u8, 0, 1, 0, 3, 13, 64][..]); // 200000 bytes
+        match codec.decode(&mut buf) {
+            Err(CodecError::Protocol(e)) => assert_eq!(
+                e.text,
+                "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,200000,131064}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_frame_end() {
+        let mut v = frame_bytes(1, 0, &[0, 20, 0, 10, 0]);
+        *v.last_mut().unwrap() = 0;
+        let mut codec = FrameCodec { frame_max: 131072 };
+        match codec.decode(&mut BytesMut::from(&v[..])) {
+            Err(CodecError::Protocol(e)) => {
+                assert_eq!(e.code.code(), 501);
+                assert!(
+                    e.text.ends_with("{invalid_frame_end_marker,0}"),
+                    "{}",
+                    e.text
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn splits_bodies_at_frame_max() {
+        let mut out = BytesMut::new();
+        let body = vec![7u8; 10000];
+        put_content(&mut out, 3, &[0, 0], &body, 4096);
+        let mut codec = FrameCodec { frame_max: 4096 };
+        let mut sizes = vec![];
+        while let Some(f) = codec.decode(&mut out).unwrap() {
+            if let Frame::Body { payload, .. } = f {
+                sizes.push(payload.len());
+            }
+        }
+        assert_eq!(sizes, vec![4088, 4088, 1824]);
+    }
+
+    #[test]
+    fn method_round_trip_through_amq_protocol() {
+        let mut out = BytesMut::new();
+        put_method(
+            &mut out,
+            5,
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+        );
+        let (rest, f) = amq_protocol::frame::parse_frame(&out[..]).unwrap();
+        assert!(rest.is_empty());
+        assert!(matches!(
+            f,
+            AMQPFrame::Method(5, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
+        ));
+    }
+}

@@ -1,0 +1,14 @@
+//! The AMQP 0-9-1 wire layer: pure, synchronous, no broker state.
+//!
+//! - [`codec`]: framing (frame header, `frame_max`, frame-end), zero-copy `Bytes` payloads, and
+//!   frame serialization into a `BytesMut`.
+//! - [`method`]: method payload decoding (fast path for `basic.publish`, amq-protocol otherwise).
+//! - [`error`]: [`AmqpError`](error::AmqpError), reply codes and their scope.
+//! - [`sasl`]: PLAIN / AMQPLAIN credentials.
+
+pub mod codec;
+pub mod error;
+pub mod method;
+pub mod sasl;
+
+pub use error::{AmqpError, ReplyCode};
