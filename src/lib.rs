@@ -4,12 +4,15 @@
 //! → consumers → socket. The broker is a library: `main.rs` and the tests start it with
 //! [`Broker::start`].
 
+pub mod args;
 pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod exchange;
 pub mod message;
 pub mod protocol;
+pub mod queue;
 pub mod vhost;
 
 pub use broker::Broker;

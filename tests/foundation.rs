@@ -31,7 +31,9 @@ async fn lapin_handshake_and_100_channels() {
     for _ in 0..50 {
         reopened.push(c.create_channel().await.expect("channel reopens"));
     }
-    c.close(200, "bye".into()).await.expect("connection closes cleanly");
+    c.close(200, "bye".into())
+        .await
+        .expect("connection closes cleanly");
     b.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -46,10 +48,20 @@ async fn server_properties_and_capabilities() {
             assert_eq!(s.mechanisms.to_string(), "PLAIN AMQPLAIN");
             assert_eq!(s.locales.to_string(), "en_US");
             let p = s.server_properties.inner();
-            for k in ["product", "version", "platform", "copyright", "information", "cluster_name", "capabilities"] {
+            for k in [
+                "product",
+                "version",
+                "platform",
+                "copyright",
+                "information",
+                "cluster_name",
+                "capabilities",
+            ] {
                 assert!(p.contains_key(k), "missing {k}");
             }
-            let amq_protocol::types::AMQPValue::FieldTable(caps) = &p["capabilities"] else { panic!() };
+            let amq_protocol::types::AMQPValue::FieldTable(caps) = &p["capabilities"] else {
+                panic!()
+            };
             assert_eq!(
                 caps.inner().get("authentication_failure_close"),
                 Some(&amq_protocol::types::AMQPValue::Boolean(true))
@@ -63,10 +75,16 @@ async fn server_properties_and_capabilities() {
 async fn bad_password_is_403_access_refused() {
     let b = start().await;
     let uri = format!("amqp://guest:wrong@{}/%2f", b.local_addr());
-    let err = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await.unwrap_err();
+    let err = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_err();
     assert!(format!("{err:?}").contains("ACCESS_REFUSED"), "{err:?}");
     let uri = format!("amqp://nobody:guest@{}/%2f", b.local_addr());
-    assert!(lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await.is_err());
+    assert!(
+        lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+            .await
+            .is_err()
+    );
     assert_still_serving(&b).await;
 }
 
@@ -77,15 +95,24 @@ async fn bad_password_raw_reply() {
     r.send(b"AMQP\x00\x00\x09\x01").await;
     r.expect_method(0, 10, 10).await;
     let mut caps = amq_protocol::types::FieldTable::default();
-    caps.insert("authentication_failure_close".into(), amq_protocol::types::AMQPValue::Boolean(true));
+    caps.insert(
+        "authentication_failure_close".into(),
+        amq_protocol::types::AMQPValue::Boolean(true),
+    );
     let mut props = amq_protocol::types::FieldTable::default();
-    props.insert("capabilities".into(), amq_protocol::types::AMQPValue::FieldTable(caps));
-    r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-        client_properties: props,
-        mechanism: "PLAIN".into(),
-        response: "\0guest\0nope".into(),
-        locale: "en_US".into(),
-    }))))
+    props.insert(
+        "capabilities".into(),
+        amq_protocol::types::AMQPValue::FieldTable(caps),
+    );
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0nope".into(),
+            locale: "en_US".into(),
+        })),
+    ))
     .await;
     let (code, text, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 403);
@@ -102,12 +129,15 @@ async fn bad_password_without_capability_just_closes() {
     let mut r = Raw::connect(&b).await;
     r.send(b"AMQP\x00\x00\x09\x01").await;
     r.expect_method(0, 10, 10).await;
-    r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-        client_properties: Default::default(),
-        mechanism: "PLAIN".into(),
-        response: "\0guest\0nope".into(),
-        locale: "en_US".into(),
-    }))))
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: Default::default(),
+            mechanism: "PLAIN".into(),
+            response: "\0guest\0nope".into(),
+            locale: "en_US".into(),
+        })),
+    ))
     .await;
     assert_eq!(r.next().await, Reply::Eof);
 }
@@ -127,12 +157,15 @@ async fn amqplain_login_works() {
     resp.push(b'S');
     resp.extend_from_slice(&5u32.to_be_bytes());
     resp.extend_from_slice(b"guest");
-    r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-        client_properties: Default::default(),
-        mechanism: "AMQPLAIN".into(),
-        response: amq_protocol::types::LongString::from(resp),
-        locale: "en_US".into(),
-    }))))
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: Default::default(),
+            mechanism: "AMQPLAIN".into(),
+            response: amq_protocol::types::LongString::from(resp),
+            locale: "en_US".into(),
+        })),
+    ))
     .await;
     r.expect_method(0, 10, 30).await;
 }
@@ -142,12 +175,22 @@ async fn unknown_vhost_is_530() {
     let b = start().await;
     let mut r = Raw::connect(&b).await;
     r.start(Tune::default()).await;
-    r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::Open(conn::Open { virtual_host: "nope".into() }))))
-        .await;
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Open(conn::Open {
+            virtual_host: "nope".into(),
+        })),
+    ))
+    .await;
     let (code, text, class, method) = r.expect_connection_close().await;
-    assert_eq!((code, text.as_str(), class, method), (530, "NOT_ALLOWED - vhost nope not found", 10, 40));
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (530, "NOT_ALLOWED - vhost nope not found", 10, 40)
+    );
     let uri = format!("amqp://guest:guest@{}/nope", b.local_addr());
-    let err = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await.unwrap_err();
+    let err = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_err();
     assert!(format!("{err:?}").contains("NOT_ALLOWED"), "{err:?}");
     assert_still_serving(&b).await;
 }
@@ -163,10 +206,17 @@ async fn vhost_permission_is_530() {
     });
     let b = start_with(config).await;
     let uri = format!("amqp://alice:pw@{}/other", b.local_addr());
-    lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await.expect("alice may use other");
+    lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("alice may use other");
     let uri = format!("amqp://alice:pw@{}/%2f", b.local_addr());
-    let err = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await.unwrap_err();
-    assert!(format!("{err:?}").contains("access to vhost '/' refused for user 'alice'"), "{err:?}");
+    let err = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:?}").contains("access to vhost '/' refused for user 'alice'"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -185,25 +235,46 @@ async fn loopback_users_rule() {
 async fn tune_negotiation_rules() {
     let b = start().await;
     // Lower values are accepted and used.
-    let mut r = Raw::open_with(&b, Tune { channel_max: 10, frame_max: 4096, heartbeat: 0 }, "/").await;
+    let mut r = Raw::open_with(
+        &b,
+        Tune {
+            channel_max: 10,
+            frame_max: 4096,
+            heartbeat: 0,
+        },
+        "/",
+    )
+    .await;
     r.open_channel(10).await;
     // frame_max 4096: a 5000-byte frame is a 501.
     r.send(&raw_frame(3, 10, &[0u8; 5000])).await;
     let (code, text, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 501);
-    assert_eq!(text, "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,5000,4088}");
+    assert_eq!(
+        text,
+        "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,5000,4088}"
+    );
 
     for (tune, text) in [
         (
-            Tune { frame_max: 1000, ..Tune::default() },
+            Tune {
+                frame_max: 1000,
+                ..Tune::default()
+            },
             "NOT_ALLOWED - negotiated frame_max = 1000 is lower than the minimum allowed value (4096)",
         ),
         (
-            Tune { frame_max: 200000, ..Tune::default() },
+            Tune {
+                frame_max: 200000,
+                ..Tune::default()
+            },
             "NOT_ALLOWED - negotiated frame_max = 200000 is higher than the maximum allowed value (131072)",
         ),
         (
-            Tune { channel_max: 3000, ..Tune::default() },
+            Tune {
+                channel_max: 3000,
+                ..Tune::default()
+            },
             "NOT_ALLOWED - negotiated channel_max = 3000 is higher than the maximum allowed value (2047)",
         ),
     ] {
@@ -218,18 +289,28 @@ async fn tune_negotiation_rules() {
 #[tokio::test]
 async fn heartbeats_are_sent_and_silent_clients_dropped() {
     let b = start().await;
-    let mut r = Raw::open_with(&b, Tune { heartbeat: 1, ..Tune::default() }, "/").await;
+    let mut r = Raw::open_with(
+        &b,
+        Tune {
+            heartbeat: 1,
+            ..Tune::default()
+        },
+        "/",
+    )
+    .await;
     // The server sends heartbeats every half interval; read raw frames to see one.
     let mut saw_heartbeat = false;
     let mut buf = [0u8; 8];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     use tokio::io::AsyncReadExt;
     while tokio::time::Instant::now() < deadline {
-        if tokio::time::timeout(Duration::from_secs(3), r.sock.read_exact(&mut buf)).await.is_ok() {
-            if buf == [8, 0, 0, 0, 0, 0, 0, 0xCE] {
-                saw_heartbeat = true;
-                break;
-            }
+        if tokio::time::timeout(Duration::from_secs(3), r.sock.read_exact(&mut buf))
+            .await
+            .is_ok()
+            && buf == [8, 0, 0, 0, 0, 0, 0, 0xCE]
+        {
+            saw_heartbeat = true;
+            break;
         }
     }
     assert!(saw_heartbeat);
@@ -256,28 +337,38 @@ async fn channel_lifecycle_raw() {
     let mut r = Raw::open(&b).await;
     r.open_channel(1).await;
     // Client close → close-ok, and the number can be reused.
-    r.send(&method_frame(1, AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
-        reply_code: 200,
-        reply_text: "".into(),
-        class_id: 0,
-        method_id: 0,
-    }))))
+    r.send(&method_frame(
+        1,
+        AMQPClass::Channel(chan::AMQPMethod::Close(chan::Close {
+            reply_code: 200,
+            reply_text: "".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ))
     .await;
     r.expect_method(1, 20, 41).await;
     r.open_channel(1).await;
     // channel.flow active=true is acknowledged.
-    r.send(&method_frame(1, AMQPClass::Channel(chan::AMQPMethod::Flow(chan::Flow { active: true })))).await;
+    r.send(&method_frame(
+        1,
+        AMQPClass::Channel(chan::AMQPMethod::Flow(chan::Flow { active: true })),
+    ))
+    .await;
     match r.expect_method(1, 20, 21).await {
         AMQPClass::Channel(chan::AMQPMethod::FlowOk(f)) => assert!(f.active),
         _ => unreachable!(),
     }
     // Connection close → close-ok, then the server closes the socket.
-    r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
-        reply_code: 200,
-        reply_text: "".into(),
-        class_id: 0,
-        method_id: 0,
-    }))))
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+            reply_code: 200,
+            reply_text: "".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ))
     .await;
     r.expect_method(0, 10, 51).await;
     assert_eq!(r.next().await, Reply::Eof);
@@ -291,8 +382,14 @@ async fn shutdown_closes_connections_with_320() {
     let stop = tokio::spawn(b.shutdown(Duration::from_secs(1)));
     let (code, text, _, _) = r.expect_connection_close().await;
     assert_eq!(code, 320);
-    assert_eq!(text, "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'");
-    tokio::time::timeout(Duration::from_secs(2), stop).await.expect("shutdown finishes").unwrap();
+    assert_eq!(
+        text,
+        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+    );
+    tokio::time::timeout(Duration::from_secs(2), stop)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -311,5 +408,11 @@ async fn alternative_protocol_header_is_accepted() {
     let b = start().await;
     let mut r = Raw::connect(&b).await;
     r.send(b"AMQP\x01\x01\x00\x09").await;
-    assert!(matches!(r.next().await, Reply::Frame(AMQPFrame::Method(0, AMQPClass::Connection(conn::AMQPMethod::Start(_))))));
+    assert!(matches!(
+        r.next().await,
+        Reply::Frame(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Start(_))
+        ))
+    ));
 }

@@ -424,7 +424,9 @@ def decode_close(payload):
     (code,) = struct.unpack_from(">H", payload, off)
     text, off = _dec_shortstr(payload, off + 2)
     cid, mid = struct.unpack_from(">HH", payload, off)
-    return Close(code, text.decode("utf-8", "replace"), cid, mid)
+    # surrogateescape: a reply text that is not valid UTF-8 (RabbitMQ can send such, e.g. when it
+    # quotes latin-1 payload bytes) keeps its exact bytes: text.encode("utf-8", "surrogateescape")
+    return Close(code, text.decode("utf-8", "surrogateescape"), cid, mid)
 
 
 def decode_frame(ftype, channel, payload):

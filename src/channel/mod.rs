@@ -2,13 +2,20 @@
 //! header → bodies, as RabbitMQ's `rabbit_command_assembler`) and the handling of channel-level
 //! methods. Never awaits; effects are frames queued on the [`ConnCtx`] and calls into the vhost.
 
+mod delivery;
+mod publish;
+mod topology;
+
 use crate::connection::{ConnCtx, Fault, decode_method};
-use crate::message::Message;
 use crate::protocol::AmqpError;
 use crate::protocol::codec::Frame;
 use crate::protocol::method::{Method, Publish};
-use amq_protocol::protocol::{AMQPClass, channel as chan};
+use amq_protocol::protocol::{AMQPClass, basic, channel as chan, exchange as ex, queue as qu};
 use bytes::{Bytes, BytesMut};
+use delivery::{Settle, Unacked};
+use std::collections::VecDeque;
+
+pub use topology::generated_name;
 
 /// Whether the channel can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +58,12 @@ pub struct Channel {
     /// Open or closing.
     pub state: ChannelState,
     assembly: Assembly,
+    /// Last delivery tag handed out.
+    next_tag: u64,
+    /// Delivered, unacked messages in tag order.
+    unacked: VecDeque<Unacked>,
+    /// The queue most recently declared on this channel (for empty-name shortcuts).
+    last_queue: Option<String>,
 }
 
 impl Channel {
@@ -60,12 +73,17 @@ impl Channel {
             id,
             state: ChannelState::Open,
             assembly: Assembly::Method,
+            next_tag: 0,
+            unacked: VecDeque::new(),
+            last_queue: None,
         }
     }
 
-    /// Release what the channel holds (later: consumers, unacked messages).
+    /// Release what the channel holds: unacked messages go back to their queues (at their
+    /// original positions, marked redelivered).
     pub fn release(&mut self, _ctx: &mut ConnCtx) {
         self.assembly = Assembly::Method;
+        self.requeue_all();
     }
 
     /// Handle one frame on this (open) channel.
@@ -227,28 +245,68 @@ impl Channel {
                 );
                 Ok(Outcome::Open)
             }
+            AMQPClass::Exchange(ex::AMQPMethod::Declare(m)) => {
+                self.exchange_declare(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Exchange(ex::AMQPMethod::Delete(m)) => {
+                self.exchange_delete(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Exchange(ex::AMQPMethod::Bind(m)) => {
+                self.exchange_bind(ctx, m, true).map(|_| Outcome::Open)
+            }
+            AMQPClass::Exchange(ex::AMQPMethod::Unbind(m)) => {
+                let m = ex::Bind {
+                    destination: m.destination,
+                    source: m.source,
+                    routing_key: m.routing_key,
+                    nowait: m.nowait,
+                    arguments: m.arguments,
+                };
+                self.exchange_bind(ctx, m, false).map(|_| Outcome::Open)
+            }
+            AMQPClass::Queue(qu::AMQPMethod::Declare(m)) => {
+                self.queue_declare(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Queue(qu::AMQPMethod::Bind(m)) => {
+                self.queue_bind(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Queue(qu::AMQPMethod::Unbind(m)) => {
+                self.queue_unbind(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Queue(qu::AMQPMethod::Purge(m)) => {
+                self.queue_purge(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Queue(qu::AMQPMethod::Delete(m)) => {
+                self.queue_delete(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Get(m)) => {
+                self.basic_get(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => self
+                .settle(m.delivery_tag, m.multiple, Settle::Ack)
+                .map(|_| Outcome::Open),
+            AMQPClass::Basic(basic::AMQPMethod::Nack(m)) => {
+                let how = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
+                self.settle(m.delivery_tag, m.multiple, how)
+                    .map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Reject(m)) => {
+                let how = if m.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
+                self.settle(m.delivery_tag, false, how)
+                    .map(|_| Outcome::Open)
+            }
             _ => Err(AmqpError::not_implemented(format!(
                 "method {class_id}/{method_id} is not implemented yet"
             ))),
         }
-    }
-
-    /// A complete message arrived.
-    fn publish(
-        &mut self,
-        ctx: &mut ConnCtx,
-        p: Publish,
-        properties: Bytes,
-        body: Bytes,
-    ) -> Result<(), AmqpError> {
-        let _message = Message {
-            exchange: p.exchange,
-            routing_key: p.routing_key,
-            properties,
-            body,
-        };
-        let _ = ctx;
-        Ok(())
     }
 }
 

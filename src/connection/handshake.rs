@@ -263,6 +263,7 @@ impl Handshake {
                 vhost,
                 frame_max,
                 out: BytesMut::with_capacity(4096),
+                exclusive_queues: Vec::new(),
             },
             tune.heartbeat,
             channel_max,

@@ -47,6 +47,8 @@ pub struct ConnCtx {
     pub frame_max: u32,
     /// Frames waiting to be handed to the writer at the end of this loop turn.
     pub out: BytesMut,
+    /// Exclusive queues this connection declared (deleted when it closes).
+    pub exclusive_queues: Vec<Arc<crate::queue::Queue>>,
 }
 
 impl ConnCtx {
@@ -390,10 +392,10 @@ impl Connection {
             }
             ChannelState::Open => {
                 let outcome = channel.handle_frame(&mut self.ctx, frame)?;
-                if outcome == crate::channel::Outcome::Closed {
-                    if let Some(mut ch) = self.channels.remove(&id) {
-                        ch.release(&mut self.ctx);
-                    }
+                if outcome == crate::channel::Outcome::Closed
+                    && let Some(mut ch) = self.channels.remove(&id)
+                {
+                    ch.release(&mut self.ctx);
                 }
                 Ok(Flow::Continue)
             }
@@ -514,13 +516,17 @@ impl Connection {
         }
     }
 
-    /// Release everything the connection holds (channels; later: exclusive queues).
+    /// Release everything the connection holds: channels (their unacked messages are
+    /// requeued), then exclusive queues.
     fn cleanup(&mut self) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(mut ch) = self.channels.remove(&id) {
                 ch.release(&mut self.ctx);
             }
+        }
+        for q in std::mem::take(&mut self.ctx.exclusive_queues) {
+            self.ctx.vhost.remove_queue(&q);
         }
     }
 }

@@ -316,6 +316,103 @@ pub fn put_content(
     }
 }
 
+/// Append a method frame from raw argument bytes (hand-written fast paths).
+fn put_raw_method(
+    dst: &mut BytesMut,
+    channel: u16,
+    class_id: u16,
+    method_id: u16,
+    args: impl FnOnce(&mut BytesMut),
+) {
+    dst.put_u8(FRAME_METHOD);
+    dst.put_u16(channel);
+    let len_at = dst.len();
+    dst.put_u32(0);
+    dst.put_u16(class_id);
+    dst.put_u16(method_id);
+    args(dst);
+    let len = (dst.len() - len_at - 4) as u32;
+    dst[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+    dst.put_u8(FRAME_END);
+}
+
+/// Append a shortstr, truncated to 255 bytes.
+fn put_shortstr(dst: &mut BytesMut, s: &[u8]) {
+    let s = &s[..s.len().min(255)];
+    dst.put_u8(s.len() as u8);
+    dst.extend_from_slice(s);
+}
+
+/// `basic.deliver` (hand-written: this is the hot path).
+pub fn put_basic_deliver(
+    dst: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &[u8],
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+) {
+    put_raw_method(dst, channel, 60, 60, |d| {
+        put_shortstr(d, consumer_tag);
+        d.put_u64(delivery_tag);
+        d.put_u8(redelivered as u8);
+        put_shortstr(d, exchange);
+        put_shortstr(d, routing_key);
+    });
+}
+
+/// `basic.get-ok`.
+pub fn put_basic_get_ok(
+    dst: &mut BytesMut,
+    channel: u16,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &[u8],
+    routing_key: &[u8],
+    message_count: u32,
+) {
+    put_raw_method(dst, channel, 60, 71, |d| {
+        d.put_u64(delivery_tag);
+        d.put_u8(redelivered as u8);
+        put_shortstr(d, exchange);
+        put_shortstr(d, routing_key);
+        d.put_u32(message_count);
+    });
+}
+
+/// `basic.return`.
+pub fn put_basic_return(
+    dst: &mut BytesMut,
+    channel: u16,
+    code: u16,
+    text: &str,
+    exchange: &[u8],
+    routing_key: &[u8],
+) {
+    put_raw_method(dst, channel, 60, 50, |d| {
+        d.put_u16(code);
+        put_shortstr(d, text.as_bytes());
+        put_shortstr(d, exchange);
+        put_shortstr(d, routing_key);
+    });
+}
+
+/// Serialize content-header properties (flags + list) with amq-protocol's generator.
+pub fn encode_properties(props: &amq_protocol::protocol::BasicProperties) -> Bytes {
+    let mut dst = BytesMut::new();
+    let w = BufW {
+        buf: &mut dst,
+        overwrite_at: None,
+    };
+    let failed =
+        amq_protocol::protocol::basic::gen_properties(props)(WriteContext::from(w)).is_err();
+    if failed {
+        return Bytes::from_static(&[0, 0]);
+    }
+    dst.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +520,53 @@ mod tests {
             }
         }
         assert_eq!(sizes, vec![4088, 4088, 1824]);
+    }
+
+    /// The hand-written deliver/get-ok/return agree with amq-protocol's parser.
+    #[test]
+    fn fast_path_methods_parse_with_amq_protocol() {
+        use amq_protocol::protocol::basic::AMQPMethod as B;
+        let mut out = BytesMut::new();
+        put_basic_deliver(&mut out, 7, b"ctag", 42, true, b"amq.topic", b"a.b");
+        put_basic_get_ok(&mut out, 7, 43, false, b"", b"q", 9);
+        put_basic_return(&mut out, 7, 312, "NO_ROUTE", b"x", b"rk");
+        let mut rest = &out[..];
+        let mut got = vec![];
+        while !rest.is_empty() {
+            let (r, f) = amq_protocol::frame::parse_frame(rest).unwrap();
+            rest = r;
+            got.push(f);
+        }
+        match &got[0] {
+            AMQPFrame::Method(7, AMQPClass::Basic(B::Deliver(d))) => {
+                assert_eq!(
+                    (d.consumer_tag.as_str(), d.delivery_tag, d.redelivered),
+                    ("ctag", 42, true)
+                );
+                assert_eq!(
+                    (d.exchange.as_str(), d.routing_key.as_str()),
+                    ("amq.topic", "a.b")
+                );
+            }
+            f => panic!("{f:?}"),
+        }
+        match &got[1] {
+            AMQPFrame::Method(7, AMQPClass::Basic(B::GetOk(g))) => {
+                assert_eq!(
+                    (g.delivery_tag, g.redelivered, g.message_count),
+                    (43, false, 9)
+                );
+                assert_eq!(g.routing_key.as_str(), "q");
+            }
+            f => panic!("{f:?}"),
+        }
+        match &got[2] {
+            AMQPFrame::Method(7, AMQPClass::Basic(B::Return(r))) => {
+                assert_eq!((r.reply_code, r.reply_text.as_str()), (312, "NO_ROUTE"));
+                assert_eq!((r.exchange.as_str(), r.routing_key.as_str()), ("x", "rk"));
+            }
+            f => panic!("{f:?}"),
+        }
     }
 
     #[test]

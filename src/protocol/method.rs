@@ -124,7 +124,7 @@ pub fn decode(class_id: u16, method_id: u16, payload: &Bytes) -> Result<Method, 
             .ok_or_else(cannot_decode);
     }
     match parse_class(&payload[..]) {
-        Ok((rest, m)) if rest.is_empty() => {
+        Ok(([], m)) => {
             // basic.qos: amq-protocol drops prefetch_size; RabbitMQ refuses anything but 0.
             if (class_id, method_id) == (60, 10) {
                 let size = u32::from_be_bytes([args[0], args[1], args[2], args[3]]);

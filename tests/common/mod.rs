@@ -52,6 +52,7 @@ where
 
 /// What the raw client saw.
 #[derive(Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     /// A decoded frame.
     Frame(AMQPFrame),
@@ -76,7 +77,11 @@ pub struct Tune {
 
 impl Default for Tune {
     fn default() -> Self {
-        Tune { channel_max: 2047, frame_max: 131072, heartbeat: 0 }
+        Tune {
+            channel_max: 2047,
+            frame_max: 131072,
+            heartbeat: 0,
+        }
     }
 }
 
@@ -126,7 +131,10 @@ impl Raw {
     pub async fn connect(b: &Broker) -> Raw {
         let sock = TcpStream::connect(b.local_addr()).await.unwrap();
         sock.set_nodelay(true).unwrap();
-        Raw { sock, buf: Vec::new() }
+        Raw {
+            sock,
+            buf: Vec::new(),
+        }
     }
 
     /// Connect and complete the handshake with default tune values.
@@ -138,9 +146,12 @@ impl Raw {
     pub async fn open_with(b: &Broker, tune: Tune, vhost: &str) -> Raw {
         let mut r = Raw::connect(b).await;
         r.start(tune).await;
-        r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::Open(conn::Open {
-            virtual_host: vhost.into(),
-        }))))
+        r.send(&method_frame(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Open(conn::Open {
+                virtual_host: vhost.into(),
+            })),
+        ))
         .await;
         r.expect_method(0, 10, 41).await;
         r
@@ -151,28 +162,44 @@ impl Raw {
         self.send(b"AMQP\x00\x00\x09\x01").await;
         self.expect_method(0, 10, 10).await;
         let mut caps = amq_protocol::types::FieldTable::default();
-        caps.insert("authentication_failure_close".into(), amq_protocol::types::AMQPValue::Boolean(true));
+        caps.insert(
+            "authentication_failure_close".into(),
+            amq_protocol::types::AMQPValue::Boolean(true),
+        );
         let mut props = amq_protocol::types::FieldTable::default();
-        props.insert("capabilities".into(), amq_protocol::types::AMQPValue::FieldTable(caps));
-        self.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0guest".into(),
-            locale: "en_US".into(),
-        }))))
+        props.insert(
+            "capabilities".into(),
+            amq_protocol::types::AMQPValue::FieldTable(caps),
+        );
+        self.send(&method_frame(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+                client_properties: props,
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+        ))
         .await;
         self.expect_method(0, 10, 30).await;
-        self.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::TuneOk(conn::TuneOk {
-            channel_max: tune.channel_max,
-            frame_max: tune.frame_max,
-            heartbeat: tune.heartbeat,
-        }))))
+        self.send(&method_frame(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::TuneOk(conn::TuneOk {
+                channel_max: tune.channel_max,
+                frame_max: tune.frame_max,
+                heartbeat: tune.heartbeat,
+            })),
+        ))
         .await;
     }
 
     /// Open a channel and wait for open-ok.
     pub async fn open_channel(&mut self, ch: u16) {
-        self.send(&method_frame(ch, AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})))).await;
+        self.send(&method_frame(
+            ch,
+            AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})),
+        ))
+        .await;
         self.expect_method(ch, 20, 11).await;
     }
 
@@ -216,7 +243,9 @@ impl Raw {
     pub async fn expect_method(&mut self, ch: u16, class_id: u16, method_id: u16) -> AMQPClass {
         match self.next().await {
             Reply::Frame(AMQPFrame::Method(c, m))
-                if c == ch && m.get_amqp_class_id() == class_id && m.get_amqp_method_id() == method_id =>
+                if c == ch
+                    && m.get_amqp_class_id() == class_id
+                    && m.get_amqp_method_id() == method_id =>
             {
                 m
             }
@@ -228,9 +257,17 @@ impl Raw {
     pub async fn expect_connection_close(&mut self) -> (u16, String, u16, u16) {
         match self.expect_method(0, 10, 50).await {
             AMQPClass::Connection(conn::AMQPMethod::Close(c)) => {
-                self.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {}))))
-                    .await;
-                (c.reply_code, c.reply_text.to_string(), c.class_id, c.method_id)
+                self.send(&method_frame(
+                    0,
+                    AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                ))
+                .await;
+                (
+                    c.reply_code,
+                    c.reply_text.to_string(),
+                    c.class_id,
+                    c.method_id,
+                )
             }
             _ => unreachable!(),
         }
@@ -240,8 +277,17 @@ impl Raw {
     pub async fn expect_channel_close(&mut self, ch: u16) -> (u16, String, u16, u16) {
         match self.expect_method(ch, 20, 40).await {
             AMQPClass::Channel(chan::AMQPMethod::Close(c)) => {
-                self.send(&method_frame(ch, AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})))).await;
-                (c.reply_code, c.reply_text.to_string(), c.class_id, c.method_id)
+                self.send(&method_frame(
+                    ch,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                ))
+                .await;
+                (
+                    c.reply_code,
+                    c.reply_text.to_string(),
+                    c.class_id,
+                    c.method_id,
+                )
             }
             _ => unreachable!(),
         }
@@ -263,12 +309,37 @@ impl Raw {
 pub async fn assert_still_serving(b: &Broker) {
     let mut r = Raw::open(b).await;
     r.open_channel(1).await;
-    r.send(&method_frame(0, AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
-        reply_code: 200,
-        reply_text: "bye".into(),
-        class_id: 0,
-        method_id: 0,
-    }))))
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ))
     .await;
     r.expect_method(0, 10, 51).await;
+}
+
+/// The AMQP reply code and text of a lapin error (channel or connection close).
+pub fn amqp_error(e: &lapin::Error) -> (u16, String) {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(err) => (err.get_id(), err.get_message().to_string()),
+        other => panic!("not an AMQP error: {other:?}"),
+    }
+}
+
+/// A table from string pairs (values as longstr).
+pub fn table(kv: &[(&str, amq_protocol::types::AMQPValue)]) -> amq_protocol::types::FieldTable {
+    let mut t = amq_protocol::types::FieldTable::default();
+    for (k, v) in kv {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+/// A longstr value.
+pub fn s(v: &str) -> amq_protocol::types::AMQPValue {
+    amq_protocol::types::AMQPValue::LongString(v.into())
 }

@@ -1,0 +1,130 @@
+//! The consuming side of a channel: `basic.get`, delivery tags, the unacked list, and
+//! `basic.ack` / `nack` / `reject` with RabbitMQ's `multiple` and unknown-tag rules.
+
+use super::Channel;
+use crate::connection::ConnCtx;
+use crate::protocol::AmqpError;
+use crate::protocol::codec::{put_basic_get_ok, put_content};
+use crate::queue::Queue;
+use amq_protocol::protocol::{AMQPClass, basic};
+use std::sync::Arc;
+
+/// A delivered, not yet acknowledged message.
+pub struct Unacked {
+    /// Delivery tag on this channel.
+    pub tag: u64,
+    /// Queue it came from.
+    pub queue: Arc<Queue>,
+    /// Its position in that queue.
+    pub seq: u64,
+}
+
+/// What to do with acknowledged messages.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// `basic.ack`.
+    Ack,
+    /// `nack`/`reject` with requeue.
+    Requeue,
+    /// `nack`/`reject` without requeue (dead-lettering goes here).
+    Discard,
+}
+
+impl Channel {
+    pub(super) fn basic_get(&mut self, ctx: &mut ConnCtx, m: basic::Get) -> Result<(), AmqpError> {
+        let name = if m.queue.as_str().is_empty() {
+            self.last_queue
+                .clone()
+                .ok_or_else(|| AmqpError::not_found("no previously declared queue"))?
+        } else {
+            m.queue.to_string()
+        };
+        let q = ctx.vhost.queue_for(&name, ctx.id)?;
+        match q.get(m.no_ack) {
+            None => ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            ),
+            Some((entry, left)) => {
+                self.next_tag += 1;
+                let tag = self.next_tag;
+                if !m.no_ack {
+                    self.unacked.push_back(Unacked {
+                        tag,
+                        queue: q.clone(),
+                        seq: entry.seq,
+                    });
+                }
+                let msg = &entry.msg;
+                put_basic_get_ok(
+                    &mut ctx.out,
+                    self.id,
+                    tag,
+                    entry.redelivered,
+                    &msg.exchange,
+                    &msg.routing_key,
+                    left,
+                );
+                put_content(
+                    &mut ctx.out,
+                    self.id,
+                    &msg.properties,
+                    &msg.body,
+                    ctx.frame_max,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Settle `tag` (and every earlier one with `multiple`; tag 0 + multiple = all).
+    pub(super) fn settle(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> Result<(), AmqpError> {
+        let taken: Vec<Unacked> = if multiple && tag == 0 {
+            self.unacked.drain(..).collect()
+        } else {
+            let pos = self.unacked.binary_search_by_key(&tag, |u| u.tag);
+            match (pos, multiple) {
+                (Ok(i), false) => self.unacked.remove(i).into_iter().collect(),
+                (Ok(i), true) => self.unacked.drain(..=i).collect(),
+                (Err(_), _) => {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "unknown delivery tag {tag}"
+                    )));
+                }
+            }
+        };
+        settle_all(taken, how);
+        Ok(())
+    }
+
+    /// Requeue everything unacked (channel or connection closed).
+    pub(super) fn requeue_all(&mut self) {
+        let taken: Vec<Unacked> = self.unacked.drain(..).collect();
+        settle_all(taken, Settle::Requeue);
+    }
+}
+
+/// Apply a settlement, one queue call per run of messages from the same queue.
+fn settle_all(taken: Vec<Unacked>, how: Settle) {
+    let mut i = 0;
+    while i < taken.len() {
+        let q = &taken[i].queue;
+        let mut seqs = Vec::new();
+        let mut j = i;
+        while j < taken.len() && Arc::ptr_eq(&taken[j].queue, q) {
+            seqs.push(taken[j].seq);
+            j += 1;
+        }
+        match how {
+            Settle::Ack => q.ack(&seqs),
+            Settle::Requeue => q.requeue(&seqs),
+            Settle::Discard => q.discard(&seqs),
+        }
+        i = j;
+    }
+}

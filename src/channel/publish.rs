@@ -1,0 +1,121 @@
+//! `basic.publish` once its content is assembled: exchange checks, CC/BCC, `user_id`, routing,
+//! `basic.return` for unroutable mandatory messages, and enqueueing one shared `Arc<Message>`.
+
+use super::Channel;
+use crate::args::as_str_bytes;
+use crate::connection::ConnCtx;
+use crate::message::Message;
+use crate::protocol::AmqpError;
+use crate::protocol::codec::{encode_properties, put_basic_return, put_content};
+use crate::protocol::method::Publish;
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// Property flag bits (AMQP 0-9-1 basic class).
+const FLAG_HEADERS: u16 = 1 << 13;
+const FLAG_USER_ID: u16 = 1 << 4;
+
+/// Decode properties only when a feature needs them (headers for routing/CC/BCC, user-id).
+fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> {
+    if raw.len() < 2 {
+        return Err(AmqpError::frame_error("content header too short"));
+    }
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    if flags & (FLAG_HEADERS | FLAG_USER_ID) == 0 {
+        return Ok(None);
+    }
+    match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
+        Ok((_, p)) => Ok(Some(p)),
+        Err(_) => Err(AmqpError::frame_error(
+            "cannot decode content header properties",
+        )),
+    }
+}
+
+/// CC/BCC routing keys from the headers (arrays of strings, or a single string).
+fn header_routes<'a>(headers: &'a FieldTable, key: &str, out: &mut Vec<&'a [u8]>) {
+    match headers.inner().get(key) {
+        Some(AMQPValue::FieldArray(a)) => out.extend(a.as_slice().iter().filter_map(as_str_bytes)),
+        Some(v) => out.extend(as_str_bytes(v)),
+        None => {}
+    }
+}
+
+impl Channel {
+    /// Route and enqueue a complete message.
+    pub(super) fn publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: Publish,
+        properties: Bytes,
+        body: Bytes,
+    ) -> Result<(), AmqpError> {
+        let xname = String::from_utf8_lossy(&p.exchange);
+        let x = ctx.vhost.exchange(&xname)?;
+        if x.def.internal {
+            return Err(AmqpError::access_refused(format!(
+                "cannot publish to internal {}",
+                crate::args::rs("exchange", &xname, &ctx.vhost.name)
+            )));
+        }
+        let props = decode_properties(&properties)?;
+        let mut properties = properties;
+        let mut keys: Vec<&[u8]> = vec![&p.routing_key[..]];
+        let headers = props.as_ref().and_then(|p| p.headers().as_ref());
+        if let Some(props) = &props
+            && let Some(uid) = props.user_id()
+            && uid.as_str() != ctx.user
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                uid.as_str(),
+                ctx.user
+            )));
+        }
+        if let Some(h) = headers {
+            header_routes(h, "CC", &mut keys);
+            header_routes(h, "BCC", &mut keys);
+        }
+        let queues = ctx.vhost.route(&x, &keys, headers);
+        if let (Some(h), Some(props)) = (headers, &props)
+            && h.contains_key("BCC")
+        {
+            // BCC is removed before delivery, as RabbitMQ does (re-encode once per message).
+            let mut map = h.inner().clone();
+            map.remove("BCC");
+            properties = encode_properties(&props.clone().with_headers(FieldTable::from(map)));
+        }
+        let msg = Arc::new(Message {
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            properties,
+            body,
+        });
+        if queues.is_empty() {
+            if p.mandatory {
+                put_basic_return(
+                    &mut ctx.out,
+                    self.id,
+                    312,
+                    "NO_ROUTE",
+                    &msg.exchange,
+                    &msg.routing_key,
+                );
+                put_content(
+                    &mut ctx.out,
+                    self.id,
+                    &msg.properties,
+                    &msg.body,
+                    ctx.frame_max,
+                );
+            }
+            return Ok(());
+        }
+        for q in &queues {
+            q.publish(msg.clone());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,235 @@
+//! Exchange, queue and binding methods of a channel: argument mapping from the wire to
+//! [`VHost`](crate::vhost::VHost) calls, `nowait`, and the `-ok` replies.
+
+use super::Channel;
+use crate::connection::ConnCtx;
+use crate::exchange::{BindingDef, Destination, ExchangeDef, ExchangeKind};
+use crate::protocol::AmqpError;
+use crate::queue::QueueDef;
+use amq_protocol::protocol::{AMQPClass, exchange as ex, queue as qu};
+use rand::RngCore;
+
+/// `amq.gen-` + 22 base64url characters of 16 random bytes, like RabbitMQ's `rabbit_guid`.
+pub fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut raw = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let mut bits: u128 = u128::from_be_bytes(raw);
+    let mut s = String::with_capacity(prefix.len() + 23);
+    s.push_str(prefix);
+    s.push('-');
+    let mut chars = [0u8; 22];
+    for c in chars.iter_mut().rev() {
+        *c = ALPHABET[(bits & 63) as usize];
+        bits >>= 6;
+    }
+    s.push_str(std::str::from_utf8(&chars).unwrap_or_default());
+    s
+}
+
+impl Channel {
+    fn reply(&self, ctx: &mut ConnCtx, nowait: bool, m: AMQPClass) {
+        if !nowait {
+            ctx.send_method(self.id, m);
+        }
+    }
+
+    /// Resolve AMQP's "empty queue name = last declared queue on this channel" shortcut.
+    fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_string());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+
+    pub(super) fn exchange_declare(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: ex::Declare,
+    ) -> Result<(), AmqpError> {
+        let kind_name = m.kind.as_str();
+        let def = ExchangeDef {
+            name: m.exchange.to_string(),
+            kind: ExchangeKind::parse(kind_name).unwrap_or(ExchangeKind::Direct),
+            durable: m.durable,
+            auto_delete: m.auto_delete,
+            internal: m.internal,
+            arguments: m.arguments,
+        };
+        ctx.vhost.declare_exchange(def, kind_name, m.passive)?;
+        self.reply(
+            ctx,
+            m.nowait,
+            AMQPClass::Exchange(ex::AMQPMethod::DeclareOk(ex::DeclareOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn exchange_delete(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: ex::Delete,
+    ) -> Result<(), AmqpError> {
+        ctx.vhost
+            .delete_exchange(m.exchange.as_str(), m.if_unused)?;
+        self.reply(
+            ctx,
+            m.nowait,
+            AMQPClass::Exchange(ex::AMQPMethod::DeleteOk(ex::DeleteOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn exchange_bind(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: ex::Bind,
+        bind: bool,
+    ) -> Result<(), AmqpError> {
+        let b = BindingDef {
+            source: m.source.to_string(),
+            destination: Destination::Exchange(m.destination.as_str().into()),
+            routing_key: m.routing_key.to_string(),
+            arguments: m.arguments,
+        };
+        if bind {
+            ctx.vhost.bind(b, ctx.id)?;
+            self.reply(
+                ctx,
+                m.nowait,
+                AMQPClass::Exchange(ex::AMQPMethod::BindOk(ex::BindOk {})),
+            );
+        } else {
+            ctx.vhost.unbind(b, ctx.id)?;
+            self.reply(
+                ctx,
+                m.nowait,
+                AMQPClass::Exchange(ex::AMQPMethod::UnbindOk(ex::UnbindOk {})),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) fn queue_declare(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: qu::Declare,
+    ) -> Result<(), AmqpError> {
+        let server_named = m.queue.as_str().is_empty() && !m.passive;
+        let name = if server_named {
+            generated_name("amq.gen")
+        } else {
+            self.queue_name(m.queue.as_str())?
+        };
+        let def = QueueDef {
+            name,
+            durable: m.durable,
+            exclusive: m.exclusive,
+            auto_delete: m.auto_delete,
+            arguments: m.arguments,
+        };
+        let declared = ctx
+            .vhost
+            .declare_queue(def, m.passive, server_named, ctx.id)?;
+        let q = declared.queue;
+        if declared.created && q.owner.is_some() {
+            ctx.exclusive_queues.push(q.clone());
+        }
+        self.last_queue = Some(q.name.to_string());
+        self.reply(
+            ctx,
+            m.nowait,
+            AMQPClass::Queue(qu::AMQPMethod::DeclareOk(qu::DeclareOk {
+                queue: q.name.as_ref().into(),
+                message_count: q.message_count(),
+                consumer_count: q.consumer_count(),
+            })),
+        );
+        Ok(())
+    }
+
+    pub(super) fn queue_bind(&mut self, ctx: &mut ConnCtx, m: qu::Bind) -> Result<(), AmqpError> {
+        let queue = self.queue_name(m.queue.as_str())?;
+        // Both empty: the routing key is the last declared queue's name (AMQP shortcut).
+        let routing_key = if m.queue.as_str().is_empty() && m.routing_key.as_str().is_empty() {
+            queue.clone()
+        } else {
+            m.routing_key.to_string()
+        };
+        let b = BindingDef {
+            source: m.exchange.to_string(),
+            destination: Destination::Queue(queue.as_str().into()),
+            routing_key,
+            arguments: m.arguments,
+        };
+        ctx.vhost.bind(b, ctx.id)?;
+        self.reply(
+            ctx,
+            m.nowait,
+            AMQPClass::Queue(qu::AMQPMethod::BindOk(qu::BindOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn queue_unbind(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: qu::Unbind,
+    ) -> Result<(), AmqpError> {
+        let queue = self.queue_name(m.queue.as_str())?;
+        let b = BindingDef {
+            source: m.exchange.to_string(),
+            destination: Destination::Queue(queue.as_str().into()),
+            routing_key: m.routing_key.to_string(),
+            arguments: m.arguments,
+        };
+        ctx.vhost.unbind(b, ctx.id)?;
+        ctx.send_method(
+            self.id,
+            AMQPClass::Queue(qu::AMQPMethod::UnbindOk(qu::UnbindOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn queue_purge(&mut self, ctx: &mut ConnCtx, m: qu::Purge) -> Result<(), AmqpError> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let q = ctx.vhost.queue_for(&name, ctx.id)?;
+        let message_count = q.purge();
+        self.reply(
+            ctx,
+            m.nowait,
+            AMQPClass::Queue(qu::AMQPMethod::PurgeOk(qu::PurgeOk { message_count })),
+        );
+        Ok(())
+    }
+
+    pub(super) fn queue_delete(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: qu::Delete,
+    ) -> Result<(), AmqpError> {
+        let name = self.queue_name(m.queue.as_str())?;
+        let message_count = ctx
+            .vhost
+            .delete_queue(&name, m.if_unused, m.if_empty, ctx.id)?;
+        self.reply(
+            ctx,
+            m.nowait,
+            AMQPClass::Queue(qu::AMQPMethod::DeleteOk(qu::DeleteOk { message_count })),
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_names_look_like_rabbitmq() {
+        let n = super::generated_name("amq.gen");
+        assert!(n.starts_with("amq.gen-"));
+        assert_eq!(n.len(), "amq.gen-".len() + 22);
+        assert_ne!(n, super::generated_name("amq.gen"));
+    }
+}
