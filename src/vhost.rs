@@ -358,6 +358,13 @@ impl VHost {
             return 0;
         }
         self.remove_destination(&Destination::Queue(q.name.clone()));
+        // Consumers learn it (basic.cancel from the server, RabbitMQ's consumer_cancel_notify).
+        for c in q.consumers() {
+            let _ = c.events.send(crate::queue::consumer::ConnEvent::Cancelled {
+                channel: c.channel,
+                tag: c.tag.clone(),
+            });
+        }
         q.mark_deleted()
     }
 

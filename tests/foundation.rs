@@ -114,8 +114,8 @@ async fn bad_password_raw_reply() {
         })),
     ))
     .await;
-    let (code, text, _, _) = r.expect_connection_close().await;
-    assert_eq!(code, 403);
+    let (code, text, class, method) = r.expect_connection_close().await;
+    assert_eq!((code, class, method), (403, 0, 0));
     assert_eq!(
         text,
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
@@ -255,33 +255,34 @@ async fn tune_negotiation_rules() {
         "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,5000,4088}"
     );
 
-    for (tune, text) in [
-        (
-            Tune {
-                frame_max: 1000,
-                ..Tune::default()
-            },
-            "NOT_ALLOWED - negotiated frame_max = 1000 is lower than the minimum allowed value (4096)",
-        ),
-        (
-            Tune {
-                frame_max: 200000,
-                ..Tune::default()
-            },
-            "NOT_ALLOWED - negotiated frame_max = 200000 is higher than the maximum allowed value (131072)",
-        ),
-        (
-            Tune {
-                channel_max: 3000,
-                ..Tune::default()
-            },
-            "NOT_ALLOWED - negotiated channel_max = 3000 is higher than the maximum allowed value (2047)",
-        ),
+    // Out-of-range values: RabbitMQ 3.10.8 logs "negotiated frame_max = 1000 is lower than
+    // the minimum allowed value (4096)" and closes the socket without a close frame (observed;
+    // see integration/python/test_wire_errors.py). Zero is refused too: the server has limits.
+    for tune in [
+        Tune {
+            frame_max: 1000,
+            ..Tune::default()
+        },
+        Tune {
+            frame_max: 200000,
+            ..Tune::default()
+        },
+        Tune {
+            frame_max: 0,
+            ..Tune::default()
+        },
+        Tune {
+            channel_max: 3000,
+            ..Tune::default()
+        },
+        Tune {
+            channel_max: 0,
+            ..Tune::default()
+        },
     ] {
         let mut r = Raw::connect(&b).await;
         r.start(tune).await;
-        let (code, got, class, method) = r.expect_connection_close().await;
-        assert_eq!((code, got.as_str(), class, method), (530, text, 10, 31));
+        assert_eq!(r.next().await, Reply::Eof);
     }
     assert_still_serving(&b).await;
 }

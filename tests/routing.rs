@@ -605,25 +605,19 @@ async fn exchange_delete_and_auto_delete() {
 #[tokio::test]
 async fn publish_errors() {
     let b = start().await;
-    let c = lapin_connect(&b).await;
-    let ch = channel(&c).await;
-    ch.basic_publish(
-        ss("missing"),
-        ss("k"),
-        Default::default(),
-        b"x",
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    let e = ch
-        .basic_get(ss("anything"), Default::default())
-        .await
-        .unwrap_err();
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.publish(1, "missing", "k", 0, b"x").await;
     assert_eq!(
-        amqp_error(&e),
-        (404, "NOT_FOUND - no exchange 'missing' in vhost '/'".into())
+        r.expect_channel_close(1).await,
+        (
+            404,
+            "NOT_FOUND - no exchange 'missing' in vhost '/'".into(),
+            60,
+            40
+        )
     );
+    let c = lapin_connect(&b).await;
     let ch = channel(&c).await;
     ch.exchange_declare(
         ss("int"),
@@ -636,26 +630,45 @@ async fn publish_errors() {
     )
     .await
     .unwrap();
-    ch.basic_publish(
-        ss("int"),
-        ss(""),
-        Default::default(),
-        b"x",
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    let e = ch
-        .basic_get(ss("anything"), Default::default())
-        .await
-        .unwrap_err();
+    r.open_channel(2).await;
+    r.publish(2, "int", "", 0, b"x").await;
     assert_eq!(
-        amqp_error(&e),
+        r.expect_channel_close(2).await,
         (
             403,
-            "ACCESS_REFUSED - cannot publish to internal exchange 'int' in vhost '/'".into()
+            "ACCESS_REFUSED - cannot publish to internal exchange 'int' in vhost '/'".into(),
+            60,
+            40
         )
     );
+}
+
+#[tokio::test]
+async fn mandatory_unroutable_is_returned() {
+    let b = start().await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.publish(1, "amq.direct", "nowhere", 1, b"back").await;
+    match r.expect_method(1, 60, 50).await {
+        amq_protocol::protocol::AMQPClass::Basic(
+            amq_protocol::protocol::basic::AMQPMethod::Return(ret),
+        ) => {
+            assert_eq!((ret.reply_code, ret.reply_text.as_str()), (312, "NO_ROUTE"));
+            assert_eq!(
+                (ret.exchange.as_str(), ret.routing_key.as_str()),
+                ("amq.direct", "nowhere")
+            );
+        }
+        _ => unreachable!(),
+    }
+    match r.next().await {
+        Reply::Frame(amq_protocol::frame::AMQPFrame::Header(1, h)) => assert_eq!(h.body_size, 4),
+        other => panic!("{other:?}"),
+    }
+    match r.next().await {
+        Reply::Frame(amq_protocol::frame::AMQPFrame::Body(1, body)) => assert_eq!(body, b"back"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

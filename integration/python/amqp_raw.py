@@ -595,7 +595,10 @@ def read_frames(sock, timeout=3.0, until=None, reply_close_ok=False, skip_heartb
             res.frames.append(Frame(GARBAGE, None, None, None, None, data))
             continue
         buf += data
-    if buf:
+    if buf and res.timed_out:
+        _pending[sock] = buf  # a partial frame: the next call may complete it
+    elif buf:
+        # the peer closed in the middle of a frame: report the stub
         res.frames.append(Frame(GARBAGE, None, None, None, None, bytes(buf)))
     return res
 

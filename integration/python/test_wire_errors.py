@@ -40,7 +40,6 @@ a fatal framing error) only after a 3 s pause; 'after' records that as 'eof dela
 
 import os
 import socket
-import struct
 import sys
 import time
 
@@ -674,7 +673,7 @@ def channel_open_instead_of_tune_ok(port):
 # Expected outcomes. Every entry is what RabbitMQ 3.10.8 (Debian package, default config,
 # 127.0.0.1:5680) actually did, recorded with
 #   /tmp/venv/bin/python test_wire_errors.py record 5680
-# and identical over three recordings. Re-record rather than edit by hand. TEXT_PREFIX lists
+# and stable over repeated runs. Re-record rather than edit by hand. TEXT_PREFIX lists
 # scenarios whose reply text contains node-specific data (only that prefix is compared).
 #
 # Things worth knowing when reading the table (all observed on RabbitMQ 3.10.8):
@@ -968,10 +967,32 @@ def broker_serves(port):
         a.close_connection(s)
 
 
+# Where Warren deliberately differs from the RabbitMQ recording (each listed in
+# docs/compatibility.md).
+WARREN_DIFFERS = {
+    # RabbitMQ copies Latin-1 bytes raw into the reply text, which is then not UTF-8 (lapin
+    # refuses such a shortstr); Warren substitutes U+FFFD for the invalid bytes.
+    'bad_frame_end_latin1_body':
+        {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 0, 'method_id': 0,
+         'code': 501,
+         'text': 'FRAME_ERROR - type 3, all octets = <<"\ufffdt\ufffd">>: {invalid_frame_end_marker,0}',
+         'after': 'eof'},
+    # AMQP 0-8 is not spoken: its header gets Warren's own header back.
+    'header_amqp_1_1_8_0':
+        {'kind': 'protocol-header', 'seen': [], 'detail': b'AMQP\x00\x00\t\x01', 'after': 'eof'},
+}
+
+
 def compare(name, got, want):
     """The fields of `want` that must match (text may be prefix-matched)."""
     got = dict(got)
     want = dict(want)
+    # Warren's documented difference (docs/compatibility.md): RabbitMQ waits about 3 s before
+    # closing the socket after a handshake or framing error (a slow-down for misbehaving
+    # peers); Warren closes as soon as the close handshake is over. Only the timing differs.
+    for d in (got, want):
+        if d.get("after", "").startswith("eof"):
+            d["after"] = "eof"
     if name in TEXT_PREFIX and "text" in want:
         prefix = TEXT_PREFIX[name]
         assert got.get("text", "").startswith(prefix), (name, got, prefix)
@@ -990,7 +1011,7 @@ def _need_warren():
 def test_scenario(name):
     assert name in EXPECTED, "no RabbitMQ recording for %s" % name
     got = SCENARIOS[name](PORT)
-    compare(name, got, EXPECTED[name])
+    compare(name, got, WARREN_DIFFERS.get(name, EXPECTED[name]))
     assert broker_serves(PORT), "broker stopped serving after %s" % name
 
 
@@ -1016,8 +1037,11 @@ def test_header_0_9_start_version():
 START_VERSIONS = {
     b'AMQP\x00\x00\t\x01': (0, 9),
     b'AMQP\x01\x01\x00\t': (0, 9),
-    b'AMQP\x01\x01\x08\x00': (8, 0),
-    b'AMQP\x01\x01\t\x01': (8, 0),
+    # RabbitMQ 3.10.8 also speaks AMQP 0-8 ('AMQP 1 1 8 0' and 'AMQP 1 1 9 1' get a 0-8
+    # connection.start). Warren speaks only 0-9-1 and answers these with its own header, as the
+    # spec says for unsupported versions (a documented difference, docs/compatibility.md).
+    b'AMQP\x01\x01\x08\x00': None,
+    b'AMQP\x01\x01\t\x01': None,
     b'AMQP\x00\x00\x08\x00': None,
 }
 

@@ -17,6 +17,8 @@ pub struct Unacked {
     pub queue: Arc<Queue>,
     /// Its position in that queue.
     pub seq: u64,
+    /// The consumer it was delivered to (`None` for `basic.get`).
+    pub consumer: Option<Arc<crate::queue::consumer::Consumer>>,
 }
 
 /// What to do with acknowledged messages.
@@ -53,6 +55,7 @@ impl Channel {
                         tag,
                         queue: q.clone(),
                         seq: entry.seq,
+                        consumer: None,
                     });
                 }
                 let msg = &entry.msg;
@@ -109,21 +112,32 @@ impl Channel {
     }
 }
 
-/// Apply a settlement, one queue call per run of messages from the same queue.
+/// Apply a settlement, one queue call per run of messages from the same queue; credit goes
+/// back to the consumers and their queues deliver again.
 fn settle_all(taken: Vec<Unacked>, how: Settle) {
+    for u in &taken {
+        if let Some(c) = &u.consumer {
+            c.return_credit(1);
+        }
+    }
     let mut i = 0;
     while i < taken.len() {
         let q = &taken[i].queue;
         let mut seqs = Vec::new();
         let mut j = i;
+        let mut from_consumers = false;
         while j < taken.len() && Arc::ptr_eq(&taken[j].queue, q) {
             seqs.push(taken[j].seq);
+            from_consumers |= taken[j].consumer.is_some();
             j += 1;
         }
         match how {
             Settle::Ack => q.ack(&seqs),
             Settle::Requeue => q.requeue(&seqs),
             Settle::Discard => q.discard(&seqs),
+        }
+        if from_consumers && how != Settle::Requeue {
+            q.dispatch();
         }
         i = j;
     }

@@ -2,6 +2,7 @@
 //! header → bodies, as RabbitMQ's `rabbit_command_assembler`) and the handling of channel-level
 //! methods. Never awaits; effects are frames queued on the [`ConnCtx`] and calls into the vhost.
 
+mod consume;
 mod delivery;
 mod publish;
 mod topology;
@@ -10,10 +11,16 @@ use crate::connection::{ConnCtx, Fault, decode_method};
 use crate::protocol::AmqpError;
 use crate::protocol::codec::Frame;
 use crate::protocol::method::{Method, Publish};
-use amq_protocol::protocol::{AMQPClass, basic, channel as chan, exchange as ex, queue as qu};
+use crate::queue::Queue;
+use crate::queue::consumer::{ChannelCredit, Consumer};
+use amq_protocol::protocol::{
+    AMQPClass, basic, channel as chan, confirm, exchange as ex, queue as qu, tx,
+};
 use bytes::{Bytes, BytesMut};
 use delivery::{Settle, Unacked};
+use std::collections::HashMap;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 pub use topology::generated_name;
 
@@ -64,6 +71,25 @@ pub struct Channel {
     unacked: VecDeque<Unacked>,
     /// The queue most recently declared on this channel (for empty-name shortcuts).
     last_queue: Option<String>,
+    /// Consumers by tag, with their queue.
+    consumers: HashMap<Arc<str>, (Arc<Consumer>, Arc<Queue>)>,
+    /// `basic.qos` global=false: prefetch of consumers created from now on.
+    consumer_prefetch: u32,
+    /// `basic.qos` global=true: shared prefetch of the channel's consumers.
+    credit: Arc<ChannelCredit>,
+    /// Publisher confirms: `Some(seq of the last publish)` once `confirm.select` was seen.
+    confirm_seq: Option<u64>,
+    /// Highest publish sequence already confirmed.
+    confirmed: u64,
+    /// Transaction buffer once `tx.select` was seen.
+    tx: Option<TxBuffer>,
+}
+
+/// Work buffered by a transaction until `tx.commit`.
+#[derive(Default)]
+struct TxBuffer {
+    publishes: Vec<(Publish, Bytes, Bytes)>,
+    settles: Vec<(u64, bool, Settle)>,
 }
 
 impl Channel {
@@ -76,14 +102,40 @@ impl Channel {
             next_tag: 0,
             unacked: VecDeque::new(),
             last_queue: None,
+            consumers: HashMap::new(),
+            consumer_prefetch: 0,
+            credit: Arc::new(ChannelCredit::default()),
+            confirm_seq: None,
+            confirmed: 0,
+            tx: None,
         }
     }
 
     /// Release what the channel holds: unacked messages go back to their queues (at their
     /// original positions, marked redelivered).
-    pub fn release(&mut self, _ctx: &mut ConnCtx) {
+    pub fn release(&mut self, ctx: &mut ConnCtx) {
         self.assembly = Assembly::Method;
+        // Cancel first, so requeued messages are not handed back to this channel's consumers.
+        self.cancel_all(ctx);
         self.requeue_all();
+        self.tx = None;
+    }
+
+    /// Send the publisher confirms owed since the last call (one `basic.ack` with `multiple`
+    /// for a run of publishes): called once per connection loop turn, after returns.
+    pub fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
+        let Some(seq) = self.confirm_seq else { return };
+        if seq > self.confirmed {
+            let multiple = seq - self.confirmed > 1;
+            self.confirmed = seq;
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                    delivery_tag: seq,
+                    multiple,
+                })),
+            );
+        }
     }
 
     /// Handle one frame on this (open) channel.
@@ -144,7 +196,8 @@ impl Channel {
                     .into());
                 }
                 if body_size == 0 {
-                    self.publish(ctx, publish, properties, Bytes::new())?;
+                    self.on_publish(ctx, publish, properties, Bytes::new())
+                        .map_err(|e| e.on_if_unset(60, 40))?;
                 } else {
                     self.assembly = Assembly::Body {
                         publish,
@@ -172,13 +225,29 @@ impl Channel {
                 Frame::Body { payload, .. },
             ) => {
                 let len = payload.len() as u64;
+                if remaining == u64::MAX {
+                    // An overflowed body (see below): discard until the client sends a method.
+                    self.assembly = Assembly::Body {
+                        publish,
+                        properties,
+                        body_size,
+                        parts,
+                        remaining,
+                    };
+                    return Ok(Outcome::Open);
+                }
                 if len > remaining {
-                    return Err(AmqpError::unexpected_frame(format!(
-                        "content body of {} bytes exceeds the declared body size {body_size}",
-                        body_size - remaining + len
-                    ))
-                    .on(60, 40)
-                    .into());
+                    // RabbitMQ 3.10.8 accepts the frame and keeps waiting for a body that can
+                    // never complete: the next method is then a 505. Do the same, keeping
+                    // nothing more in memory.
+                    self.assembly = Assembly::Body {
+                        publish,
+                        properties: Bytes::new(),
+                        body_size,
+                        parts: Vec::new(),
+                        remaining: u64::MAX,
+                    };
+                    return Ok(Outcome::Open);
                 }
                 if len > 0 {
                     parts.push(payload);
@@ -186,7 +255,8 @@ impl Channel {
                 let remaining = remaining - len;
                 if remaining == 0 {
                     let body = join(parts, body_size as usize);
-                    self.publish(ctx, publish, properties, body)?;
+                    self.on_publish(ctx, publish, properties, body)
+                        .map_err(|e| e.on_if_unset(60, 40))?;
                 } else {
                     self.assembly = Assembly::Body {
                         publish,
@@ -283,7 +353,7 @@ impl Channel {
                 self.basic_get(ctx, m).map(|_| Outcome::Open)
             }
             AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => self
-                .settle(m.delivery_tag, m.multiple, Settle::Ack)
+                .settle_or_buffer(m.delivery_tag, m.multiple, Settle::Ack)
                 .map(|_| Outcome::Open),
             AMQPClass::Basic(basic::AMQPMethod::Nack(m)) => {
                 let how = if m.requeue {
@@ -291,7 +361,7 @@ impl Channel {
                 } else {
                     Settle::Discard
                 };
-                self.settle(m.delivery_tag, m.multiple, how)
+                self.settle_or_buffer(m.delivery_tag, m.multiple, how)
                     .map(|_| Outcome::Open)
             }
             AMQPClass::Basic(basic::AMQPMethod::Reject(m)) => {
@@ -300,13 +370,129 @@ impl Channel {
                 } else {
                     Settle::Discard
                 };
-                self.settle(m.delivery_tag, false, how)
+                self.settle_or_buffer(m.delivery_tag, false, how)
                     .map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => {
+                self.basic_qos(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => {
+                self.basic_consume(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(m)) => {
+                self.basic_cancel(ctx, m).map(|_| Outcome::Open)
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Recover(m)) => self
+                .basic_recover(ctx, m.requeue, true)
+                .map(|_| Outcome::Open),
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(m)) => self
+                .basic_recover(ctx, m.requeue, false)
+                .map(|_| Outcome::Open),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => {
+                if self.tx.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from tx to confirm mode",
+                    ));
+                }
+                if self.confirm_seq.is_none() {
+                    self.confirm_seq = Some(0);
+                }
+                if !m.nowait {
+                    ctx.send_method(
+                        self.id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(Outcome::Open)
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
+                if self.confirm_seq.is_some() {
+                    return Err(AmqpError::precondition_failed(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                self.tx.get_or_insert_with(TxBuffer::default);
+                ctx.send_method(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
+                Ok(Outcome::Open)
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
+                let Some(buf) = self.tx.replace(TxBuffer::default()) else {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                };
+                for (p, props, body) in buf.publishes {
+                    self.publish(ctx, p, props, body)?;
+                }
+                for (tag, multiple, how) in buf.settles {
+                    self.settle(tag, multiple, how)?;
+                }
+                ctx.send_method(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+                Ok(Outcome::Open)
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
+                if self.tx.replace(TxBuffer::default()).is_none() {
+                    return Err(AmqpError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                }
+                ctx.send_method(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+                Ok(Outcome::Open)
             }
             _ => Err(AmqpError::not_implemented(format!(
                 "method {class_id}/{method_id} is not implemented yet"
             ))),
         }
+    }
+}
+
+impl Channel {
+    /// A complete message: buffered in a transaction, else published (and counted for
+    /// confirms).
+    fn on_publish(
+        &mut self,
+        ctx: &mut ConnCtx,
+        p: Publish,
+        properties: Bytes,
+        body: Bytes,
+    ) -> Result<(), AmqpError> {
+        if let Some(buf) = &mut self.tx {
+            // Unknown exchanges are reported at publish time, as RabbitMQ does.
+            ctx.vhost.exchange(&String::from_utf8_lossy(&p.exchange))?;
+            buf.publishes.push((p, properties, body));
+            return Ok(());
+        }
+        if let Some(seq) = &mut self.confirm_seq {
+            *seq += 1;
+            if !ctx.confirms_dirty.contains(&self.id) {
+                ctx.confirms_dirty.push(self.id);
+            }
+        }
+        self.publish(ctx, p, properties, body)
+    }
+
+    /// Ack/nack/reject now, or at commit in a transaction (the tag is checked now).
+    fn settle_or_buffer(&mut self, tag: u64, multiple: bool, how: Settle) -> Result<(), AmqpError> {
+        if let Some(buf) = &mut self.tx {
+            let known = (multiple && tag == 0) || self.unacked.iter().any(|u| u.tag == tag);
+            if !known {
+                return Err(AmqpError::precondition_failed(format!(
+                    "unknown delivery tag {tag}"
+                )));
+            }
+            buf.settles.push((tag, multiple, how));
+            return Ok(());
+        }
+        self.settle(tag, multiple, how)
     }
 }
 

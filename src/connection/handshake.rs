@@ -24,13 +24,23 @@ pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 const PROTOCOL_HEADER_ALT: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
 
 /// Capabilities advertised in `connection.start`. Only what works: see docs/compatibility.md.
-pub const CAPABILITIES: &[&str] = &["authentication_failure_close"];
+pub const CAPABILITIES: &[&str] = &[
+    "authentication_failure_close",
+    "basic.nack",
+    "consumer_cancel_notify",
+    "consumer_priorities",
+    "exchange_exchange_bindings",
+    "per_consumer_qos",
+    "publisher_confirms",
+];
 
 pub(super) struct Handshake {
     pub broker: Arc<BrokerState>,
     pub id: u64,
     pub peer: SocketAddr,
     pub outbound: Outbound,
+    pub events: tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
+    pub backlog: Arc<crate::queue::consumer::Backlog>,
 }
 
 pub(super) struct Opened {
@@ -157,20 +167,23 @@ impl Handshake {
             client_caps.inner().get("authentication_failure_close"),
             Some(AMQPValue::Boolean(true))
         );
+        let cancel_notify = matches!(
+            client_caps.inner().get("consumer_cancel_notify"),
+            Some(AMQPValue::Boolean(true))
+        );
         let mechanism = start_ok.mechanism.as_str().to_string();
         if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
-            return Err(AmqpError::command_invalid(format!(
+            // RabbitMQ 3.10.8: no close frame before the connection is tuned.
+            return Err(Stop::Silent(format!(
                 "unknown authentication mechanism '{mechanism}'"
-            ))
-            .on(10, 11)
-            .into());
+            )));
         }
         let refused = |why: String| -> Stop {
             warn!(conn = self.id, peer = %self.peer, "login refused: {why}");
             let e = AmqpError::access_refused(format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))
-            .on(10, 11)
+            .on(0, 0)
             .connection();
             if failure_close {
                 Stop::Close(e)
@@ -208,18 +221,21 @@ impl Handshake {
         else {
             unreachable!()
         };
+        // RabbitMQ 3.10.8 logs the reason and closes the socket without a close frame.
         negotiate_value(
             "frame_max",
             FRAME_MIN_SIZE,
             limits.frame_max,
             tune.frame_max,
-        )?;
+        )
+        .map_err(|e| Stop::Silent(e.text))?;
         negotiate_value(
             "channel_max",
             0,
             limits.channel_max as u32,
             tune.channel_max as u32,
-        )?;
+        )
+        .map_err(|e| Stop::Silent(e.text))?;
         let frame_max = if tune.frame_max == 0 {
             limits.frame_max
         } else {
@@ -264,6 +280,10 @@ impl Handshake {
                 frame_max,
                 out: BytesMut::with_capacity(4096),
                 exclusive_queues: Vec::new(),
+                events: self.events.clone(),
+                backlog: self.backlog.clone(),
+                cancel_notify,
+                confirms_dirty: Vec::new(),
             },
             tune.heartbeat,
             channel_max,
@@ -280,7 +300,7 @@ fn negotiate_value(field: &str, min: u32, server: u32, client: u32) -> Result<()
         ))
         .on(10, 31));
     }
-    if server != 0 && client > server {
+    if server != 0 && (client == 0 || client > server) {
         return Err(AmqpError::not_allowed(format!(
             "negotiated {field} = {client} is higher than the maximum allowed value ({server})"
         ))
@@ -332,6 +352,12 @@ async fn next_method(reader: &mut Reader, state: &str) -> Result<AMQPClass, Stop
                 return Err(Stop::Silent(
                     "client closed the connection during the handshake".into(),
                 ));
+            }
+            // Before connection.open, RabbitMQ 3.10.8 drops the socket without a close frame.
+            Frame::Method { .. } if state != "opening" => {
+                return Err(Stop::Silent(format!(
+                    "unexpected method in connection state {state}"
+                )));
             }
             Frame::Method {
                 class_id,

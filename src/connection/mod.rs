@@ -11,6 +11,7 @@ use crate::channel::{Channel, ChannelState};
 use crate::protocol::codec::{CodecError, Frame, FrameCodec, put_heartbeat, put_method};
 use crate::protocol::method::{self, DecodeError, Method};
 use crate::protocol::{AmqpError, ReplyCode};
+use crate::queue::consumer::{Backlog, ConnEvent};
 use crate::vhost::VHost;
 use amq_protocol::protocol::{AMQPClass, channel as chan, connection as conn};
 use bytes::BytesMut;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
@@ -49,6 +51,14 @@ pub struct ConnCtx {
     pub out: BytesMut,
     /// Exclusive queues this connection declared (deleted when it closes).
     pub exclusive_queues: Vec<Arc<crate::queue::Queue>>,
+    /// Where queues send deliveries for this connection's consumers.
+    pub events: mpsc::UnboundedSender<ConnEvent>,
+    /// Output backlog shared with queues and the writer.
+    pub backlog: Arc<Backlog>,
+    /// The client accepts server-sent `basic.cancel` (capability `consumer_cancel_notify`).
+    pub cancel_notify: bool,
+    /// Channels that owe publisher confirms at the end of this loop turn.
+    pub confirms_dirty: Vec<u16>,
 }
 
 impl ConnCtx {
@@ -71,12 +81,16 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
     let id = broker.next_connection_id();
     debug!(conn = id, %peer, "accepted");
     let (read, write) = stream.into_split();
-    let (outbound, writer_task) = Outbound::spawn(write);
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let backlog = Arc::new(Backlog::default());
+    let (outbound, writer_task) = Outbound::spawn(write, backlog.clone(), events_tx.clone());
     let shake = handshake::Handshake {
         broker: broker.clone(),
         id,
         peer,
         outbound: outbound.clone(),
+        events: events_tx,
+        backlog,
     };
     let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
     let outcome = tokio::select! {
@@ -105,8 +119,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
             };
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, "connection opened");
             let mut reader = opened.reader;
-            let reason = c.run(&mut reader).await;
-            c.cleanup();
+            let reason = c.run(&mut reader, &mut events_rx).await;
+            c.cleanup(&mut events_rx);
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, %reason, "connection closed");
             Some(reader)
         }
@@ -137,7 +151,11 @@ struct Connection {
 type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
 
 impl Connection {
-    async fn run(&mut self, reader: &mut Reader) -> String {
+    async fn run(
+        &mut self,
+        reader: &mut Reader,
+        events: &mut mpsc::UnboundedReceiver<ConnEvent>,
+    ) -> String {
         reader.decoder_mut().frame_max = self.ctx.frame_max;
         let hb = Duration::from_secs(self.heartbeat as u64);
         let mut shutdown_seen = false;
@@ -163,6 +181,18 @@ impl Connection {
                         flow
                     }
                 },
+                Some(ev) = events.recv() => {
+                    self.on_event(ev);
+                    let mut n = 1;
+                    while n < MAX_FRAMES_PER_TURN {
+                        match events.try_recv() {
+                            Ok(ev) => self.on_event(ev),
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                    Flow::Continue
+                }
                 _ = self.ctx.broker.shutdown.cancelled(), if !shutdown_seen => {
                     shutdown_seen = true;
                     if self.closing_since.is_none() {
@@ -298,10 +328,12 @@ impl Connection {
     fn on_frame(&mut self, frame: Frame) -> Result<Flow, Fault> {
         match frame {
             Frame::Heartbeat { channel: 0 } => Ok(Flow::Continue),
-            Frame::Heartbeat { .. } => Err(AmqpError::unexpected_frame(
-                "expected method frame, got non method frame instead",
-            )
-            .into()),
+            // RabbitMQ 3.10.8: `505 UNEXPECTED_FRAME - type 8, all octets = <<>>`, 0/0.
+            Frame::Heartbeat { .. } => {
+                Err(AmqpError::unexpected_frame("type 8, all octets = <<>>")
+                    .on(0, 0)
+                    .into())
+            }
             Frame::Method {
                 channel: 0,
                 class_id,
@@ -425,12 +457,14 @@ impl Connection {
                 .into());
         };
         decode_method(20, 10, &payload)?;
-        if self.channel_max != 0 && id > self.channel_max {
-            return Err(AmqpError::channel_error(format!(
-                "channel {id} is above the negotiated channel_max ({})",
+        // RabbitMQ limits how many channels are open, not the channel number.
+        if self.channel_max != 0 && self.channels.len() >= self.channel_max as usize {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                self.channels.len(),
                 self.channel_max
             ))
-            .on(20, 10)
+            .on(0, 0)
             .into());
         }
         self.channels.insert(id, Channel::new(id));
@@ -486,6 +520,35 @@ impl Connection {
         }
     }
 
+    /// An event from a queue or the writer.
+    fn on_event(&mut self, ev: ConnEvent) {
+        match ev {
+            ConnEvent::Deliver(d) => match self.channels.get_mut(&d.consumer.channel) {
+                Some(ch) => ch.deliver(&mut self.ctx, d),
+                None => {
+                    let size = crate::queue::delivery_size(&d.entry);
+                    self.ctx
+                        .backlog
+                        .events
+                        .fetch_sub(size, std::sync::atomic::Ordering::Relaxed);
+                    d.bounce();
+                }
+            },
+            ConnEvent::Cancelled { channel, tag } => {
+                if let Some(ch) = self.channels.get_mut(&channel)
+                    && ch.state == ChannelState::Open
+                {
+                    ch.server_cancel(&mut self.ctx, &tag);
+                }
+            }
+            ConnEvent::Drained => {
+                for ch in self.channels.values() {
+                    ch.redispatch();
+                }
+            }
+        }
+    }
+
     fn next_heartbeat_deadline(&self, hb: Duration) -> Option<Instant> {
         if hb.is_zero() {
             return None;
@@ -509,6 +572,13 @@ impl Connection {
     }
 
     fn flush(&mut self) {
+        for id in std::mem::take(&mut self.ctx.confirms_dirty) {
+            if let Some(ch) = self.channels.get_mut(&id)
+                && ch.state == ChannelState::Open
+            {
+                ch.flush_confirms(&mut self.ctx);
+            }
+        }
         if !self.ctx.out.is_empty() {
             let batch = self.ctx.out.split().freeze();
             self.outbound.send(batch);
@@ -518,11 +588,19 @@ impl Connection {
 
     /// Release everything the connection holds: channels (their unacked messages are
     /// requeued), then exclusive queues.
-    fn cleanup(&mut self) {
+    fn cleanup(&mut self, events: &mut mpsc::UnboundedReceiver<ConnEvent>) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
             if let Some(mut ch) = self.channels.remove(&id) {
                 ch.release(&mut self.ctx);
+            }
+        }
+        // Deliveries already on their way go back to their queues: nothing is lost. No new
+        // ones can come: every consumer of this connection is cancelled.
+        events.close();
+        while let Ok(ev) = events.try_recv() {
+            if let ConnEvent::Deliver(d) = ev {
+                d.bounce();
             }
         }
         for q in std::mem::take(&mut self.ctx.exclusive_queues) {

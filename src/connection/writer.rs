@@ -2,10 +2,11 @@
 //! batches of encoded frames; the writer gathers everything queued and writes it with as few
 //! syscalls as possible (one vectored write per batch when the kernel takes it all).
 
+use crate::queue::consumer::{Backlog, ConnEvent, MAX_CONNECTION_BACKLOG};
 use bytes::{Buf, Bytes};
 use std::io::IoSlice;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -14,17 +15,21 @@ use tokio::sync::mpsc;
 #[derive(Clone)]
 pub struct Outbound {
     tx: mpsc::UnboundedSender<Bytes>,
-    /// Bytes handed to the writer and not yet written to the socket.
-    pub queued: Arc<AtomicUsize>,
+    /// The connection's backlog (`socket`: bytes handed to the writer, not yet written).
+    pub backlog: Arc<Backlog>,
 }
 
 impl Outbound {
-    /// Spawn the writer for `half`.
-    pub fn spawn(half: OwnedWriteHalf) -> (Outbound, tokio::task::JoinHandle<()>) {
+    /// Spawn the writer for `half`; it sends [`ConnEvent::Drained`] to `events` when a
+    /// backlog that held queues back has drained.
+    pub fn spawn(
+        half: OwnedWriteHalf,
+        backlog: Arc<Backlog>,
+        events: mpsc::UnboundedSender<ConnEvent>,
+    ) -> (Outbound, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn(run(half, rx, queued.clone()));
-        (Outbound { tx, queued }, task)
+        let task = tokio::spawn(run(half, rx, backlog.clone(), events));
+        (Outbound { tx, backlog }, task)
     }
 
     /// Queue a batch of frames. Returns false if the socket is gone.
@@ -32,7 +37,9 @@ impl Outbound {
         if batch.is_empty() {
             return true;
         }
-        self.queued.fetch_add(batch.len(), Ordering::Relaxed);
+        self.backlog
+            .socket
+            .fetch_add(batch.len(), Ordering::Relaxed);
         self.tx.send(batch).is_ok()
     }
 }
@@ -42,7 +49,8 @@ const MAX_GATHER: usize = 64;
 async fn run(
     mut half: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<AtomicUsize>,
+    backlog: Arc<Backlog>,
+    events: mpsc::UnboundedSender<ConnEvent>,
 ) {
     let mut bufs: Vec<Bytes> = Vec::with_capacity(MAX_GATHER);
     while let Some(first) = rx.recv().await {
@@ -57,7 +65,12 @@ async fn run(
         if write_all_vectored(&mut half, &mut bufs).await.is_err() {
             return;
         }
-        queued.fetch_sub(total, Ordering::Relaxed);
+        backlog.socket.fetch_sub(total, Ordering::Relaxed);
+        if backlog.total() < MAX_CONNECTION_BACKLOG / 2
+            && backlog.blocked.swap(false, Ordering::Relaxed)
+        {
+            let _ = events.send(ConnEvent::Drained);
+        }
     }
     let _ = half.shutdown().await;
 }

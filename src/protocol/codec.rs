@@ -111,17 +111,114 @@ pub fn erlang_binary(bytes: &[u8]) -> String {
     s
 }
 
-/// RabbitMQ's `fatal_frame_error` text: `type T, all octets = <<..>>: reason`.
-fn frame_error(ty: u8, payload: &[u8], reason: &str) -> CodecError {
+/// Whether Erlang's `~p` prints these bytes as a string (`io_lib:printable_latin1_list`).
+fn erlang_printable(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes
+            .iter()
+            .all(|b| matches!(b, 32..=126 | 160..=255 | b'\n' | b'\r' | b'\t' | 8 | 11 | 12 | 27))
+}
+
+/// Erlang's `~p` of a binary starting at column `col`: a string when printable, else the
+/// bytes, wrapped at RabbitMQ's line width with continuation lines indented under the first
+/// byte (io_lib_pretty).
+fn erlang_pretty_binary(bytes: &[u8], col: usize) -> String {
+    if erlang_printable(bytes) {
+        let mut s = String::from("<<\"");
+        let mut raw = Vec::new();
+        for b in bytes {
+            match b {
+                b'"' => raw.extend_from_slice(b"\\\""),
+                b'\\' => raw.extend_from_slice(b"\\\\"),
+                b'\n' => raw.extend_from_slice(b"\\n"),
+                b'\r' => raw.extend_from_slice(b"\\r"),
+                b'\t' => raw.extend_from_slice(b"\\t"),
+                8 => raw.extend_from_slice(b"\\b"),
+                11 => raw.extend_from_slice(b"\\v"),
+                12 => raw.extend_from_slice(b"\\f"),
+                27 => raw.extend_from_slice(b"\\e"),
+                b => raw.push(*b),
+            }
+        }
+        // Latin-1 bytes are copied raw, as RabbitMQ does; a reply text must be UTF-8 here.
+        s.push_str(&String::from_utf8_lossy(&raw));
+        s.push_str("\">>");
+        return s;
+    }
+    let flat = erlang_binary(bytes);
+    if col + flat.len() <= PRETTY_WIDTH {
+        return flat;
+    }
+    let indent = col + 2;
+    let mut s = String::from("<<");
+    let mut at = indent;
+    for (i, b) in bytes.iter().enumerate() {
+        let last = i + 1 == bytes.len();
+        let piece = if last {
+            format!("{b}>>")
+        } else {
+            format!("{b},")
+        };
+        if at + piece.len() > PRETTY_WIDTH && at > indent {
+            s.push('\n');
+            s.push_str(&" ".repeat(indent));
+            at = indent;
+        }
+        s.push_str(&piece);
+        at += piece.len();
+    }
+    s
+}
+
+/// Erlang's `~p` of a tuple of already formatted elements at column `col`: one line if it
+/// fits, else one element per line aligned after the brace.
+fn erlang_pretty_tuple(elems: &[String], col: usize) -> String {
+    let flat = format!("{{{}}}", elems.join(","));
+    if col + flat.len() <= PRETTY_WIDTH {
+        return flat;
+    }
+    let sep = format!(",\n{}", " ".repeat(col + 1));
+    format!("{{{}}}", elems.join(&sep))
+}
+
+/// Last column a pretty-printed term may reach on a line (measured on RabbitMQ 3.10.8 texts).
+const PRETTY_WIDTH: usize = 78;
+
+/// Why a frame was refused, as RabbitMQ prints it.
+enum FrameReason {
+    /// `{frame_too_large,Size,Max}`.
+    TooLarge(u32, usize),
+    /// `{invalid_frame_end_marker,Byte}`.
+    BadEnd(u8),
+    /// `unknown_frame`.
+    Unknown,
+}
+
+/// RabbitMQ's `fatal_frame_error` text: `type T, all octets = <<..>>: reason`, formatted with
+/// Erlang's `~p` as RabbitMQ does (strings for printable payloads, line wrapping).
+fn frame_error(ty: u8, payload: &[u8], reason: FrameReason) -> CodecError {
     let (which, shown) = if payload.len() > 16 {
         ("first 16", &payload[..16])
     } else {
         ("all", payload)
     };
-    CodecError::Protocol(AmqpError::frame_error(format!(
-        "type {ty}, {which} octets = {}: {reason}",
-        erlang_binary(shown)
-    )))
+    let mut text = format!("type {ty}, {which} octets = ");
+    let bin = erlang_pretty_binary(shown, text.len());
+    text.push_str(&bin);
+    text.push_str(": ");
+    let col = text.len() - text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let reason = match reason {
+        FrameReason::TooLarge(size, max) => erlang_pretty_tuple(
+            &["frame_too_large".into(), size.to_string(), max.to_string()],
+            col,
+        ),
+        FrameReason::BadEnd(b) => {
+            erlang_pretty_tuple(&["invalid_frame_end_marker".into(), b.to_string()], col)
+        }
+        FrameReason::Unknown => "unknown_frame".into(),
+    };
+    text.push_str(&reason);
+    CodecError::Protocol(AmqpError::frame_error(text).on(0, 0))
 }
 
 /// The frame decoder. `frame_max` is the negotiated maximum frame size (0 = unlimited).
@@ -147,10 +244,7 @@ impl Decoder for FrameCodec {
             return Err(frame_error(
                 ty,
                 &[],
-                &format!(
-                    "{{frame_too_large,{size},{}}}",
-                    self.frame_max as usize - FRAME_OVERHEAD
-                ),
+                FrameReason::TooLarge(size, self.frame_max as usize - FRAME_OVERHEAD),
             ));
         }
         let total = size as usize + FRAME_OVERHEAD;
@@ -163,16 +257,12 @@ impl Decoder for FrameCodec {
         payload.advance(7);
         payload.truncate(size as usize);
         if end != FRAME_END {
-            return Err(frame_error(
-                ty,
-                &payload,
-                &format!("{{invalid_frame_end_marker,{end}}}"),
-            ));
+            return Err(frame_error(ty, &payload, FrameReason::BadEnd(end)));
         }
         let frame = match ty {
             FRAME_METHOD => {
                 if payload.len() < 4 {
-                    return Err(frame_error(ty, &payload, "{cannot_decode_method}"));
+                    return Err(frame_error(ty, &payload, FrameReason::Unknown));
                 }
                 Frame::Method {
                     channel,
@@ -183,7 +273,7 @@ impl Decoder for FrameCodec {
             }
             FRAME_HEADER => {
                 if payload.len() < 14 {
-                    return Err(frame_error(ty, &payload, "{cannot_decode_header}"));
+                    return Err(frame_error(ty, &payload, FrameReason::Unknown));
                 }
                 let mut p = payload.clone();
                 let class_id = p.get_u16();
@@ -199,7 +289,7 @@ impl Decoder for FrameCodec {
             }
             FRAME_BODY => Frame::Body { channel, payload },
             FRAME_HEARTBEAT => Frame::Heartbeat { channel },
-            _ => return Err(frame_error(ty, &payload, "unknown_frame")),
+            _ => return Err(frame_error(ty, &payload, FrameReason::Unknown)),
         };
         Ok(Some(frame))
     }
@@ -505,6 +595,55 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Texts recorded from RabbitMQ 3.10.8 (integration/python/test_wire_errors.py).
+    #[test]
+    fn frame_error_texts_match_rabbitmq_pretty_printing() {
+        let text = |ty, p: &[u8], r| match frame_error(ty, p, r) {
+            CodecError::Protocol(e) => e.text,
+            CodecError::Io(_) => unreachable!(),
+        };
+        assert_eq!(
+            text(
+                1,
+                &[0, 60, 0, 10, 0, 0, 0, 0, 0, 10, 0],
+                FrameReason::BadEnd(0)
+            ),
+            format!(
+                "FRAME_ERROR - type 1, all octets = <<0,60,0,10,0,0,0,0,0,10,0>>: {{invalid_frame_end_marker,\n{}0}}",
+                " ".repeat(52)
+            )
+        );
+        let mut p = vec![0, 50, 0, 10, 0, 0, 40];
+        p.extend_from_slice(&[113; 20]);
+        assert_eq!(
+            text(1, &p, FrameReason::BadEnd(0)),
+            format!(
+                "FRAME_ERROR - type 1, first 16 octets = <<0,50,0,10,0,0,40,113,113,113,113,113,113,113,113,\n{}113>>: {{invalid_frame_end_marker,0}}",
+                " ".repeat(28)
+            )
+        );
+        assert_eq!(
+            text(3, b"hello", FrameReason::BadEnd(0)),
+            "FRAME_ERROR - type 3, all octets = <<\"hello\">>: {invalid_frame_end_marker,0}"
+        );
+        assert_eq!(
+            text(3, b"a\nb\tc\"d", FrameReason::BadEnd(0)),
+            "FRAME_ERROR - type 3, all octets = <<\"a\\nb\\tc\\\"d\">>: {invalid_frame_end_marker,0}"
+        );
+        assert_eq!(
+            text(3, &[b'x'; 40], FrameReason::BadEnd(0)),
+            "FRAME_ERROR - type 3, first 16 octets = <<\"xxxxxxxxxxxxxxxx\">>: {invalid_frame_end_marker,0}"
+        );
+        assert_eq!(
+            text(9, b"abc", FrameReason::Unknown),
+            "FRAME_ERROR - type 9, all octets = <<\"abc\">>: unknown_frame"
+        );
+        assert_eq!(
+            text(9, b"", FrameReason::Unknown),
+            "FRAME_ERROR - type 9, all octets = <<>>: unknown_frame"
+        );
     }
 
     #[test]

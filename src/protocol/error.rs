@@ -116,6 +116,8 @@ pub struct AmqpError {
     pub method_id: u16,
     /// Force a connection close even for a soft code (e.g. 403 during the handshake).
     pub connection_level: bool,
+    /// The class/method ids were set explicitly (RabbitMQ sends 0/0 for some errors).
+    pub located: bool,
 }
 
 impl AmqpError {
@@ -127,6 +129,7 @@ impl AmqpError {
             class_id: 0,
             method_id: 0,
             connection_level: false,
+            located: false,
         }
     }
 
@@ -134,12 +137,13 @@ impl AmqpError {
     pub fn on(mut self, class_id: u16, method_id: u16) -> Self {
         self.class_id = class_id;
         self.method_id = method_id;
+        self.located = true;
         self
     }
 
     /// Attach the method id only where none was set yet.
     pub fn on_if_unset(self, class_id: u16, method_id: u16) -> Self {
-        if self.class_id == 0 && self.method_id == 0 {
+        if !self.located {
             self.on(class_id, method_id)
         } else {
             self

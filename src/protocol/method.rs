@@ -139,7 +139,7 @@ pub fn decode(class_id: u16, method_id: u16, payload: &Bytes) -> Result<Method, 
         _ => {
             if has_malformed_utf8_shortstr(class_id, method_id, &args) {
                 return Err(DecodeError::Invalid(
-                    AmqpError::frame_error("Malformed UTF-8 in shortstr").on(class_id, method_id),
+                    AmqpError::frame_error("Malformed UTF-8 in shortstr").on(0, 0),
                 ));
             }
             Err(cannot_decode())

@@ -6,9 +6,12 @@
 //! requeued message goes back to its original position, as RabbitMQ does.
 
 pub mod args;
+pub mod consumer;
 
 use crate::message::Message;
+use crate::protocol::AmqpError;
 use args::QueueArgs;
+use consumer::{ConnEvent, Consumer, Delivery};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -49,7 +52,11 @@ struct State {
     next_seq: u64,
     /// Delivered and not yet acked, by sequence number.
     unacked: HashMap<u64, Entry>,
-    consumers: usize,
+    consumers: Vec<Arc<Consumer>>,
+    /// Round-robin position among consumers.
+    rr: usize,
+    /// Whether the queue ever had a consumer (auto-delete only applies then).
+    had_consumers: bool,
     last_used: Option<Instant>,
 }
 
@@ -93,7 +100,7 @@ impl Queue {
     }
 
     /// Append a message.
-    pub fn publish(&self, msg: Arc<Message>) {
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) {
         let mut s = self.state.lock();
         let seq = s.next_seq;
         s.next_seq += 1;
@@ -103,11 +110,92 @@ impl Queue {
             msg,
             redelivered: false,
         });
+        if !s.consumers.is_empty() {
+            self.dispatch_locked(&mut s);
+        }
+    }
+
+    /// Deliver ready messages to consumers with credit (round-robin within the highest
+    /// priority that has room; single-active-consumer queues use only the first consumer).
+    pub fn dispatch(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        self.dispatch_locked(&mut s);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, s: &mut State) {
+        while !s.ready.is_empty() && !s.consumers.is_empty() {
+            let Some(i) = pick_consumer(s, self.args.single_active_consumer) else {
+                break;
+            };
+            s.rr = i + 1;
+            let c = s.consumers[i].clone();
+            let Some(entry) = s.ready.pop_front() else {
+                break;
+            };
+            s.ready_bytes -= entry.msg.body.len() as u64;
+            c.take_credit();
+            let size = delivery_size(&entry);
+            c.backlog.events.fetch_add(size, Ordering::Relaxed);
+            if !c.no_ack {
+                s.unacked.insert(entry.seq, entry.clone());
+            }
+            let d = Delivery {
+                consumer: c.clone(),
+                queue: self.clone(),
+                entry,
+            };
+            if let Err(err) = c.events.send(ConnEvent::Deliver(d)) {
+                // The connection is gone: undo, and stop using the consumer.
+                let ConnEvent::Deliver(d) = err.0 else {
+                    unreachable!()
+                };
+                c.backlog.events.fetch_sub(size, Ordering::Relaxed);
+                c.return_credit(1);
+                c.active.store(false, Ordering::Relaxed);
+                s.unacked.remove(&d.entry.seq);
+                s.ready_bytes += d.entry.msg.body.len() as u64;
+                s.ready.push_front(d.entry);
+            }
+        }
+    }
+
+    /// Register a consumer (exclusive rules as RabbitMQ: 403 if either side is exclusive).
+    pub fn add_consumer(self: &Arc<Self>, c: Arc<Consumer>) -> Result<(), AmqpError> {
+        let mut s = self.state.lock();
+        if s.consumers.iter().any(|x| x.exclusive) || (c.exclusive && !s.consumers.is_empty()) {
+            return Err(AmqpError::access_refused(format!(
+                "{} in exclusive use",
+                self.resource()
+            )));
+        }
+        s.consumers.push(c);
+        s.had_consumers = true;
+        s.last_used = Some(Instant::now());
+        self.dispatch_locked(&mut s);
+        Ok(())
+    }
+
+    /// Remove a consumer; returns true if the queue should now be auto-deleted.
+    pub fn remove_consumer(self: &Arc<Self>, c: &Arc<Consumer>) -> bool {
+        let mut s = self.state.lock();
+        c.active.store(false, Ordering::Relaxed);
+        s.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        s.last_used = Some(Instant::now());
+        if !s.consumers.is_empty() {
+            // With a single active consumer, the next one takes over now.
+            self.dispatch_locked(&mut s);
+        }
+        self.def.auto_delete && s.had_consumers && s.consumers.is_empty()
+    }
+
+    /// The consumers (snapshot), e.g. to notify them when the queue is deleted.
+    pub fn consumers(&self) -> Vec<Arc<Consumer>> {
+        self.state.lock().consumers.clone()
     }
 
     /// Take the head message (`basic.get`); unless `no_ack` it is held until acked. Returns the
     /// entry and the number of messages still ready.
-    pub fn get(&self, no_ack: bool) -> Option<(Entry, u32)> {
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
         let mut s = self.state.lock();
         s.last_used = Some(Instant::now());
         let e = s.ready.pop_front()?;
@@ -126,8 +214,9 @@ impl Queue {
         }
     }
 
-    /// Put unacked messages back at their original positions, marked redelivered.
-    pub fn requeue(&self, seqs: &[u64]) {
+    /// Put unacked messages back at their original positions, marked redelivered, and
+    /// deliver again.
+    pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(mut e) = s.unacked.remove(seq) {
@@ -136,6 +225,28 @@ impl Queue {
                 let pos = s.ready.partition_point(|x| x.seq < e.seq);
                 s.ready.insert(pos, e);
             }
+        }
+        self.dispatch_locked(&mut s);
+    }
+
+    /// Put back a message that was dispatched to a no-ack consumer but never written.
+    pub fn return_undelivered(self: &Arc<Self>, e: Entry) {
+        let mut s = self.state.lock();
+        if self.is_deleted() {
+            return;
+        }
+        s.ready_bytes += e.msg.body.len() as u64;
+        let pos = s.ready.partition_point(|x| x.seq < e.seq);
+        s.ready.insert(pos, e);
+        self.dispatch_locked(&mut s);
+    }
+
+    /// Put back a message that was dispatched (and recorded unacked) but never written: it
+    /// keeps its redelivered flag, since the client never saw it.
+    pub fn return_undelivered_unacked(self: &Arc<Self>, seq: u64) {
+        let e = self.state.lock().unacked.remove(&seq);
+        if let Some(e) = e {
+            self.return_undelivered(e);
         }
     }
 
@@ -160,7 +271,7 @@ impl Queue {
 
     /// Consumers.
     pub fn consumer_count(&self) -> u32 {
-        self.state.lock().consumers as u32
+        self.state.lock().consumers.len() as u32
     }
 
     /// Record use (declare, get, consume) for `x-expires`.
@@ -171,7 +282,11 @@ impl Queue {
     /// When the queue was last used, if it is unused now (no consumers).
     pub fn idle_since(&self) -> Option<Instant> {
         let s = self.state.lock();
-        if s.consumers > 0 { None } else { s.last_used }
+        if s.consumers.is_empty() {
+            s.last_used
+        } else {
+            None
+        }
     }
 
     /// Mark deleted; returns the number of ready messages it had.
@@ -181,6 +296,9 @@ impl Queue {
         let n = s.ready.len() as u32;
         s.ready.clear();
         s.unacked.clear();
+        for c in &s.consumers {
+            c.active.store(false, Ordering::Relaxed);
+        }
         n
     }
 
@@ -190,12 +308,34 @@ impl Queue {
     }
 }
 
+/// Bytes a delivery adds to its connection's backlog (frames overhead included).
+pub fn delivery_size(e: &Entry) -> usize {
+    e.msg.body.len() + e.msg.properties.len() + e.msg.routing_key.len() + e.msg.exchange.len() + 64
+}
+
+/// The consumer to deliver to next: the highest priority with credit, round-robin from `rr`.
+fn pick_consumer(s: &State, single_active: bool) -> Option<usize> {
+    if single_active {
+        return s.consumers.first().filter(|c| c.has_credit()).map(|_| 0);
+    }
+    let n = s.consumers.len();
+    let mut best: Option<usize> = None;
+    for k in 0..n {
+        let i = (s.rr + k) % n;
+        let c = &s.consumers[i];
+        if best.is_none_or(|b| c.priority > s.consumers[b].priority) && c.has_credit() {
+            best = Some(i);
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn q() -> Queue {
+    fn q() -> Arc<Queue> {
         let def = QueueDef {
             name: "q".into(),
             durable: false,
@@ -203,7 +343,7 @@ mod tests {
             auto_delete: false,
             arguments: Default::default(),
         };
-        Queue::new("/", def, QueueArgs::default(), None)
+        Arc::new(Queue::new("/", def, QueueArgs::default(), None))
     }
 
     fn msg(b: &'static str) -> Arc<Message> {

@@ -203,6 +203,27 @@ impl Raw {
         self.expect_method(ch, 20, 11).await;
     }
 
+    /// Publish a message (method, empty-properties header, one body frame).
+    pub async fn publish(
+        &mut self,
+        ch: u16,
+        exchange: &str,
+        routing_key: &str,
+        flags: u8,
+        body: &[u8],
+    ) {
+        let mut args = vec![0, 0];
+        args.extend_from_slice(&shortstr(exchange.as_bytes()));
+        args.extend_from_slice(&shortstr(routing_key.as_bytes()));
+        args.push(flags);
+        let mut bytes = raw_method(ch, 60, 40, &args);
+        bytes.extend_from_slice(&raw_header(ch, body.len() as u64));
+        if !body.is_empty() {
+            bytes.extend_from_slice(&raw_frame(3, ch, body));
+        }
+        self.send(&bytes).await;
+    }
+
     /// Send raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         let _ = self.sock.write_all(bytes).await;

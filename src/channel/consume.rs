@@ -1,0 +1,219 @@
+//! Consumers on a channel: `basic.consume` / `cancel` / `qos` / `recover`, deliveries arriving
+//! from queues (delivery tags, unacked bookkeeping), and server-side cancels.
+
+use super::Channel;
+use super::delivery::Unacked;
+use crate::args::{as_int, type_name};
+use crate::connection::ConnCtx;
+use crate::protocol::AmqpError;
+use crate::protocol::codec::{put_basic_deliver, put_content};
+use crate::queue::consumer::{Consumer, Delivery};
+use crate::queue::delivery_size;
+use amq_protocol::protocol::{AMQPClass, basic};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+impl Channel {
+    pub(super) fn basic_qos(&mut self, ctx: &mut ConnCtx, m: basic::Qos) -> Result<(), AmqpError> {
+        // RabbitMQ 3.x: global=false sets the limit of consumers created afterwards on this
+        // channel; global=true a limit shared by all consumers of the channel.
+        if m.global {
+            self.credit
+                .limit
+                .store(m.prefetch_count as u32, Ordering::Relaxed);
+            self.redispatch();
+        } else {
+            self.consumer_prefetch = m.prefetch_count as u32;
+        }
+        ctx.send_method(
+            self.id,
+            AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+        );
+        Ok(())
+    }
+
+    pub(super) fn basic_consume(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: basic::Consume,
+    ) -> Result<(), AmqpError> {
+        let name = if m.queue.as_str().is_empty() {
+            self.last_queue
+                .clone()
+                .ok_or_else(|| AmqpError::not_found("no previously declared queue"))?
+        } else {
+            m.queue.to_string()
+        };
+        let q = ctx.vhost.queue_for(&name, ctx.id)?;
+        let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
+            super::generated_name("amq.ctag").into()
+        } else {
+            m.consumer_tag.as_str().into()
+        };
+        if self.consumers.contains_key(&tag) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let priority = match m.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => as_int(v).ok_or_else(|| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg 'x-priority' for {}: {{unacceptable_type,{}}}",
+                    q.resource(),
+                    type_name(v)
+                ))
+            })?,
+        };
+        let consumer = Arc::new(Consumer {
+            tag: tag.clone(),
+            channel: self.id,
+            conn_id: ctx.id,
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            priority,
+            prefetch: self.consumer_prefetch,
+            outstanding: AtomicU32::new(0),
+            channel_credit: self.credit.clone(),
+            backlog: ctx.backlog.clone(),
+            events: ctx.events.clone(),
+            active: AtomicBool::new(true),
+        });
+        // consume-ok goes out before any delivery: deliveries reach the connection task as
+        // events, which it handles after this frame.
+        if !m.nowait {
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag.as_ref().into(),
+                })),
+            );
+        }
+        if let Err(e) = q.add_consumer(consumer.clone()) {
+            // Undo the consume-ok we queued: the error replaces it.
+            if !m.nowait {
+                ctx.out.clear();
+            }
+            return Err(e);
+        }
+        self.consumers.insert(tag, (consumer, q));
+        Ok(())
+    }
+
+    pub(super) fn basic_cancel(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: basic::Cancel,
+    ) -> Result<(), AmqpError> {
+        let tag: Arc<str> = m.consumer_tag.as_str().into();
+        self.cancel_consumer(ctx, &tag);
+        if !m.nowait {
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                    consumer_tag: m.consumer_tag,
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    /// Remove a consumer from its queue (auto-deleting the queue if it was the last one).
+    /// Its unacked messages stay unacked on the channel, as in RabbitMQ.
+    pub(super) fn cancel_consumer(&mut self, ctx: &mut ConnCtx, tag: &Arc<str>) {
+        if let Some((c, q)) = self.consumers.remove(tag)
+            && q.remove_consumer(&c)
+        {
+            ctx.vhost.remove_queue(&q);
+        }
+    }
+
+    /// The queue of a consumer was deleted: forget it, and tell the client if it asked for
+    /// `consumer_cancel_notify`.
+    pub fn server_cancel(&mut self, ctx: &mut ConnCtx, tag: &Arc<str>) {
+        if self.consumers.remove(tag).is_some() && ctx.cancel_notify {
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: tag.as_ref().into(),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+
+    pub(super) fn basic_recover(
+        &mut self,
+        ctx: &mut ConnCtx,
+        requeue: bool,
+        reply: bool,
+    ) -> Result<(), AmqpError> {
+        if !requeue {
+            return Err(AmqpError::not_implemented("requeue=false"));
+        }
+        self.requeue_all();
+        if reply {
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+            );
+        }
+        Ok(())
+    }
+
+    /// A delivery from a queue: assign a tag, remember it unless no-ack, write the frames.
+    pub fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery) {
+        let size = delivery_size(&d.entry);
+        ctx.backlog.events.fetch_sub(size, Ordering::Relaxed);
+        let current = self
+            .consumers
+            .get(&d.consumer.tag)
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, &d.consumer));
+        if !current || self.state != super::ChannelState::Open {
+            d.bounce();
+            return;
+        }
+        self.next_tag += 1;
+        let tag = self.next_tag;
+        let e = &d.entry;
+        put_basic_deliver(
+            &mut ctx.out,
+            self.id,
+            d.consumer.tag.as_bytes(),
+            tag,
+            e.redelivered,
+            &e.msg.exchange,
+            &e.msg.routing_key,
+        );
+        put_content(
+            &mut ctx.out,
+            self.id,
+            &e.msg.properties,
+            &e.msg.body,
+            ctx.frame_max,
+        );
+        if !d.consumer.no_ack {
+            self.unacked.push_back(Unacked {
+                tag,
+                queue: d.queue,
+                seq: d.entry.seq,
+                consumer: Some(d.consumer),
+            });
+        }
+    }
+
+    /// Ask the queues of this channel's consumers to deliver (credit was freed).
+    pub fn redispatch(&self) {
+        for (_, q) in self.consumers.values() {
+            q.dispatch();
+        }
+    }
+
+    /// Cancel every consumer (channel or connection closing).
+    pub(super) fn cancel_all(&mut self, ctx: &mut ConnCtx) {
+        let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
+        for t in tags {
+            self.cancel_consumer(ctx, &t);
+        }
+    }
+}
