@@ -70,15 +70,23 @@ pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         return x == y;
     }
-    let float = |v: &AMQPValue| match v {
+    // Erlang's `==` compares numbers by value across integer and float types (1 == 1.0).
+    let number = |v: &AMQPValue| match v {
         AMQPValue::Float(f) => Some(*f as f64),
         AMQPValue::Double(d) => Some(*d),
-        _ => None,
+        other => as_int(other).map(|i| i as f64),
     };
-    if let (Some(x), Some(y)) = (float(a), float(b)) {
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
         return x == y;
     }
-    if let (Some(x), Some(y)) = (as_str_bytes(a), as_str_bytes(b)) {
+    // Strings and byte arrays are all Erlang binaries: compared by content.
+    fn binary(v: &AMQPValue) -> Option<&[u8]> {
+        match v {
+            AMQPValue::ByteArray(b) => Some(b.as_slice()),
+            other => as_str_bytes(other),
+        }
+    }
+    if let (Some(x), Some(y)) = (binary(a), binary(b)) {
         return x == y;
     }
     a == b

@@ -122,9 +122,9 @@ impl VHost {
             && crate::args::as_str_bytes(ae).is_none()
         {
             return Err(AmqpError::precondition_failed(format!(
-                "invalid arg 'alternate-exchange' for {}: {{unacceptable_type,{}}}",
-                self.rs("exchange", &def.name),
-                crate::args::type_name(ae)
+                "invalid type '{}' for arg 'alternate-exchange' in {}",
+                crate::args::type_name(ae),
+                self.rs("exchange", &def.name)
             )));
         }
         match self.exchanges.entry(def.name.clone()) {

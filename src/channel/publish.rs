@@ -34,12 +34,23 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
     }
 }
 
-/// CC/BCC routing keys from the headers (arrays of strings, or a single string).
-fn header_routes<'a>(headers: &'a FieldTable, key: &str, out: &mut Vec<&'a [u8]>) {
+/// CC/BCC routing keys from the headers: an array (non-string elements are ignored);
+/// anything else is RabbitMQ's 406 `invalid message`.
+fn header_routes<'a>(
+    headers: &'a FieldTable,
+    key: &str,
+    out: &mut Vec<&'a [u8]>,
+) -> Result<(), AmqpError> {
     match headers.inner().get(key) {
-        Some(AMQPValue::FieldArray(a)) => out.extend(a.as_slice().iter().filter_map(as_str_bytes)),
-        Some(v) => out.extend(as_str_bytes(v)),
-        None => {}
+        Some(AMQPValue::FieldArray(a)) => {
+            out.extend(a.as_slice().iter().filter_map(as_str_bytes));
+            Ok(())
+        }
+        Some(v) => Err(AmqpError::precondition_failed(format!(
+            "invalid message: {{unacceptable_type_in_header,\"{key}\",{}}}",
+            crate::args::type_name(v)
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -75,8 +86,8 @@ impl Channel {
             )));
         }
         if let Some(h) = headers {
-            header_routes(h, "CC", &mut keys);
-            header_routes(h, "BCC", &mut keys);
+            header_routes(h, "CC", &mut keys)?;
+            header_routes(h, "BCC", &mut keys)?;
         }
         let queues = ctx.vhost.route(&x, &keys, headers);
         if let (Some(h), Some(props)) = (headers, &props)
