@@ -81,6 +81,7 @@ impl Channel {
         });
         // consume-ok goes out before any delivery: deliveries reach the connection task as
         // events, which it handles after this frame.
+        let mark = ctx.out.len();
         if !m.nowait {
             ctx.send_method(
                 self.id,
@@ -90,10 +91,8 @@ impl Channel {
             );
         }
         if let Err(e) = q.add_consumer(consumer.clone()) {
-            // Undo the consume-ok we queued: the error replaces it.
-            if !m.nowait {
-                ctx.out.clear();
-            }
+            // Take back the consume-ok we queued: the error replaces it.
+            ctx.out.truncate(mark);
             return Err(e);
         }
         self.consumers.insert(tag, (consumer, q));

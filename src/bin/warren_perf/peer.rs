@@ -1,0 +1,604 @@
+//! The in-process peer: a minimal AMQP server on 127.0.0.1:0.
+//!
+//! - `Discard` (`--discard-peer`): completes the handshake, answers the setup methods, confirms
+//!   every publish and throws the messages away, so the producers' rate is the tool's own ceiling.
+//! - `Echo` (hidden `--fault none|drop|dup`): a toy broker that routes publishes (default
+//!   exchange, direct/topic by equal key, fanout) to consumers round-robin, dropping or
+//!   duplicating every 100th delivery on request: the verifier's own test subject.
+
+use amq_protocol::protocol::{
+    AMQPClass, basic, channel as chan, confirm, connection as conn, exchange, parse_class, queue,
+};
+use amq_protocol::types::{AMQPValue, FieldTable};
+use bytes::{Bytes, BytesMut};
+use futures::{FutureExt, StreamExt};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+use warren::protocol::codec::{Frame, FrameCodec, put_basic_deliver, put_content, put_method};
+
+use super::client::READ_CAPACITY;
+
+/// What the peer does with publishes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Confirm and discard.
+    Discard,
+    /// Route to consumers, faithfully or with a fault.
+    Echo(Fault),
+}
+
+/// Deliberate misbehaviour of the echo peer.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+pub enum Fault {
+    /// Deliver every message exactly once.
+    None,
+    /// Drop every 100th delivery.
+    Drop,
+    /// Deliver every 100th message twice (without the redelivered flag).
+    Dup,
+}
+
+const FRAME_MAX: u32 = 131072;
+
+/// A message on its way to a consumer connection.
+struct Delivery {
+    channel: u16,
+    tag: Arc<str>,
+    exchange: Bytes,
+    routing_key: Bytes,
+    properties: Bytes,
+    body: Bytes,
+}
+
+#[derive(Clone)]
+struct ConsumerRef {
+    conn: u64,
+    channel: u16,
+    tag: Arc<str>,
+    tx: mpsc::Sender<Vec<Delivery>>,
+}
+
+#[derive(Default)]
+struct Routing {
+    /// exchange name → (type, bindings (queue, key))
+    exchanges: HashMap<String, (String, Vec<(String, String)>)>,
+    /// queue name → consumers and the round-robin cursor
+    queues: HashMap<String, (Vec<ConsumerRef>, usize)>,
+}
+
+struct Peer {
+    mode: Mode,
+    deliveries: AtomicU64,
+    next_id: AtomicU64,
+    routing: Mutex<Routing>,
+}
+
+/// Start the peer; returns its address.
+pub async fn start(mode: Mode) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let peer = Arc::new(Peer {
+        mode,
+        deliveries: AtomicU64::new(0),
+        next_id: AtomicU64::new(1),
+        routing: Mutex::new(Routing::default()),
+    });
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let peer = peer.clone();
+            let id = peer.next_id.fetch_add(1, Relaxed);
+            tokio::spawn(async move {
+                let _ = serve(peer.clone(), sock, id).await;
+                let mut r = peer.routing.lock();
+                for (consumers, _) in r.queues.values_mut() {
+                    consumers.retain(|c| c.conn != id);
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A publish being assembled on one channel.
+struct Incoming {
+    exchange: Bytes,
+    routing_key: Bytes,
+    properties: Bytes,
+    remaining: u64,
+    body: BytesMut,
+    single: Option<Bytes>,
+}
+
+#[derive(Default)]
+struct ChannelState {
+    confirm: bool,
+    published: u64,
+    confirmed: u64,
+    incoming: Option<Incoming>,
+    delivery_tag: u64,
+}
+
+type Res = Result<(), String>;
+
+fn shortstr(p: &Bytes, at: &mut usize) -> Option<Bytes> {
+    let len = *p.get(*at)? as usize;
+    let s = p.get(*at + 1..*at + 1 + len)?;
+    let out = p.slice_ref(s);
+    *at += 1 + len;
+    Some(out)
+}
+
+async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
+    sock.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut hdr = [0u8; 8];
+    sock.read_exact(&mut hdr).await.map_err(|e| e.to_string())?;
+    let (r, mut wr) = sock.into_split();
+    if &hdr != b"AMQP\x00\x00\x09\x01" {
+        let _ = wr.write_all(b"AMQP\x00\x00\x09\x01").await;
+        return Err("bad protocol header".into());
+    }
+    let mut rd = FramedRead::with_capacity(r, FrameCodec { frame_max: 0 }, READ_CAPACITY);
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut caps = FieldTable::default();
+    for c in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "exchange_exchange_bindings",
+        "connection.blocked",
+    ] {
+        caps.insert(c.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    props.insert(
+        "product".into(),
+        AMQPValue::LongString("warren-perf peer".into()),
+    );
+    props.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    put_method(
+        &mut out,
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Start(conn::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+    let (tx, mut rx) = mpsc::channel::<Vec<Delivery>>(64);
+    let mut channels: HashMap<u16, ChannelState> = HashMap::new();
+    let mut frame_max = FRAME_MAX;
+    let mut routed: Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)> = Vec::new();
+    let mut closing = false;
+    loop {
+        if !out.is_empty() {
+            wr.write_all(&out).await.map_err(|e| e.to_string())?;
+            out.clear();
+        }
+        if closing {
+            return Ok(());
+        }
+        // Wait for a frame or a batch of deliveries, then take everything already available.
+        let first = tokio::select! {
+            f = rd.next() => Some(f),
+            Some(batch) = rx.recv() => {
+                encode_deliveries(&mut out, &mut channels, batch, frame_max);
+                None
+            }
+        };
+        let mut next = first;
+        for _ in 0..8192 {
+            let f = match next.take() {
+                Some(f) => f,
+                None => match rd.next().now_or_never() {
+                    Some(f) => f,
+                    None => break,
+                },
+            };
+            let f = match f {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(format!("{e:?}")),
+                Some(Ok(f)) => f,
+            };
+            if handle(
+                &peer,
+                id,
+                f,
+                &mut out,
+                &mut channels,
+                &mut frame_max,
+                &tx,
+                &mut routed,
+            )? {
+                closing = true;
+                break;
+            }
+        }
+        // Confirm everything complete so far, one multiple ack per channel.
+        for (ch, st) in channels.iter_mut() {
+            if st.confirm && st.published > st.confirmed {
+                st.confirmed = st.published;
+                super::client::put_ack(&mut out, *ch, st.published, true);
+            }
+        }
+        for (_, tx, batch) in routed.drain(..) {
+            if !batch.is_empty() {
+                let _ = tx.send(batch).await;
+            }
+        }
+        while let Ok(batch) = rx.try_recv() {
+            encode_deliveries(&mut out, &mut channels, batch, frame_max);
+        }
+    }
+}
+
+fn encode_deliveries(
+    out: &mut BytesMut,
+    channels: &mut HashMap<u16, ChannelState>,
+    batch: Vec<Delivery>,
+    frame_max: u32,
+) {
+    for d in batch {
+        let st = channels.entry(d.channel).or_default();
+        st.delivery_tag += 1;
+        put_basic_deliver(
+            out,
+            d.channel,
+            d.tag.as_bytes(),
+            st.delivery_tag,
+            false,
+            &d.exchange,
+            &d.routing_key,
+        );
+        put_content(out, d.channel, &d.properties, &d.body, frame_max);
+    }
+}
+
+/// Handle one frame; `Ok(true)` when the connection is done.
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    peer: &Peer,
+    id: u64,
+    f: Frame,
+    out: &mut BytesMut,
+    channels: &mut HashMap<u16, ChannelState>,
+    frame_max: &mut u32,
+    tx: &mpsc::Sender<Vec<Delivery>>,
+    routed: &mut Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)>,
+) -> Result<bool, String> {
+    let echo = matches!(peer.mode, Mode::Echo(_));
+    match f {
+        Frame::Method {
+            channel,
+            class_id: 60,
+            method_id: 40,
+            payload,
+        } => {
+            let st = channels.entry(channel).or_default();
+            let mut at = 6;
+            let (exchange, routing_key) = if echo {
+                (
+                    shortstr(&payload, &mut at).ok_or("bad publish")?,
+                    shortstr(&payload, &mut at).ok_or("bad publish")?,
+                )
+            } else {
+                (Bytes::new(), Bytes::new())
+            };
+            st.incoming = Some(Incoming {
+                exchange,
+                routing_key,
+                properties: Bytes::new(),
+                remaining: u64::MAX,
+                body: BytesMut::new(),
+                single: None,
+            });
+        }
+        Frame::Header {
+            channel,
+            body_size,
+            properties,
+            ..
+        } => {
+            let st = channels.entry(channel).or_default();
+            if let Some(inc) = st.incoming.as_mut() {
+                inc.remaining = body_size;
+                inc.properties = properties;
+                if body_size == 0 {
+                    complete(peer, st, routed);
+                }
+            }
+        }
+        Frame::Body { channel, payload } => {
+            let st = channels.entry(channel).or_default();
+            if let Some(inc) = st.incoming.as_mut() {
+                inc.remaining = inc.remaining.saturating_sub(payload.len() as u64);
+                if echo {
+                    if inc.single.is_none() && inc.body.is_empty() && inc.remaining == 0 {
+                        inc.single = Some(payload);
+                    } else {
+                        if let Some(s) = inc.single.take() {
+                            inc.body.extend_from_slice(&s);
+                        }
+                        inc.body.extend_from_slice(&payload);
+                    }
+                }
+                if inc.remaining == 0 {
+                    complete(peer, st, routed);
+                }
+            }
+        }
+        Frame::Heartbeat { .. } => {}
+        Frame::Method {
+            channel,
+            class_id,
+            method_id,
+            payload,
+        } => {
+            if class_id == 60 && matches!(method_id, 80 | 90 | 120) {
+                return Ok(false); // consumer acks: nothing to track
+
+            }
+            let m = parse_class(&payload[..])
+                .map(|(_, m)| m)
+                .map_err(|e| format!("undecodable {class_id}/{method_id}: {e:?}"))?;
+            let reply = |out: &mut BytesMut, m: AMQPClass| put_method(out, channel, m);
+            match m {
+                AMQPClass::Connection(conn::AMQPMethod::StartOk(_)) => reply(
+                    out,
+                    AMQPClass::Connection(conn::AMQPMethod::Tune(conn::Tune {
+                        channel_max: 2047,
+                        frame_max: FRAME_MAX,
+                        heartbeat: 0,
+                    })),
+                ),
+                AMQPClass::Connection(conn::AMQPMethod::TuneOk(t)) => {
+                    if t.frame_max != 0 {
+                        *frame_max = t.frame_max.min(FRAME_MAX);
+                    }
+                }
+                AMQPClass::Connection(conn::AMQPMethod::Open(_)) => reply(
+                    out,
+                    AMQPClass::Connection(conn::AMQPMethod::OpenOk(conn::OpenOk {})),
+                ),
+                AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
+                    reply(
+                        out,
+                        AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+                    );
+                    return Ok(true);
+                }
+                AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => return Ok(true),
+                AMQPClass::Channel(chan::AMQPMethod::Open(_)) => {
+                    channels.insert(channel, ChannelState::default());
+                    reply(
+                        out,
+                        AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+                    )
+                }
+                AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
+                    channels.remove(&channel);
+                    reply(
+                        out,
+                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                    )
+                }
+                AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
+                    peer.routing
+                        .lock()
+                        .exchanges
+                        .entry(d.exchange.to_string())
+                        .or_insert_with(|| (d.kind.to_string(), Vec::new()));
+                    if !d.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                                exchange::DeclareOk {},
+                            )),
+                        )
+                    }
+                }
+                AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => {
+                    peer.routing.lock().exchanges.remove(d.exchange.as_str());
+                    if !d.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
+                                exchange::DeleteOk {},
+                            )),
+                        )
+                    }
+                }
+                AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
+                    let name = if d.queue.as_str().is_empty() {
+                        format!("amq.gen-{id}-{}", peer.next_id.fetch_add(1, Relaxed))
+                    } else {
+                        d.queue.to_string()
+                    };
+                    peer.routing.lock().queues.entry(name.clone()).or_default();
+                    if !d.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                                queue: name.into(),
+                                message_count: 0,
+                                consumer_count: 0,
+                            })),
+                        )
+                    }
+                }
+                AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
+                    if let Some((_, binds)) =
+                        peer.routing.lock().exchanges.get_mut(b.exchange.as_str())
+                    {
+                        binds.push((b.queue.to_string(), b.routing_key.to_string()));
+                    }
+                    if !b.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                        )
+                    }
+                }
+                AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
+                    if !p.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                                message_count: 0,
+                            })),
+                        )
+                    }
+                }
+                AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
+                    peer.routing.lock().queues.remove(d.queue.as_str());
+                    if !d.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                                message_count: 0,
+                            })),
+                        )
+                    }
+                }
+                AMQPClass::Basic(basic::AMQPMethod::Qos(_)) => reply(
+                    out,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                ),
+                AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => {
+                    let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+                        format!("ctag-{id}-{channel}").into()
+                    } else {
+                        c.consumer_tag.as_str().into()
+                    };
+                    peer.routing
+                        .lock()
+                        .queues
+                        .entry(c.queue.to_string())
+                        .or_default()
+                        .0
+                        .push(ConsumerRef {
+                            conn: id,
+                            channel,
+                            tag: tag.clone(),
+                            tx: tx.clone(),
+                        });
+                    if !c.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                                consumer_tag: tag.as_ref().into(),
+                            })),
+                        )
+                    }
+                }
+                AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
+                    for (consumers, _) in peer.routing.lock().queues.values_mut() {
+                        consumers.retain(|r| {
+                            !(r.conn == id && r.channel == channel && *r.tag == *c.consumer_tag)
+                        });
+                    }
+                    if !c.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                                consumer_tag: c.consumer_tag,
+                            })),
+                        )
+                    }
+                }
+                AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                    channels.entry(channel).or_default().confirm = true;
+                    if !s.nowait {
+                        reply(
+                            out,
+                            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
+                                confirm::SelectOk {},
+                            )),
+                        )
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// A publish is complete: count it for confirms and, in echo mode, route it.
+fn complete(
+    peer: &Peer,
+    st: &mut ChannelState,
+    routed: &mut Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)>,
+) {
+    let Some(inc) = st.incoming.take() else {
+        return;
+    };
+    st.published += 1;
+    let Mode::Echo(fault) = peer.mode else {
+        return;
+    };
+    let body = match inc.single {
+        Some(b) => b,
+        None => inc.body.freeze(),
+    };
+    let mut r = peer.routing.lock();
+    let ex = String::from_utf8_lossy(&inc.exchange);
+    let key = String::from_utf8_lossy(&inc.routing_key);
+    let queues: Vec<String> = if ex.is_empty() {
+        vec![key.to_string()]
+    } else {
+        match r.exchanges.get(ex.as_ref()) {
+            Some((kind, binds)) => binds
+                .iter()
+                .filter(|(_, k)| kind == "fanout" || *k == key)
+                .map(|(q, _)| q.clone())
+                .collect(),
+            None => Vec::new(),
+        }
+    };
+    for q in queues {
+        let Some((consumers, rr)) = r.queues.get_mut(&q) else {
+            continue;
+        };
+        if consumers.is_empty() {
+            continue;
+        }
+        let c = consumers[*rr % consumers.len()].clone();
+        *rr = rr.wrapping_add(1);
+        let n = peer.deliveries.fetch_add(1, Relaxed);
+        let copies = match fault {
+            Fault::Drop if n % 100 == 99 => 0,
+            Fault::Dup if n % 100 == 99 => 2,
+            _ => 1,
+        };
+        let slot = match routed.iter().position(|(id, ..)| *id == c.conn) {
+            Some(i) => i,
+            None => {
+                routed.push((c.conn, c.tx.clone(), Vec::new()));
+                routed.len() - 1
+            }
+        };
+        for _ in 0..copies {
+            routed[slot].2.push(Delivery {
+                channel: c.channel,
+                tag: c.tag.clone(),
+                exchange: inc.exchange.clone(),
+                routing_key: inc.routing_key.clone(),
+                properties: inc.properties.clone(),
+                body: body.clone(),
+            });
+        }
+    }
+}
