@@ -8,7 +8,7 @@ use crate::connection::ConnCtx;
 use crate::protocol::AmqpError;
 use crate::protocol::codec::{put_basic_deliver, put_content};
 use crate::queue::consumer::{Consumer, Delivery};
-use crate::queue::delivery_size;
+use crate::queue::{Queue, delivery_size};
 use amq_protocol::protocol::{AMQPClass, basic};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -208,11 +208,17 @@ impl Channel {
         }
     }
 
-    /// Cancel every consumer (channel or connection closing).
-    pub(super) fn cancel_all(&mut self, ctx: &mut ConnCtx) {
-        let tags: Vec<Arc<str>> = self.consumers.keys().cloned().collect();
-        for t in tags {
-            self.cancel_consumer(ctx, &t);
+    /// Cancel every consumer (channel or connection closing) without serving the queues'
+    /// other consumers yet; returns the queues, to dispatch once unacked messages are back.
+    pub(super) fn cancel_all(&mut self, ctx: &mut ConnCtx) -> Vec<Arc<Queue>> {
+        let mut queues = Vec::new();
+        for (_, (c, q)) in self.consumers.drain() {
+            if q.remove_consumer(&c) {
+                ctx.vhost.remove_queue(&q);
+            } else {
+                queues.push(q);
+            }
         }
+        queues
     }
 }

@@ -115,9 +115,13 @@ impl Channel {
     /// original positions, marked redelivered).
     pub fn release(&mut self, ctx: &mut ConnCtx) {
         self.assembly = Assembly::Method;
-        // Cancel first, so requeued messages are not handed back to this channel's consumers.
-        self.cancel_all(ctx);
+        // Cancel first, so requeued messages are not handed back to this channel's consumers;
+        // then requeue, then let the queues serve their other consumers (requeued first).
+        let queues = self.cancel_all(ctx);
         self.requeue_all();
+        for q in queues {
+            q.dispatch();
+        }
         self.tx = None;
     }
 

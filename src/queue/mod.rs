@@ -162,7 +162,10 @@ impl Queue {
     /// Register a consumer (exclusive rules as RabbitMQ: 403 if either side is exclusive).
     pub fn add_consumer(self: &Arc<Self>, c: Arc<Consumer>) -> Result<(), AmqpError> {
         let mut s = self.state.lock();
-        if s.consumers.iter().any(|x| x.exclusive) || (c.exclusive && !s.consumers.is_empty()) {
+        // RabbitMQ refuses exclusive consumers on single-active-consumer queues outright.
+        let refused = s.consumers.iter().any(|x| x.exclusive)
+            || (c.exclusive && (!s.consumers.is_empty() || self.args.single_active_consumer));
+        if refused {
             return Err(AmqpError::access_refused(format!(
                 "{} in exclusive use",
                 self.resource()
@@ -176,15 +179,14 @@ impl Queue {
     }
 
     /// Remove a consumer; returns true if the queue should now be auto-deleted.
+    /// Like RabbitMQ 3.10, this does not deliver to the remaining consumers by itself (a single
+    /// active consumer taking over is served at the next event: a publish, an ack, a requeue),
+    /// so the messages a closing channel requeues go out first.
     pub fn remove_consumer(self: &Arc<Self>, c: &Arc<Consumer>) -> bool {
         let mut s = self.state.lock();
         c.active.store(false, Ordering::Relaxed);
         s.consumers.retain(|x| !Arc::ptr_eq(x, c));
         s.last_used = Some(Instant::now());
-        if !s.consumers.is_empty() {
-            // With a single active consumer, the next one takes over now.
-            self.dispatch_locked(&mut s);
-        }
         self.def.auto_delete && s.had_consumers && s.consumers.is_empty()
     }
 
