@@ -88,9 +88,7 @@ impl Uri {
             }
         };
         let port = match port {
-            Some(p) if !p.is_empty() => p
-                .parse()
-                .map_err(|_| format!("{s:?}: bad port {p:?}"))?,
+            Some(p) if !p.is_empty() => p.parse().map_err(|_| format!("{s:?}: bad port {p:?}"))?,
             _ => 5672,
         };
         let host = if host.is_empty() {
@@ -456,7 +454,10 @@ mod tests {
         let f = publish_frame(3, "perf-fanout", "key");
         let (_, frame) = amq_protocol::frame::parse_frame(&f[..]).unwrap();
         let s = format!("{frame:?}");
-        assert!(s.contains("perf-fanout") && s.contains("mandatory: true"), "{s}");
+        assert!(
+            s.contains("perf-fanout") && s.contains("mandatory: true"),
+            "{s}"
+        );
         let mut a = BytesMut::new();
         put_ack(&mut a, 2, 99, true);
         let (_, frame) = amq_protocol::frame::parse_frame(&a[..]).unwrap();

@@ -10,7 +10,7 @@ use amq_protocol::protocol::{
     AMQPClass, basic, channel as chan, confirm, connection as conn, exchange, parse_class, queue,
 };
 use amq_protocol::types::{AMQPValue, FieldTable};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_util::codec::FramedRead;
-use warren::protocol::codec::{Frame, FrameCodec, put_basic_deliver, put_content, put_method};
+use tokio_util::codec::{Decoder, FramedRead};
+use warren::protocol::codec::{
+    CodecError, Frame, FrameCodec, put_basic_deliver, put_content, put_method,
+};
 
 use super::client::READ_CAPACITY;
 
@@ -64,6 +66,9 @@ struct ConsumerRef {
     tag: Arc<str>,
     tx: mpsc::Sender<Vec<Delivery>>,
 }
+
+/// Deliveries gathered per consumer connection: (connection id, its inbox, the batch).
+type Routed = Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)>;
 
 #[derive(Default)]
 struct Routing {
@@ -127,6 +132,64 @@ struct ChannelState {
 
 type Res = Result<(), String>;
 
+/// Channel states indexed by channel number.
+#[derive(Default)]
+struct Channels(Vec<ChannelState>);
+
+impl Channels {
+    fn get(&mut self, ch: u16) -> &mut ChannelState {
+        let i = ch as usize;
+        if i >= self.0.len() {
+            self.0.resize_with(i + 1, ChannelState::default);
+        }
+        &mut self.0[i]
+    }
+}
+
+/// Warren's frame codec, except that in discard mode publishes and their content frames are
+/// skipped in the read buffer (only counted per channel), the cheapest possible sink.
+struct PeerCodec {
+    inner: FrameCodec,
+    discard: bool,
+    /// Publishes skipped per channel since the last look.
+    published: Vec<u64>,
+}
+
+impl Decoder for PeerCodec {
+    /// `None`: only skipped publishes (the caller should look at the counts).
+    type Item = Option<Frame>;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Option<Frame>>, CodecError> {
+        let mut skipped = false;
+        while self.discard && src.len() >= 11 {
+            let size = u32::from_be_bytes([src[3], src[4], src[5], src[6]]) as usize;
+            let total = size + 8;
+            if src.len() < total {
+                break;
+            }
+            match src[0] {
+                2 | 3 => {}
+                1 if src[7..11] == [0, 60, 0, 40] => {
+                    let ch = u16::from_be_bytes([src[1], src[2]]) as usize;
+                    if ch >= self.published.len() {
+                        self.published.resize(ch + 1, 0);
+                    }
+                    self.published[ch] += 1;
+                }
+                _ => break,
+            }
+            src.advance(total);
+            skipped = true;
+        }
+        match self.inner.decode(src)? {
+            Some(f) => Ok(Some(Some(f))),
+            None if skipped => Ok(Some(None)),
+            None => Ok(None),
+        }
+    }
+}
+
 fn shortstr(p: &Bytes, at: &mut usize) -> Option<Bytes> {
     let len = *p.get(*at)? as usize;
     let s = p.get(*at + 1..*at + 1 + len)?;
@@ -144,7 +207,12 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
         let _ = wr.write_all(b"AMQP\x00\x00\x09\x01").await;
         return Err("bad protocol header".into());
     }
-    let mut rd = FramedRead::with_capacity(r, FrameCodec { frame_max: 0 }, READ_CAPACITY);
+    let codec = PeerCodec {
+        inner: FrameCodec { frame_max: 0 },
+        discard: peer.mode == Mode::Discard,
+        published: Vec::new(),
+    };
+    let mut rd = FramedRead::with_capacity(r, codec, READ_CAPACITY);
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut caps = FieldTable::default();
     for c in [
@@ -178,9 +246,9 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
         })),
     );
     let (tx, mut rx) = mpsc::channel::<Vec<Delivery>>(64);
-    let mut channels: HashMap<u16, ChannelState> = HashMap::new();
+    let mut channels = Channels::default();
     let mut frame_max = FRAME_MAX;
-    let mut routed: Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)> = Vec::new();
+    let mut routed: Routed = Vec::new();
     let mut closing = false;
     loop {
         if !out.is_empty() {
@@ -210,7 +278,8 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
             let f = match f {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(format!("{e:?}")),
-                Some(Ok(f)) => f,
+                Some(Ok(None)) => continue,
+                Some(Ok(Some(f))) => f,
             };
             if handle(
                 &peer,
@@ -227,10 +296,14 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
             }
         }
         // Confirm everything complete so far, one multiple ack per channel.
-        for (ch, st) in channels.iter_mut() {
+        let skipped = &mut rd.decoder_mut().published;
+        for (ch, st) in channels.0.iter_mut().enumerate() {
+            if let Some(n) = skipped.get_mut(ch) {
+                st.published += std::mem::take(n);
+            }
             if st.confirm && st.published > st.confirmed {
                 st.confirmed = st.published;
-                super::client::put_ack(&mut out, *ch, st.published, true);
+                super::client::put_ack(&mut out, ch as u16, st.published, true);
             }
         }
         for (_, tx, batch) in routed.drain(..) {
@@ -246,12 +319,12 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
 
 fn encode_deliveries(
     out: &mut BytesMut,
-    channels: &mut HashMap<u16, ChannelState>,
+    channels: &mut Channels,
     batch: Vec<Delivery>,
     frame_max: u32,
 ) {
     for d in batch {
-        let st = channels.entry(d.channel).or_default();
+        let st = channels.get(d.channel);
         st.delivery_tag += 1;
         put_basic_deliver(
             out,
@@ -273,10 +346,10 @@ fn handle(
     id: u64,
     f: Frame,
     out: &mut BytesMut,
-    channels: &mut HashMap<u16, ChannelState>,
+    channels: &mut Channels,
     frame_max: &mut u32,
     tx: &mpsc::Sender<Vec<Delivery>>,
-    routed: &mut Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)>,
+    routed: &mut Routed,
 ) -> Result<bool, String> {
     let echo = matches!(peer.mode, Mode::Echo(_));
     match f {
@@ -286,7 +359,7 @@ fn handle(
             method_id: 40,
             payload,
         } => {
-            let st = channels.entry(channel).or_default();
+            let st = channels.get(channel);
             let mut at = 6;
             let (exchange, routing_key) = if echo {
                 (
@@ -311,7 +384,7 @@ fn handle(
             properties,
             ..
         } => {
-            let st = channels.entry(channel).or_default();
+            let st = channels.get(channel);
             if let Some(inc) = st.incoming.as_mut() {
                 inc.remaining = body_size;
                 inc.properties = properties;
@@ -321,7 +394,7 @@ fn handle(
             }
         }
         Frame::Body { channel, payload } => {
-            let st = channels.entry(channel).or_default();
+            let st = channels.get(channel);
             if let Some(inc) = st.incoming.as_mut() {
                 inc.remaining = inc.remaining.saturating_sub(payload.len() as u64);
                 if echo {
@@ -348,7 +421,6 @@ fn handle(
         } => {
             if class_id == 60 && matches!(method_id, 80 | 90 | 120) {
                 return Ok(false); // consumer acks: nothing to track
-
             }
             let m = parse_class(&payload[..])
                 .map(|(_, m)| m)
@@ -363,10 +435,8 @@ fn handle(
                         heartbeat: 0,
                     })),
                 ),
-                AMQPClass::Connection(conn::AMQPMethod::TuneOk(t)) => {
-                    if t.frame_max != 0 {
-                        *frame_max = t.frame_max.min(FRAME_MAX);
-                    }
+                AMQPClass::Connection(conn::AMQPMethod::TuneOk(t)) if t.frame_max != 0 => {
+                    *frame_max = t.frame_max.min(FRAME_MAX);
                 }
                 AMQPClass::Connection(conn::AMQPMethod::Open(_)) => reply(
                     out,
@@ -381,14 +451,14 @@ fn handle(
                 }
                 AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => return Ok(true),
                 AMQPClass::Channel(chan::AMQPMethod::Open(_)) => {
-                    channels.insert(channel, ChannelState::default());
+                    *channels.get(channel) = ChannelState::default();
                     reply(
                         out,
                         AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
                     )
                 }
                 AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
-                    channels.remove(&channel);
+                    *channels.get(channel) = ChannelState::default();
                     reply(
                         out,
                         AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
@@ -451,16 +521,12 @@ fn handle(
                         )
                     }
                 }
-                AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
-                    if !p.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                                message_count: 0,
-                            })),
-                        )
-                    }
-                }
+                AMQPClass::Queue(queue::AMQPMethod::Purge(p)) if !p.nowait => reply(
+                    out,
+                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                        message_count: 0,
+                    })),
+                ),
                 AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
                     peer.routing.lock().queues.remove(d.queue.as_str());
                     if !d.nowait {
@@ -506,7 +572,9 @@ fn handle(
                 AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
                     for (consumers, _) in peer.routing.lock().queues.values_mut() {
                         consumers.retain(|r| {
-                            !(r.conn == id && r.channel == channel && *r.tag == *c.consumer_tag)
+                            !(r.conn == id
+                                && r.channel == channel
+                                && *r.tag == *c.consumer_tag.as_str())
                         });
                     }
                     if !c.nowait {
@@ -519,13 +587,11 @@ fn handle(
                     }
                 }
                 AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
-                    channels.entry(channel).or_default().confirm = true;
+                    channels.get(channel).confirm = true;
                     if !s.nowait {
                         reply(
                             out,
-                            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(
-                                confirm::SelectOk {},
-                            )),
+                            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
                         )
                     }
                 }
@@ -537,11 +603,7 @@ fn handle(
 }
 
 /// A publish is complete: count it for confirms and, in echo mode, route it.
-fn complete(
-    peer: &Peer,
-    st: &mut ChannelState,
-    routed: &mut Vec<(u64, mpsc::Sender<Vec<Delivery>>, Vec<Delivery>)>,
-) {
+fn complete(peer: &Peer, st: &mut ChannelState, routed: &mut Routed) {
     let Some(inc) = st.incoming.take() else {
         return;
     };
