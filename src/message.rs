@@ -14,4 +14,8 @@ pub struct Message {
     pub properties: Bytes,
     /// The body.
     pub body: Bytes,
+    /// `priority` property (0 if absent).
+    pub priority: u8,
+    /// `expiration` property in ms, validated at publish.
+    pub expiration: Option<u64>,
 }

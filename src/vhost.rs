@@ -302,7 +302,13 @@ impl VHost {
                 }
                 let owner = def.exclusive.then_some(conn);
                 let expires = args.expires;
-                let q = Arc::new(Queue::new(&self.name, def, args, owner));
+                let q = Arc::new(Queue::new(
+                    &self.name,
+                    Arc::downgrade(self),
+                    def,
+                    args,
+                    owner,
+                ));
                 v.insert(q.clone());
                 if let Some(ms) = expires {
                     spawn_expiry(

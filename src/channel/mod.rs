@@ -81,6 +81,8 @@ pub struct Channel {
     confirm_seq: Option<u64>,
     /// Highest publish sequence already confirmed.
     confirmed: u64,
+    /// Publishes of this turn to confirm with basic.nack.
+    nacks: Vec<u64>,
     /// Transaction buffer once `tx.select` was seen.
     tx: Option<TxBuffer>,
 }
@@ -107,6 +109,7 @@ impl Channel {
             credit: Arc::new(ChannelCredit::default()),
             confirm_seq: None,
             confirmed: 0,
+            nacks: Vec::new(),
             tx: None,
         }
     }
@@ -129,6 +132,27 @@ impl Channel {
     /// for a run of publishes): called once per connection loop turn, after returns.
     pub fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
         let Some(seq) = self.confirm_seq else { return };
+        // Nacks in order, with the acks before each coalesced.
+        for n in std::mem::take(&mut self.nacks) {
+            if n - 1 > self.confirmed {
+                ctx.send_method(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                        delivery_tag: n - 1,
+                        multiple: n - 1 - self.confirmed > 1,
+                    })),
+                );
+            }
+            ctx.send_method(
+                self.id,
+                AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: n,
+                    multiple: false,
+                    requeue: false,
+                })),
+            );
+            self.confirmed = n;
+        }
         if seq > self.confirmed {
             let multiple = seq - self.confirmed > 1;
             self.confirmed = seq;
@@ -481,7 +505,12 @@ impl Channel {
                 ctx.confirms_dirty.push(self.id);
             }
         }
-        self.publish(ctx, p, properties, body)
+        let accepted = self.publish(ctx, p, properties, body)?;
+        if !accepted && let Some(seq) = self.confirm_seq {
+            // Refused by a queue (x-overflow reject-publish): confirmed with basic.nack.
+            self.nacks.push(seq);
+        }
+        Ok(())
     }
 
     /// Ack/nack/reject now, or at commit in a transaction (the tag is checked now).

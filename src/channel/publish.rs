@@ -16,6 +16,9 @@ use std::sync::Arc;
 /// Property flag bits (AMQP 0-9-1 basic class).
 const FLAG_HEADERS: u16 = 1 << 13;
 const FLAG_USER_ID: u16 = 1 << 4;
+const FLAG_PRIORITY: u16 = 1 << 11;
+const FLAG_EXPIRATION: u16 = 1 << 8;
+const FLAG_REPLY_TO: u16 = 1 << 9;
 
 /// Decode properties only when a feature needs them (headers for routing/CC/BCC, user-id).
 fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> {
@@ -23,7 +26,8 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
         return Err(AmqpError::frame_error("content header too short"));
     }
     let flags = u16::from_be_bytes([raw[0], raw[1]]);
-    if flags & (FLAG_HEADERS | FLAG_USER_ID) == 0 {
+    if flags & (FLAG_HEADERS | FLAG_USER_ID | FLAG_PRIORITY | FLAG_EXPIRATION | FLAG_REPLY_TO) == 0
+    {
         return Ok(None);
     }
     match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
@@ -32,6 +36,40 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
             "cannot decode content header properties",
         )),
     }
+}
+
+/// Parse `expiration` as RabbitMQ does (`string:to_integer`, then the expiry range check);
+/// errors are its 406 texts.
+pub fn parse_expiration(s: &str) -> Result<u64, AmqpError> {
+    let bytes = s.as_bytes();
+    let sign = usize::from(matches!(bytes.first(), Some(b'+' | b'-')));
+    let digits = bytes[sign..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let term = if digits == 0 {
+        "no_integer".to_string()
+    } else if sign + digits < bytes.len() {
+        format!("{{leftover_string,\"{}\"}}", &s[sign + digits..])
+    } else {
+        let text = &s[sign..];
+        let negative = bytes[0] == b'-';
+        match text.parse::<u128>() {
+            Ok(0) => return Ok(0),
+            Ok(_) if negative => format!("{{value_negative,{s}}}"),
+            Ok(n) if n <= crate::queue::args::MAX_EXPIRY as u128 => return Ok(n as u64),
+            _ => {
+                let col = format!("invalid expiration '{s}': ").len();
+                crate::protocol::codec::erlang_pretty_tuple(
+                    &["value_too_large".into(), text.into()],
+                    col,
+                )
+            }
+        }
+    };
+    Err(AmqpError::precondition_failed(format!(
+        "invalid expiration '{s}': {term}"
+    )))
 }
 
 /// CC/BCC routing keys from the headers: an array (non-string elements are ignored);
@@ -62,7 +100,7 @@ impl Channel {
         p: Publish,
         properties: Bytes,
         body: Bytes,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<bool, AmqpError> {
         let xname = String::from_utf8_lossy(&p.exchange);
         let x = ctx.vhost.exchange(&xname)?;
         if x.def.internal {
@@ -98,11 +136,18 @@ impl Channel {
             map.remove("BCC");
             properties = encode_properties(&props.clone().with_headers(FieldTable::from(map)));
         }
+        let expiration = match props.as_ref().and_then(|p| p.expiration().as_ref()) {
+            Some(e) => Some(parse_expiration(e.as_str())?),
+            None => None,
+        };
+        let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
         let msg = Arc::new(Message {
             exchange: p.exchange,
             routing_key: p.routing_key,
             properties,
             body,
+            priority,
+            expiration,
         });
         if queues.is_empty() {
             if p.mandatory {
@@ -122,11 +167,12 @@ impl Channel {
                     ctx.frame_max,
                 );
             }
-            return Ok(());
+            return Ok(true);
         }
+        let mut accepted = true;
         for q in &queues {
-            q.publish(msg.clone());
+            accepted &= q.publish(msg.clone()) == crate::queue::Accepted::Yes;
         }
-        Ok(())
+        Ok(accepted)
     }
 }

@@ -172,7 +172,7 @@ fn erlang_pretty_binary(bytes: &[u8], col: usize) -> String {
 
 /// Erlang's `~p` of a tuple of already formatted elements at column `col`: one line if it
 /// fits, else one element per line aligned after the brace.
-fn erlang_pretty_tuple(elems: &[String], col: usize) -> String {
+pub fn erlang_pretty_tuple(elems: &[String], col: usize) -> String {
     let flat = format!("{{{}}}", elems.join(","));
     if col + flat.len() <= PRETTY_WIDTH {
         return flat;

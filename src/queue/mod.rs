@@ -2,22 +2,30 @@
 //! per-queue mutex (never held across an `.await`, never global). Messages are `Arc<Message>`
 //! shared with every other queue the message was routed to.
 //!
-//! Ordering: every enqueued message gets a sequence number; `ready` is kept sorted by it, so a
-//! requeued message goes back to its original position, as RabbitMQ does.
+//! Ordering: every enqueued message gets a sequence number; ready messages are kept sorted by
+//! it (per priority level), so a requeued message goes back to its original position, as
+//! RabbitMQ does. Expiry (`x-message-ttl`, `expiration`) is checked at the head only, as in
+//! RabbitMQ, by whoever touches the queue and by one timer task per queue that has TTLs; length
+//! limits are enforced on publish. Messages that die go to the dead-letter exchange once the
+//! queue's lock is released (see [`dead_letter`]).
 
 pub mod args;
 pub mod consumer;
+pub mod dead_letter;
+pub mod ready;
 
 use crate::message::Message;
 use crate::protocol::AmqpError;
-use args::QueueArgs;
+use args::{Overflow, QueueArgs};
 use consumer::{ConnEvent, Consumer, Delivery};
-use parking_lot::Mutex;
+use dead_letter::Reason;
+use parking_lot::{Mutex, MutexGuard};
+use ready::Ready;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 /// What a queue is, as declared (serde: this is what durability persists).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,12 +51,29 @@ pub struct Entry {
     pub msg: Arc<Message>,
     /// Delivered before.
     pub redelivered: bool,
+    /// When it expires (ms on the broker's monotonic clock, see [`now_ms`]).
+    pub expires_at: Option<u64>,
+    /// Failed deliveries so far (requeues), for `x-delivery-limit` and `x-delivery-count`.
+    pub delivery_count: u32,
 }
 
-#[derive(Default)]
+/// Milliseconds since the broker's clock started (monotonic).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Whether a publish was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Enqueued (or delivered).
+    Yes,
+    /// Refused by `x-overflow: reject-publish(-dlx)`: publisher confirms nack it.
+    Rejected,
+}
+
 struct State {
-    ready: VecDeque<Entry>,
-    ready_bytes: u64,
+    ready: Ready,
     next_seq: u64,
     /// Delivered and not yet acked, by sequence number.
     unacked: HashMap<u64, Entry>,
@@ -58,6 +83,12 @@ struct State {
     /// Whether the queue ever had a consumer (auto-delete only applies then).
     had_consumers: bool,
     last_used: Option<Instant>,
+    /// Messages that died under the lock, dead-lettered once it is released.
+    dead: Vec<(Entry, Reason)>,
+    /// The deadline the expiry task sleeps until (`u64::MAX`: none).
+    timer_at: u64,
+    /// Whether the expiry task runs.
+    timer_running: bool,
 }
 
 /// A queue.
@@ -66,6 +97,8 @@ pub struct Queue {
     pub name: Arc<str>,
     /// Vhost name.
     pub vhost: Arc<str>,
+    /// The vhost (for dead-lettering).
+    pub vhost_ref: Weak<crate::vhost::VHost>,
     /// The definition.
     pub def: QueueDef,
     /// Parsed arguments.
@@ -75,22 +108,43 @@ pub struct Queue {
     /// Set once the queue is deleted (late publishers and acks see it).
     pub deleted: AtomicBool,
     state: Mutex<State>,
+    /// Wakes the expiry task when the head's deadline moved earlier.
+    timer: tokio::sync::Notify,
 }
+
+/// How many expired messages one pass removes before letting go of the lock.
+const EXPIRE_BATCH: usize = 4096;
 
 impl Queue {
     /// A new empty queue.
-    pub fn new(vhost: &str, def: QueueDef, args: QueueArgs, owner: Option<u64>) -> Queue {
+    pub fn new(
+        vhost: &str,
+        vhost_ref: Weak<crate::vhost::VHost>,
+        def: QueueDef,
+        args: QueueArgs,
+        owner: Option<u64>,
+    ) -> Queue {
         Queue {
             name: def.name.as_str().into(),
             vhost: vhost.into(),
+            vhost_ref,
             def,
+            state: Mutex::new(State {
+                ready: Ready::new(args.max_priority),
+                next_seq: 0,
+                unacked: HashMap::new(),
+                consumers: Vec::new(),
+                rr: 0,
+                had_consumers: false,
+                last_used: Some(Instant::now()),
+                dead: Vec::new(),
+                timer_at: u64::MAX,
+                timer_running: false,
+            }),
             args,
             owner,
             deleted: AtomicBool::new(false),
-            state: Mutex::new(State {
-                last_used: Some(Instant::now()),
-                ..Default::default()
-            }),
+            timer: tokio::sync::Notify::new(),
         }
     }
 
@@ -99,20 +153,133 @@ impl Queue {
         crate::args::rs("queue", &self.name, &self.vhost)
     }
 
-    /// Append a message.
-    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) {
+    /// Release the lock, then dead-letter what died under it.
+    fn finish(self: &Arc<Self>, mut s: MutexGuard<'_, State>) {
+        self.arm_timer(&mut s);
+        let dead = std::mem::take(&mut s.dead);
+        drop(s);
+        if !dead.is_empty() {
+            dead_letter::publish(self, dead);
+        }
+    }
+
+    /// The effective TTL of a message in this queue: the smaller of `x-message-ttl` and the
+    /// message's `expiration`.
+    fn ttl_of(&self, msg: &Message) -> Option<u64> {
+        match (self.args.message_ttl, msg.expiration) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Append a message, deliver it if a consumer has credit, then apply expiry and length
+    /// limits. Returns whether the queue took it (`reject-publish` refuses when full).
+    pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Accepted {
         let mut s = self.state.lock();
-        let seq = s.next_seq;
-        s.next_seq += 1;
-        s.ready_bytes += msg.body.len() as u64;
-        s.ready.push_back(Entry {
-            seq,
-            msg,
-            redelivered: false,
-        });
+        if self.is_deleted() {
+            return Accepted::Yes;
+        }
+        if self.args.overflow != Overflow::DropHead && self.is_full(&s, msg.body.len() as u64) {
+            let rejected = self.args.overflow == Overflow::RejectPublishDlx;
+            if rejected {
+                let e = self.entry(&mut s, msg);
+                s.dead.push((e, Reason::Maxlen));
+            }
+            self.finish(s);
+            return Accepted::Rejected;
+        }
+        let e = self.entry(&mut s, msg);
+        s.ready.push(e);
         if !s.consumers.is_empty() {
             self.dispatch_locked(&mut s);
         }
+        self.expire_head(&mut s, now_ms());
+        self.drop_over_limit(&mut s);
+        self.finish(s);
+        Accepted::Yes
+    }
+
+    fn entry(&self, s: &mut State, msg: Arc<Message>) -> Entry {
+        let seq = s.next_seq;
+        s.next_seq += 1;
+        let expires_at = self.ttl_of(&msg).map(|ttl| now_ms().saturating_add(ttl));
+        Entry {
+            seq,
+            msg,
+            redelivered: false,
+            expires_at,
+            delivery_count: 0,
+        }
+    }
+
+    /// Whether one more message of `size` bytes would exceed a limit (reject-publish modes).
+    fn is_full(&self, s: &State, size: u64) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| s.ready.len() as u64 >= max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| s.ready.bytes() + size > max)
+    }
+
+    /// drop-head: remove (and dead-letter) from the head until within the limits.
+    fn drop_over_limit(&self, s: &mut State) {
+        if self.args.overflow != Overflow::DropHead {
+            return;
+        }
+        loop {
+            let over = self
+                .args
+                .max_length
+                .is_some_and(|max| s.ready.len() as u64 > max)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|max| s.ready.bytes() > max);
+            if !over {
+                return;
+            }
+            match s.ready.pop() {
+                Some(e) => s.dead.push((e, Reason::Maxlen)),
+                None => return,
+            }
+        }
+    }
+
+    /// Remove expired messages from the head (at most a batch); true if more may be expired.
+    fn expire_head(&self, s: &mut State, now: u64) -> bool {
+        for _ in 0..EXPIRE_BATCH {
+            match s.ready.front() {
+                Some(e) if e.expires_at.is_some_and(|t| t <= now) => {
+                    if let Some(e) = s.ready.pop() {
+                        s.dead.push((e, Reason::Expired));
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Make sure the expiry task will wake up for the head's deadline.
+    fn arm_timer(self: &Arc<Self>, s: &mut State) {
+        let Some(at) = s.ready.front().and_then(|e| e.expires_at) else {
+            return;
+        };
+        if at >= s.timer_at {
+            return;
+        }
+        s.timer_at = at;
+        if s.timer_running {
+            self.timer.notify_one();
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        s.timer_running = true;
+        rt.spawn(expiry_task(Arc::downgrade(self)));
     }
 
     /// Deliver ready messages to consumers with credit (round-robin within the highest
@@ -120,19 +287,21 @@ impl Queue {
     pub fn dispatch(self: &Arc<Self>) {
         let mut s = self.state.lock();
         self.dispatch_locked(&mut s);
+        self.finish(s);
     }
 
     fn dispatch_locked(self: &Arc<Self>, s: &mut State) {
+        let now = now_ms();
         while !s.ready.is_empty() && !s.consumers.is_empty() {
+            self.expire_head(s, now);
             let Some(i) = pick_consumer(s, self.args.single_active_consumer) else {
                 break;
             };
             s.rr = i + 1;
             let c = s.consumers[i].clone();
-            let Some(entry) = s.ready.pop_front() else {
+            let Some(entry) = s.ready.pop() else {
                 break;
             };
-            s.ready_bytes -= entry.msg.body.len() as u64;
             c.take_credit();
             let size = delivery_size(&entry);
             c.backlog.events.fetch_add(size, Ordering::Relaxed);
@@ -153,8 +322,7 @@ impl Queue {
                 c.return_credit(1);
                 c.active.store(false, Ordering::Relaxed);
                 s.unacked.remove(&d.entry.seq);
-                s.ready_bytes += d.entry.msg.body.len() as u64;
-                s.ready.push_front(d.entry);
+                s.ready.insert(d.entry);
             }
         }
     }
@@ -175,6 +343,7 @@ impl Queue {
         s.had_consumers = true;
         s.last_used = Some(Instant::now());
         self.dispatch_locked(&mut s);
+        self.finish(s);
         Ok(())
     }
 
@@ -200,12 +369,16 @@ impl Queue {
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
         let mut s = self.state.lock();
         s.last_used = Some(Instant::now());
-        let e = s.ready.pop_front()?;
-        s.ready_bytes -= e.msg.body.len() as u64;
-        if !no_ack {
+        self.expire_head(&mut s, now_ms());
+        let got = s.ready.pop();
+        if let Some(e) = &got
+            && !no_ack
+        {
             s.unacked.insert(e.seq, e.clone());
         }
-        Some((e, s.ready.len() as u32))
+        let left = s.ready.len() as u32;
+        self.finish(s);
+        got.map(|e| (e, left))
     }
 
     /// Forget acked messages.
@@ -217,18 +390,27 @@ impl Queue {
     }
 
     /// Put unacked messages back at their original positions, marked redelivered, and
-    /// deliver again.
+    /// deliver again. Each return counts as a failed delivery: past `x-delivery-limit` the
+    /// message is dead-lettered instead (reason `delivery_limit`).
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(mut e) = s.unacked.remove(seq) {
                 e.redelivered = true;
-                s.ready_bytes += e.msg.body.len() as u64;
-                let pos = s.ready.partition_point(|x| x.seq < e.seq);
-                s.ready.insert(pos, e);
+                e.delivery_count += 1;
+                if self
+                    .args
+                    .delivery_limit
+                    .is_some_and(|limit| e.delivery_count as u64 > limit)
+                {
+                    s.dead.push((e, Reason::DeliveryLimit));
+                } else {
+                    s.ready.insert(e);
+                }
             }
         }
         self.dispatch_locked(&mut s);
+        self.finish(s);
     }
 
     /// Put back a message that was dispatched to a no-ack consumer but never written.
@@ -237,10 +419,9 @@ impl Queue {
         if self.is_deleted() {
             return;
         }
-        s.ready_bytes += e.msg.body.len() as u64;
-        let pos = s.ready.partition_point(|x| x.seq < e.seq);
-        s.ready.insert(pos, e);
+        s.ready.insert(e);
         self.dispatch_locked(&mut s);
+        self.finish(s);
     }
 
     /// Put back a message that was dispatched (and recorded unacked) but never written: it
@@ -252,18 +433,20 @@ impl Queue {
         }
     }
 
-    /// Drop unacked messages (reject/nack without requeue; dead-lettering hooks in here).
-    pub fn discard(&self, seqs: &[u64]) {
-        self.ack(seqs)
+    /// Reject without requeue: the messages are dead-lettered (reason `rejected`) or dropped.
+    pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
+        let mut s = self.state.lock();
+        for seq in seqs {
+            if let Some(e) = s.unacked.remove(seq) {
+                s.dead.push((e, Reason::Rejected));
+            }
+        }
+        self.finish(s);
     }
 
     /// Drop every ready message; returns how many (unacked ones stay, as in RabbitMQ).
     pub fn purge(&self) -> u32 {
-        let mut s = self.state.lock();
-        let n = s.ready.len() as u32;
-        s.ready.clear();
-        s.ready_bytes = 0;
-        n
+        self.state.lock().ready.clear() as u32
     }
 
     /// Ready messages.
@@ -295,18 +478,63 @@ impl Queue {
     pub fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         let mut s = self.state.lock();
-        let n = s.ready.len() as u32;
-        s.ready.clear();
+        let n = s.ready.clear() as u32;
         s.unacked.clear();
         for c in &s.consumers {
             c.active.store(false, Ordering::Relaxed);
         }
+        drop(s);
+        self.timer.notify_one();
         n
     }
 
     /// Whether the queue was deleted.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+}
+
+/// One per queue with TTLs: sleeps until the head's deadline, expires (and dead-letters) what
+/// is due in batches, and sleeps again; ends when the queue is gone or holds no deadline.
+async fn expiry_task(queue: Weak<Queue>) {
+    loop {
+        let Some(q) = queue.upgrade() else { return };
+        if q.is_deleted() {
+            return;
+        }
+        let (more, next, dead) = {
+            let mut s = q.state.lock();
+            let more = q.expire_head(&mut s, now_ms());
+            if !s.consumers.is_empty() {
+                q.dispatch_locked(&mut s);
+            }
+            let next = if more {
+                Some(0)
+            } else {
+                s.ready.front().and_then(|e| e.expires_at)
+            };
+            match next {
+                None => {
+                    s.timer_running = false;
+                    s.timer_at = u64::MAX;
+                }
+                Some(at) => s.timer_at = at,
+            }
+            (more, next, std::mem::take(&mut s.dead))
+        };
+        if !dead.is_empty() {
+            dead_letter::publish(&q, dead);
+        }
+        let Some(at) = next else { return };
+        if more {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = q.timer.notified() => {}
+        }
     }
 }
 
@@ -345,7 +573,13 @@ mod tests {
             auto_delete: false,
             arguments: Default::default(),
         };
-        Arc::new(Queue::new("/", def, QueueArgs::default(), None))
+        Arc::new(Queue::new(
+            "/",
+            std::sync::Weak::new(),
+            def,
+            QueueArgs::default(),
+            None,
+        ))
     }
 
     fn msg(b: &'static str) -> Arc<Message> {
@@ -354,6 +588,8 @@ mod tests {
             routing_key: Bytes::new(),
             properties: Bytes::from_static(&[0, 0]),
             body: Bytes::from_static(b.as_bytes()),
+            priority: 0,
+            expiration: None,
         })
     }
 

@@ -1,0 +1,264 @@
+//! Dead-lettering as RabbitMQ 3.10 `rabbit_dead_letter` does it, plus 3.13's `x-last-death-*`:
+//! the `x-death` header (one table per queue and reason, newest first, counts merged), the
+//! `x-first-death-*` headers, `expiration` moved to `original-expiration`, routing to the
+//! dead-letter exchange with the original or the `x-dead-letter-routing-key` key, and cycle
+//! detection (a message that would return to a queue it died in, with no rejection on the way,
+//! is dropped).
+
+use super::{Entry, Queue};
+use crate::args::as_str_bytes;
+use crate::message::Message;
+use crate::protocol::codec::encode_properties;
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Why a message is dead-lettered (the `reason` field of `x-death`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Rejected or nacked with requeue=false.
+    Rejected,
+    /// TTL expired.
+    Expired,
+    /// Dropped by a length limit.
+    Maxlen,
+    /// Redelivered more than `x-delivery-limit` times.
+    DeliveryLimit,
+}
+
+impl Reason {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rejected => "rejected",
+            Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
+            Reason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+fn lstr(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+fn key(s: &str) -> ShortString {
+    ShortString::from(s)
+}
+
+fn decode(raw: &Bytes) -> BasicProperties {
+    amq_protocol::protocol::basic::parse_properties(&raw[..])
+        .map(|(_, p)| p)
+        .unwrap_or_default()
+}
+
+/// Copy `p` with new headers and, if asked, without `expiration` (amq-protocol has no setter
+/// to clear a field, so the properties are rebuilt).
+pub fn rebuild(p: &BasicProperties, headers: FieldTable, drop_expiration: bool) -> BasicProperties {
+    let mut n = BasicProperties::default().with_headers(headers);
+    if let Some(v) = p.content_type() {
+        n = n.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        n = n.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        n = n.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        n = n.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        n = n.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        n = n.with_reply_to(v.clone());
+    }
+    if let (Some(v), false) = (p.expiration(), drop_expiration) {
+        n = n.with_expiration(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        n = n.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        n = n.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        n = n.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        n = n.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        n = n.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        n = n.with_cluster_id(v.clone());
+    }
+    n
+}
+
+/// The message as it leaves `queue` for the dead-letter exchange, and the routing keys to use.
+pub fn make_message(
+    queue: &Queue,
+    msg: &Message,
+    reason: Reason,
+    dlx: &str,
+) -> (Message, Vec<Bytes>) {
+    let props = decode(&msg.properties);
+    let mut headers: BTreeMap<ShortString, AMQPValue> = props
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
+    let rk = Bytes::copy_from_slice(&msg.routing_key);
+    // x-death routing-keys: the publish key, then the CC keys (BCC is already gone).
+    let mut death_keys = vec![rk.clone()];
+    if let Some(AMQPValue::FieldArray(cc)) = headers.get("CC") {
+        death_keys.extend(
+            cc.as_slice()
+                .iter()
+                .filter_map(as_str_bytes)
+                .map(Bytes::copy_from_slice),
+        );
+    }
+    let route_keys = match &queue.args.dead_letter_routing_key {
+        Some(k) => {
+            headers.remove("CC");
+            vec![Bytes::copy_from_slice(k.as_bytes())]
+        }
+        None => death_keys.clone(),
+    };
+    let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut info = FieldTable::default();
+    info.insert(key("reason"), lstr(reason.as_str()));
+    info.insert(key("queue"), lstr(&queue.name));
+    info.insert(key("time"), AMQPValue::Timestamp(now));
+    info.insert(key("exchange"), lstr(&exchange));
+    let keys: Vec<AMQPValue> = death_keys
+        .iter()
+        .map(|k| AMQPValue::LongString(LongString::from(k.to_vec())))
+        .collect();
+    info.insert(
+        key("routing-keys"),
+        AMQPValue::FieldArray(FieldArray::from(keys)),
+    );
+    if let Some(exp) = props.expiration() {
+        info.insert(key("original-expiration"), lstr(exp.as_str()));
+    }
+    // Merge with an earlier death in the same queue for the same reason: count + 1, moved to
+    // the front (RabbitMQ 3.10 keeps that entry's other fields).
+    let mut deaths: Vec<AMQPValue> = match headers.get("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a.as_slice().to_vec(),
+        _ => Vec::new(),
+    };
+    let same = |t: &FieldTable| {
+        t.inner().get("queue").and_then(as_str_bytes) == Some(queue.name.as_bytes())
+            && t.inner().get("reason").and_then(as_str_bytes) == Some(reason.as_str().as_bytes())
+    };
+    let found = deaths
+        .iter()
+        .position(|d| matches!(d, AMQPValue::FieldTable(t) if same(t)));
+    let entry = match found {
+        Some(i) => {
+            let AMQPValue::FieldTable(old) = deaths.remove(i) else {
+                unreachable!()
+            };
+            let count = old
+                .inner()
+                .get("count")
+                .and_then(crate::args::as_int)
+                .unwrap_or(0);
+            let mut t = old.inner().clone();
+            t.insert(key("count"), AMQPValue::LongLongInt(count + 1));
+            FieldTable::from(t)
+        }
+        None => {
+            let mut t = info.inner().clone();
+            t.insert(key("count"), AMQPValue::LongLongInt(1));
+            FieldTable::from(t)
+        }
+    };
+    deaths.insert(0, AMQPValue::FieldTable(entry));
+    headers.insert(
+        key("x-death"),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
+    for (k, v) in [
+        ("reason", reason.as_str()),
+        ("queue", &queue.name),
+        ("exchange", exchange.as_str()),
+    ] {
+        headers
+            .entry(key(&format!("x-first-death-{k}")))
+            .or_insert_with(|| lstr(v));
+        headers.insert(key(&format!("x-last-death-{k}")), lstr(v));
+    }
+    let props = rebuild(&props, FieldTable::from(headers), true);
+    let msg = Message {
+        exchange: Bytes::copy_from_slice(dlx.as_bytes()),
+        routing_key: route_keys[0].clone(),
+        properties: encode_properties(&props),
+        body: msg.body.clone(),
+        priority: msg.priority,
+        expiration: None,
+    };
+    (msg, route_keys)
+}
+
+/// RabbitMQ's `is_cycle`: the message already died in `target`, and no death since then (nor
+/// that one) was a rejection.
+pub fn is_cycle(target: &str, msg: &Message) -> bool {
+    let props = decode(&msg.properties);
+    let Some(AMQPValue::FieldArray(deaths)) = props
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-death").cloned())
+    else {
+        return false;
+    };
+    for d in deaths.as_slice() {
+        let AMQPValue::FieldTable(t) = d else {
+            return false;
+        };
+        if t.inner().get("reason").and_then(as_str_bytes) == Some(b"rejected") {
+            return false;
+        }
+        if t.inner().get("queue").and_then(as_str_bytes) == Some(target.as_bytes()) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Dead-letter `entries` from `queue` (called without the queue's lock held).
+pub fn publish(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) {
+    let Some(dlx) = &queue.args.dead_letter_exchange else {
+        return;
+    };
+    let Some(vhost) = queue.vhost_ref.upgrade() else {
+        return;
+    };
+    let Ok(x) = vhost.exchange(dlx) else {
+        tracing::debug!(queue = %queue.name, dlx = %dlx, "dead-letter exchange does not exist; messages dropped");
+        return;
+    };
+    for (e, reason) in entries {
+        let (msg, keys) = make_message(queue, &e.msg, reason, dlx);
+        let key_refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        let headers = decode(&msg.properties).headers().clone();
+        let targets = vhost.route(&x, &key_refs, headers.as_ref());
+        let msg = Arc::new(msg);
+        for q in targets {
+            if reason == Reason::Rejected || !is_cycle(&q.name, &msg) {
+                q.publish(msg.clone());
+            }
+        }
+    }
+}
