@@ -44,7 +44,36 @@ impl Channel {
         } else {
             m.queue.to_string()
         };
-        let q = ctx.vhost.queue_for(&name, ctx.id)?;
+        let q = if name == super::publish::REPLY_TO {
+            // Direct reply-to: a hidden exclusive, auto-delete queue per consuming channel,
+            // addressed by the name publishers on this channel get in `reply_to`.
+            if !m.no_ack {
+                return Err(AmqpError::precondition_failed(
+                    "reply consumer cannot acknowledge",
+                ));
+            }
+            if self.reply_queue.is_some() {
+                return Err(AmqpError::precondition_failed("reply consumer already set"));
+            }
+            let def = crate::queue::QueueDef {
+                // RabbitMQ's reply addresses are `amq.rabbitmq.reply-to.<opaque token>`.
+                name: format!(
+                    "{}.{}",
+                    super::publish::REPLY_TO,
+                    &super::generated_name("x")[2..]
+                ),
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                arguments: Default::default(),
+            };
+            let q = ctx.vhost.declare_queue(def, false, true, ctx.id)?.queue;
+            ctx.exclusive_queues.push(q.clone());
+            self.reply_queue = Some(q.name.to_string());
+            q
+        } else {
+            ctx.vhost.queue_for(&name, ctx.id)?
+        };
         let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
             super::generated_name("amq.ctag").into()
         } else {
@@ -120,6 +149,13 @@ impl Channel {
     /// Remove a consumer from its queue (auto-deleting the queue if it was the last one).
     /// Its unacked messages stay unacked on the channel, as in RabbitMQ.
     pub(super) fn cancel_consumer(&mut self, ctx: &mut ConnCtx, tag: &Arc<str>) {
+        if self
+            .consumers
+            .get(tag)
+            .is_some_and(|(_, q)| self.reply_queue.as_deref() == Some(&*q.name))
+        {
+            self.reply_queue = None;
+        }
         if let Some((c, q)) = self.consumers.remove(tag)
             && q.remove_consumer(&c)
         {
@@ -184,13 +220,8 @@ impl Channel {
             &e.msg.exchange,
             &e.msg.routing_key,
         );
-        put_content(
-            &mut ctx.out,
-            self.id,
-            &e.msg.properties,
-            &e.msg.body,
-            ctx.frame_max,
-        );
+        let props = crate::queue::dead_letter::delivered_properties(&d.queue, e);
+        put_content(&mut ctx.out, self.id, &props, &e.msg.body, ctx.frame_max);
         if !d.consumer.no_ack {
             self.unacked.push_back(Unacked {
                 tag,

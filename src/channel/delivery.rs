@@ -68,13 +68,8 @@ impl Channel {
                     &msg.routing_key,
                     left,
                 );
-                put_content(
-                    &mut ctx.out,
-                    self.id,
-                    &msg.properties,
-                    &msg.body,
-                    ctx.frame_max,
-                );
+                let props = crate::queue::dead_letter::delivered_properties(&q, &entry);
+                put_content(&mut ctx.out, self.id, &props, &msg.body, ctx.frame_max);
             }
         }
         Ok(())

@@ -85,6 +85,8 @@ pub struct Channel {
     nacks: Vec<u64>,
     /// Transaction buffer once `tx.select` was seen.
     tx: Option<TxBuffer>,
+    /// The hidden queue of this channel's direct reply-to consumer.
+    reply_queue: Option<String>,
 }
 
 /// Work buffered by a transaction until `tx.commit`.
@@ -111,6 +113,7 @@ impl Channel {
             confirmed: 0,
             nacks: Vec::new(),
             tx: None,
+            reply_queue: None,
         }
     }
 

@@ -13,6 +13,9 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 use std::sync::Arc;
 
+/// The direct reply-to pseudo queue.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
 /// Property flag bits (AMQP 0-9-1 basic class).
 const FLAG_HEADERS: u16 = 1 << 13;
 const FLAG_USER_ID: u16 = 1 << 4;
@@ -127,14 +130,34 @@ impl Channel {
             header_routes(h, "CC", &mut keys)?;
             header_routes(h, "BCC", &mut keys)?;
         }
+        // Direct reply-to: the pseudo queue name becomes this channel's reply queue.
+        let reply_to = props
+            .as_ref()
+            .and_then(|p| p.reply_to().as_ref())
+            .filter(|r| r.as_str() == REPLY_TO);
+        let reply_queue = match reply_to {
+            Some(_) => Some(self.reply_queue.clone().ok_or_else(|| {
+                AmqpError::precondition_failed("fast reply consumer does not exist")
+            })?),
+            None => None,
+        };
         let queues = ctx.vhost.route(&x, &keys, headers);
-        if let (Some(h), Some(props)) = (headers, &props)
-            && h.contains_key("BCC")
+        let strip_bcc = headers.is_some_and(|h| h.contains_key("BCC"));
+        if let Some(props) = &props
+            && (strip_bcc || reply_queue.is_some())
         {
-            // BCC is removed before delivery, as RabbitMQ does (re-encode once per message).
-            let mut map = h.inner().clone();
-            map.remove("BCC");
-            properties = encode_properties(&props.clone().with_headers(FieldTable::from(map)));
+            // Re-encoded once per message: BCC is removed before delivery (as RabbitMQ does)
+            // and a direct reply-to address is made concrete.
+            let mut props = props.clone();
+            if let (true, Some(h)) = (strip_bcc, headers) {
+                let mut map = h.inner().clone();
+                map.remove("BCC");
+                props = props.with_headers(FieldTable::from(map));
+            }
+            if let Some(name) = &reply_queue {
+                props = props.with_reply_to(name.as_str().into());
+            }
+            properties = encode_properties(&props);
         }
         let expiration = match props.as_ref().and_then(|p| p.expiration().as_ref()) {
             Some(e) => Some(parse_expiration(e.as_str())?),

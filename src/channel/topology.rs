@@ -117,6 +117,19 @@ impl Channel {
         ctx: &mut ConnCtx,
         m: qu::Declare,
     ) -> Result<(), AmqpError> {
+        if m.passive && m.queue.as_str() == super::publish::REPLY_TO {
+            // RabbitMQ answers a passive declare of the reply-to pseudo queue.
+            self.reply(
+                ctx,
+                m.nowait,
+                AMQPClass::Queue(qu::AMQPMethod::DeclareOk(qu::DeclareOk {
+                    queue: m.queue,
+                    message_count: 0,
+                    consumer_count: 0,
+                })),
+            );
+            return Ok(());
+        }
         let server_named = m.queue.as_str().is_empty() && !m.passive;
         let name = if server_named {
             generated_name("amq.gen")

@@ -61,6 +61,9 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit` (Warren offers it on every queue).
     pub delivery_limit: Option<u64>,
+    /// Deliveries are counted in an `x-delivery-count` header on redelivery (quorum queues
+    /// and queues with a delivery limit, as in RabbitMQ).
+    pub counts_deliveries: bool,
 }
 
 enum Check {
@@ -200,6 +203,8 @@ impl QueueArgs {
                 Some(AMQPValue::Boolean(true))
             ),
             delivery_limit: uint("x-delivery-limit"),
+            counts_deliveries: args.inner().contains_key("x-delivery-limit")
+                || get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
         })
     }
 }

@@ -212,6 +212,30 @@ pub fn make_message(
     (msg, route_keys)
 }
 
+/// The properties of a redelivered message with RabbitMQ's `x-delivery-count` header.
+pub fn with_delivery_count(raw: &Bytes, count: u32) -> Bytes {
+    let props = decode(raw);
+    let mut headers: BTreeMap<ShortString, AMQPValue> = props
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
+    headers.insert(
+        key("x-delivery-count"),
+        AMQPValue::LongLongInt(count as i64),
+    );
+    encode_properties(&rebuild(&props, FieldTable::from(headers), false))
+}
+
+/// The properties to deliver an entry with.
+pub fn delivered_properties(queue: &Queue, e: &Entry) -> Bytes {
+    if e.delivery_count > 0 && queue.args.counts_deliveries {
+        with_delivery_count(&e.msg.properties, e.delivery_count)
+    } else {
+        e.msg.properties.clone()
+    }
+}
+
 /// RabbitMQ's `is_cycle`: the message already died in `target`, and no death since then (nor
 /// that one) was a rejection.
 pub fn is_cycle(target: &str, msg: &Message) -> bool {
