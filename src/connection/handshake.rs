@@ -29,6 +29,7 @@ pub const CAPABILITIES: &[&str] = &[
     "basic.nack",
     "consumer_cancel_notify",
     "consumer_priorities",
+    "direct_reply_to",
     "exchange_exchange_bindings",
     "per_consumer_qos",
     "publisher_confirms",
