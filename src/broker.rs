@@ -1,7 +1,7 @@
 //! The broker: shared state (config, vhosts, users) and the accept loop that spawns one
 //! connection task per socket. Knows nothing of frames; `connection` does.
 
-use crate::config::Config;
+use crate::config::{Config, StorageMode};
 use crate::connection;
 use crate::vhost::VHost;
 use dashmap::DashMap;
@@ -63,7 +63,21 @@ impl Broker {
         let local_addr = listener.local_addr()?;
         let vhosts = DashMap::new();
         for name in &config.vhosts {
-            vhosts.insert(name.clone(), Arc::new(VHost::new(name)));
+            let v = match config.storage.mode {
+                StorageMode::Memory => Arc::new(VHost::new(name)),
+                StorageMode::Disk => {
+                    let started = std::time::Instant::now();
+                    let (v, n) = VHost::open(
+                        name,
+                        &config.data_dir,
+                        config.storage.sync,
+                        Duration::from_millis(config.storage.sync_interval_ms.max(1)),
+                    )?;
+                    info!(vhost = %name, messages = n, elapsed = ?started.elapsed(), "recovered vhost");
+                    v
+                }
+            };
+            vhosts.insert(name.clone(), v);
         }
         let state = Arc::new(BrokerState {
             config: Arc::new(config),
@@ -101,6 +115,16 @@ impl Broker {
             .is_err()
         {
             warn!("some connections did not close within {grace:?}");
+        }
+        // Whatever the sync policy, what was written is synced before exit.
+        let logs: Vec<_> = self
+            .state
+            .vhosts
+            .iter()
+            .filter_map(|v| v.log().cloned())
+            .collect();
+        for log in logs {
+            let _ = tokio::task::spawn_blocking(move || log.barrier()).await;
         }
         info!("broker stopped");
     }

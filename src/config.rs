@@ -35,6 +35,42 @@ pub struct Config {
     pub cluster_name: String,
     /// Seconds a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
     pub handshake_timeout: u64,
+    /// Durability.
+    pub storage: Storage,
+}
+
+/// Where durable state goes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageMode {
+    /// Durable definitions and persistent messages on disk under `data_dir`.
+    #[default]
+    Disk,
+    /// Nothing touches disk (test environments).
+    Memory,
+}
+
+/// Durability settings.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// `disk` or `memory`.
+    pub mode: StorageMode,
+    /// When persistent messages are confirmed: `confirm` (after fdatasync, group commit),
+    /// `interval` (sync every `sync_interval_ms`, confirm at once), `never`.
+    pub sync: crate::store::log::SyncPolicy,
+    /// Sync period for `sync = "interval"`.
+    pub sync_interval_ms: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            mode: StorageMode::Disk,
+            sync: crate::store::log::SyncPolicy::Confirm,
+            sync_interval_ms: 200,
+        }
+    }
 }
 
 /// A TCP listener.
@@ -115,6 +151,7 @@ impl Default for Config {
             log_level: "info".into(),
             cluster_name: "warren@localhost".into(),
             handshake_timeout: 10,
+            storage: Storage::default(),
         }
     }
 }
@@ -140,6 +177,7 @@ impl Config {
         let mut c = Config::default();
         c.amqp.bind = "127.0.0.1".into();
         c.amqp.port = 0;
+        c.storage.mode = StorageMode::Memory;
         c
     }
 

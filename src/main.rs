@@ -25,6 +25,9 @@ struct Cli {
     /// Log filter, e.g. info or debug (overrides log_level).
     #[arg(long, env = "WARREN_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Keep nothing on disk (storage.mode = "memory").
+    #[arg(long, env = "WARREN_IN_MEMORY")]
+    in_memory: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -50,6 +53,9 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(l) = &cli.log_level {
         config.log_level = l.clone();
+    }
+    if cli.in_memory {
+        config.storage.mode = warren::config::StorageMode::Memory;
     }
     config.validate()?;
     Ok(config)

@@ -18,4 +18,39 @@ pub struct Message {
     pub priority: u8,
     /// `expiration` property in ms, validated at publish.
     pub expiration: Option<u64>,
+    /// `delivery_mode` 2.
+    pub persistent: bool,
+    /// Id in the message log, when stored (persistent, routed to a durable queue).
+    pub store_id: Option<u64>,
+    /// BCC routing keys (the header is stripped; dead-lettering still routes with them).
+    pub bcc: Vec<Bytes>,
+}
+
+impl Message {
+    /// A message read back from the message log.
+    pub fn recovered(
+        id: u64,
+        exchange: Bytes,
+        routing_key: Bytes,
+        properties: Bytes,
+        body: Bytes,
+    ) -> Message {
+        let props = amq_protocol::protocol::basic::parse_properties(&properties[..])
+            .map(|(_, p)| p)
+            .unwrap_or_default();
+        Message {
+            exchange,
+            routing_key,
+            priority: props.priority().unwrap_or(0),
+            expiration: props
+                .expiration()
+                .as_ref()
+                .and_then(|e| e.as_str().parse().ok()),
+            properties,
+            body,
+            persistent: true,
+            store_id: Some(id),
+            bcc: Vec::new(),
+        }
+    }
 }

@@ -21,6 +21,18 @@ pub struct VHost {
     pub exchanges: DashMap<String, Arc<Exchange>>,
     /// Queues by name.
     pub queues: DashMap<String, Arc<Queue>>,
+    /// Durable state (absent in memory mode).
+    pub store: Option<VHostStore>,
+}
+
+/// A vhost's files.
+pub struct VHostStore {
+    /// `data_dir/vhosts/<hex name>`.
+    pub dir: std::path::PathBuf,
+    /// The message log.
+    pub log: Arc<crate::store::log::Log>,
+    /// Serializes definition snapshots so an older one never overwrites a newer one.
+    defs: parking_lot::Mutex<()>,
 }
 
 /// The exchanges every vhost has.
@@ -48,10 +60,15 @@ fn default_exchange_error() -> AmqpError {
 impl VHost {
     /// A vhost with the predeclared exchanges.
     pub fn new(name: &str) -> VHost {
+        Self::with_store(name, None)
+    }
+
+    fn with_store(name: &str, store: Option<VHostStore>) -> VHost {
         let v = VHost {
             name: name.to_string(),
             exchanges: DashMap::new(),
             queues: DashMap::new(),
+            store,
         };
         for (n, kind) in PREDECLARED {
             v.exchanges.insert(
@@ -67,6 +84,109 @@ impl VHost {
             );
         }
         v
+    }
+
+    /// Open a durable vhost: replay its definitions and message log. Returns the vhost and
+    /// the number of messages recovered.
+    pub fn open(
+        name: &str,
+        data_dir: &std::path::Path,
+        policy: crate::store::log::SyncPolicy,
+        interval: std::time::Duration,
+    ) -> std::io::Result<(Arc<VHost>, usize)> {
+        let dir = crate::store::vhost_dir(data_dir, name);
+        let defs = crate::store::load_definitions(&dir)?;
+        let opened = crate::store::log::open(&dir.join("msgs"), policy, interval)?;
+        if opened.corrupt_records > 0 {
+            tracing::warn!(vhost = %name, records = opened.corrupt_records, "skipped damaged message log records");
+        }
+        let store = VHostStore {
+            dir,
+            log: Arc::new(opened.log),
+            defs: parking_lot::Mutex::new(()),
+        };
+        let v = Arc::new(VHost::with_store(name, Some(store)));
+        for x in defs.exchanges {
+            v.exchanges
+                .insert(x.name.clone(), Arc::new(Exchange::new(x)));
+        }
+        for q in defs.queues {
+            let res = rs("queue", &q.name, name);
+            let args = QueueArgs::parse(&q.arguments, &res).unwrap_or_default();
+            let expires = args.expires;
+            let log = v.store.as_ref().map(|s| s.log.clone());
+            let queue = Arc::new(Queue::new(name, Arc::downgrade(&v), q, args, None, log));
+            if let Some(ms) = expires {
+                spawn_expiry(
+                    Arc::downgrade(&v),
+                    Arc::downgrade(&queue),
+                    Duration::from_millis(ms),
+                );
+            }
+            v.queues.insert(queue.def.name.clone(), queue);
+        }
+        for b in defs.bindings {
+            if let Ok(x) = v.exchange(&b.source) {
+                let _ = x.bind(b);
+            }
+        }
+        let n = opened.messages.len();
+        for m in opened.messages {
+            let msg = Arc::new(crate::message::Message::recovered(
+                m.id,
+                m.exchange,
+                m.routing_key,
+                m.properties,
+                m.body,
+            ));
+            for (qname, (delivered, count)) in m.queues {
+                if let Some(q) = v.queues.get(&qname) {
+                    q.recover(msg.clone(), delivered, count);
+                }
+            }
+        }
+        Ok((v, n))
+    }
+
+    /// Write the durable definitions, if anything durable changed.
+    fn persist(&self) {
+        let Some(store) = &self.store else { return };
+        let _guard = store.defs.lock();
+        let mut defs = crate::store::Definitions::default();
+        for x in self.exchanges.iter() {
+            if x.def.durable && !PREDECLARED.iter().any(|(n, _)| *n == x.def.name) {
+                defs.exchanges.push(x.def.clone());
+            }
+        }
+        for q in self.queues.iter() {
+            if q.log.is_some() {
+                defs.queues.push(q.def.clone());
+            }
+        }
+        let durable_dest = |d: &Destination| match d {
+            Destination::Queue(n) => self.queues.get(n.as_ref()).is_some_and(|q| q.log.is_some()),
+            Destination::Exchange(n) => self
+                .exchanges
+                .get(n.as_ref())
+                .is_some_and(|x| x.def.durable),
+        };
+        for x in self.exchanges.iter() {
+            if x.def.durable {
+                defs.bindings.extend(
+                    x.bindings()
+                        .into_iter()
+                        .filter(|b| durable_dest(&b.destination)),
+                );
+            }
+        }
+        if let Err(e) = crate::store::save_definitions(&store.dir, &defs) {
+            tracing::error!(vhost = %self.name, error = %e, "cannot write definitions");
+        }
+    }
+
+    /// The log, when this vhost is durable.
+    pub fn log(&self) -> Option<&Arc<crate::store::log::Log>> {
+        self.store.as_ref().map(|s| &s.log)
     }
 
     fn rs(&self, kind: &str, name: &str) -> String {
@@ -156,7 +276,11 @@ impl VHost {
                         def.name
                     )));
                 }
+                let durable = def.durable;
                 v.insert(Arc::new(Exchange::new(def)));
+                if durable {
+                    self.persist();
+                }
                 Ok(())
             }
         }
@@ -191,6 +315,9 @@ impl VHost {
         }
         self.exchanges.remove(name);
         self.remove_destination(&Destination::Exchange(name.into()));
+        if x.def.durable {
+            self.persist();
+        }
         Ok(())
     }
 
@@ -230,7 +357,9 @@ impl VHost {
         let x = self.exchange(&b.source)?;
         self.check_destination(&b.destination, conn)?;
         x.validate_binding(&b.arguments)?;
-        x.bind(b)?;
+        if x.bind(b)? && x.def.durable {
+            self.persist();
+        }
         Ok(())
     }
 
@@ -248,6 +377,9 @@ impl VHost {
         self.check_destination(&b.destination, conn)?;
         if x.unbind(&b) {
             self.maybe_auto_delete(&x);
+            if x.def.durable {
+                self.persist();
+            }
         }
         Ok(())
     }
@@ -302,14 +434,23 @@ impl VHost {
                 }
                 let owner = def.exclusive.then_some(conn);
                 let expires = args.expires;
+                // Exclusive queues never survive a restart, even if declared durable.
+                let log = match (def.durable && !def.exclusive, self.log()) {
+                    (true, Some(l)) => Some(l.clone()),
+                    _ => None,
+                };
                 let q = Arc::new(Queue::new(
                     &self.name,
                     Arc::downgrade(self),
                     def,
                     args,
                     owner,
+                    log,
                 ));
                 v.insert(q.clone());
+                if q.log.is_some() {
+                    self.persist();
+                }
                 if let Some(ms) = expires {
                     spawn_expiry(
                         Arc::downgrade(self),
@@ -364,6 +505,10 @@ impl VHost {
             return 0;
         }
         self.remove_destination(&Destination::Queue(q.name.clone()));
+        if let Some(log) = &q.log {
+            log.append(crate::store::log::queue_deleted_record(&q.name), None);
+            self.persist();
+        }
         // Consumers learn it (basic.cancel from the server, RabbitMQ's consumer_cancel_notify).
         for c in q.consumers() {
             let _ = c.events.send(crate::queue::consumer::ConnEvent::Cancelled {
@@ -429,6 +574,57 @@ impl VHost {
             }
         }
         queues
+    }
+
+    /// Enqueue a routed message in `queues`. A persistent message going to durable queues is
+    /// written to the message log first (one record whatever the number of queues); `synced`
+    /// runs once that record is durable. Returns (all queues accepted it, `synced` will run).
+    pub fn publish_to(
+        &self,
+        queues: &[Arc<Queue>],
+        mut msg: crate::message::Message,
+        synced: Option<crate::store::log::Done>,
+    ) -> (bool, bool) {
+        let mut stored = false;
+        let mut waits = false;
+        if msg.persistent
+            && let Some(log) = self.log()
+        {
+            let durable: Vec<&str> = queues
+                .iter()
+                .filter(|q| q.log.is_some())
+                .map(|q| q.name.as_ref())
+                .collect();
+            if !durable.is_empty() {
+                let id = log.next_id();
+                msg.store_id = Some(id);
+                let rec = crate::store::log::publish_record(
+                    id,
+                    &durable,
+                    &msg.exchange,
+                    &msg.routing_key,
+                    &msg.properties,
+                    &msg.body,
+                );
+                waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
+                log.append(rec, if waits { synced } else { None });
+                stored = true;
+            }
+        }
+        let msg = Arc::new(msg);
+        let mut accepted = true;
+        for q in queues {
+            let ok = q.publish(msg.clone()) == crate::queue::Accepted::Yes;
+            if !ok
+                && stored
+                && let (Some(log), Some(id)) = (&q.log, msg.store_id)
+            {
+                // Refused by reject-publish: not in this queue after a restart either.
+                log.append(crate::store::log::remove_record(id, &q.name), None);
+            }
+            accepted &= ok;
+        }
+        (accepted, waits)
     }
 
     /// Delete the exclusive queues of a closed connection.

@@ -310,6 +310,9 @@ async fn a_million_expiring_messages_go_without_a_consumer_or_spinning() {
         body: bytes::Bytes::from_static(b"0123456789abcdef"),
         priority: 0,
         expiration: None,
+        persistent: false,
+        store_id: None,
+        bcc: Vec::new(),
     });
     for _ in 0..1_000_000 {
         q.publish(msg.clone());

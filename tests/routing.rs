@@ -788,7 +788,7 @@ async fn queue_declare_rules() {
         .unwrap_err();
     assert_eq!(
         amqp_error(&e),
-        (406, "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'bad' in vhost '/': {unacceptable_type,longstr}".into())
+        (406, "PRECONDITION_FAILED - invalid arg 'x-expires' for queue 'bad' in vhost '/': \"expected integer, got longstr\"".into())
     );
 }
 

@@ -222,7 +222,10 @@ impl Channel {
         );
         let props = crate::queue::dead_letter::delivered_properties(&d.queue, e);
         put_content(&mut ctx.out, self.id, &props, &e.msg.body, ctx.frame_max);
-        if !d.consumer.no_ack {
+        if d.consumer.no_ack {
+            // Settled on delivery: a stored message leaves the log now that it is written.
+            d.queue.forget(&d.entry);
+        } else {
             self.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue,

@@ -83,6 +83,8 @@ pub struct Channel {
     confirmed: u64,
     /// Publishes of this turn to confirm with basic.nack.
     nacks: Vec<u64>,
+    /// Publishes waiting for the message log to sync before they may be confirmed.
+    unsynced: std::collections::BTreeSet<u64>,
     /// Transaction buffer once `tx.select` was seen.
     tx: Option<TxBuffer>,
     /// The hidden queue of this channel's direct reply-to consumer.
@@ -112,6 +114,7 @@ impl Channel {
             confirm_seq: None,
             confirmed: 0,
             nacks: Vec::new(),
+            unsynced: Default::default(),
             tx: None,
             reply_queue: None,
         }
@@ -131,12 +134,25 @@ impl Channel {
         self.tx = None;
     }
 
+    /// The message log synced the record of publish `seq`.
+    pub fn synced(&mut self, ctx: &mut ConnCtx, seq: u64) {
+        if self.unsynced.remove(&seq) && !ctx.confirms_dirty.contains(&self.id) {
+            ctx.confirms_dirty.push(self.id);
+        }
+    }
+
     /// Send the publisher confirms owed since the last call (one `basic.ack` with `multiple`
     /// for a run of publishes): called once per connection loop turn, after returns.
     pub fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
         let Some(seq) = self.confirm_seq else { return };
+        // Only a prefix can be confirmed: up to the first publish still waiting for a sync.
+        let seq = self.unsynced.first().map_or(seq, |s| s - 1);
         // Nacks in order, with the acks before each coalesced.
-        for n in std::mem::take(&mut self.nacks) {
+        let (now, later): (Vec<u64>, Vec<u64>) = std::mem::take(&mut self.nacks)
+            .into_iter()
+            .partition(|n| *n <= seq);
+        self.nacks = later;
+        for n in now {
             if n - 1 > self.confirmed {
                 ctx.send_method(
                     self.id,

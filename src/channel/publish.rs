@@ -11,7 +11,6 @@ use crate::protocol::method::Publish;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
-use std::sync::Arc;
 
 /// The direct reply-to pseudo queue.
 pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -75,6 +74,32 @@ pub fn parse_expiration(s: &str) -> Result<u64, AmqpError> {
     )))
 }
 
+/// `delivery_mode` from raw properties without decoding them all: it is the fourth property,
+/// after content-type and content-encoding (shortstrs) and headers (a table).
+pub fn delivery_mode(raw: &[u8]) -> Option<u8> {
+    if raw.len() < 2 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    if flags & (1 << 12) == 0 {
+        return None;
+    }
+    let mut pos = 2;
+    if flags & 1 != 0 {
+        return None; // a continuation flag word: not used by AMQP 0-9-1 basic
+    }
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            pos += 1 + *raw.get(pos)? as usize;
+        }
+    }
+    if flags & (1 << 13) != 0 {
+        let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?) as usize;
+        pos += 4 + len;
+    }
+    raw.get(pos).copied()
+}
+
 /// CC/BCC routing keys from the headers: an array (non-string elements are ignored);
 /// anything else is RabbitMQ's 406 `invalid message`.
 fn header_routes<'a>(
@@ -126,9 +151,15 @@ impl Channel {
                 ctx.user
             )));
         }
+        let mut bcc = Vec::new();
         if let Some(h) = headers {
             header_routes(h, "CC", &mut keys)?;
+            let cc_end = keys.len();
             header_routes(h, "BCC", &mut keys)?;
+            bcc = keys[cc_end..]
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k))
+                .collect();
         }
         // Direct reply-to: the pseudo queue name becomes this channel's reply queue.
         let reply_to = props
@@ -164,14 +195,18 @@ impl Channel {
             None => None,
         };
         let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
-        let msg = Arc::new(Message {
+        let persistent = delivery_mode(&properties) == Some(2);
+        let msg = Message {
             exchange: p.exchange,
             routing_key: p.routing_key,
             properties,
             body,
             priority,
             expiration,
-        });
+            persistent,
+            store_id: None,
+            bcc,
+        };
         if queues.is_empty() {
             if p.mandatory {
                 put_basic_return(
@@ -192,9 +227,17 @@ impl Channel {
             }
             return Ok(true);
         }
-        let mut accepted = true;
-        for q in &queues {
-            accepted &= q.publish(msg.clone()) == crate::queue::Accepted::Yes;
+        // With confirms, a stored message is confirmed once the log has synced it.
+        let synced: Option<crate::store::log::Done> = self.confirm_seq.map(|seq| {
+            let events = ctx.events.clone();
+            let channel = self.id;
+            Box::new(move || {
+                let _ = events.send(crate::queue::consumer::ConnEvent::Synced { channel, seq });
+            }) as crate::store::log::Done
+        });
+        let (accepted, waits) = ctx.vhost.publish_to(&queues, msg, synced);
+        if waits && let Some(seq) = self.confirm_seq {
+            self.unsynced.insert(seq);
         }
         Ok(accepted)
     }

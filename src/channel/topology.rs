@@ -125,7 +125,8 @@ impl Channel {
                 AMQPClass::Queue(qu::AMQPMethod::DeclareOk(qu::DeclareOk {
                     queue: m.queue,
                     message_count: 0,
-                    consumer_count: 0,
+                    // 1 when this channel consumes its replies (RabbitMQ 3.10.8, observed).
+                    consumer_count: self.reply_queue.is_some() as u32,
                 })),
             );
             return Ok(());

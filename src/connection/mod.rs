@@ -541,6 +541,11 @@ impl Connection {
                     ch.server_cancel(&mut self.ctx, &tag);
                 }
             }
+            ConnEvent::Synced { channel, seq } => {
+                if let Some(ch) = self.channels.get_mut(&channel) {
+                    ch.synced(&mut self.ctx, seq);
+                }
+            }
             ConnEvent::Drained => {
                 for ch in self.channels.values() {
                     ch.redispatch();

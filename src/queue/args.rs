@@ -105,6 +105,8 @@ fn check(key: &str) -> Option<Check> {
 fn validate_one(c: &Check, v: &AMQPValue, all: &FieldTable) -> Result<(), String> {
     let unacceptable = || Err(format!("{{unacceptable_type,{}}}", type_name(v)));
     let int = || as_int(v).ok_or(());
+    // RabbitMQ 3.10's integer checks word a wrong type this way (an Erlang string, quoted).
+    let not_int = || Err(format!("\"expected integer, got {}\"", type_name(v)));
     let expiry = |n: i64| {
         if n < 0 {
             Err(format!("{{value_negative,{n}}}"))
@@ -115,26 +117,26 @@ fn validate_one(c: &Check, v: &AMQPValue, all: &FieldTable) -> Result<(), String
         }
     };
     match c {
-        Check::Int => int().map(|_| ()).or_else(|_| unacceptable()),
+        Check::Int => int().map(|_| ()).or_else(|_| not_int()),
         Check::NonNegInt => match int() {
             Ok(n) if n >= 0 => Ok(()),
             Ok(n) => Err(format!("{{value_negative,{n}}}")),
-            Err(_) => unacceptable(),
+            Err(_) => not_int(),
         },
         Check::Expires => match int() {
             Ok(0) => Err("{value_zero,0}".into()),
             Ok(n) => expiry(n),
-            Err(_) => unacceptable(),
+            Err(_) => not_int(),
         },
         Check::Ttl => match int() {
             Ok(n) => expiry(n),
-            Err(_) => unacceptable(),
+            Err(_) => not_int(),
         },
         Check::MaxPriority => match int() {
             Ok(n) if (0..=255).contains(&n) => Ok(()),
             Ok(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),
             Ok(n) => Err(format!("{{max_value_exceeded,{n}}}")),
-            Err(_) => unacceptable(),
+            Err(_) => not_int(),
         },
         Check::Bool => match v {
             AMQPValue::Boolean(_) => Ok(()),
@@ -156,7 +158,10 @@ fn validate_one(c: &Check, v: &AMQPValue, all: &FieldTable) -> Result<(), String
         },
         Check::QueueMode => match as_str_bytes(v) {
             Some(b"default" | b"lazy") => Ok(()),
-            Some(_) => Err("invalid_queue_mode".into()),
+            Some(m) => Err(format!(
+                "\"unsupported queue mode '{}'\"",
+                String::from_utf8_lossy(m)
+            )),
             None => unacceptable(),
         },
         Check::QueueType => match as_str_bytes(v) {
@@ -173,6 +178,12 @@ impl QueueArgs {
     /// Validate and parse; errors are RabbitMQ's `invalid arg` 406.
     pub fn parse(args: &FieldTable, resource: &str) -> Result<QueueArgs, AmqpError> {
         for (k, v) in args.inner() {
+            if k.as_str() == "x-dead-letter-exchange" && as_str_bytes(v).is_none() {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid type '{}' for arg 'x-dead-letter-exchange' in {resource}",
+                    type_name(v)
+                )));
+            }
             if let Some(c) = check(k.as_str()) {
                 validate_one(&c, v, args).map_err(|term| {
                     AmqpError::precondition_failed(format!(
@@ -238,7 +249,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.text.ends_with("{unacceptable_type,longstr}"),
+            e.text.ends_with(": \"expected integer, got longstr\""),
             "{}",
             e.text
         );

@@ -25,6 +25,13 @@ pub enum ConnEvent {
     },
     /// The connection's backlog drained: queues may deliver again.
     Drained,
+    /// The message log synced a publish (confirm it now).
+    Synced {
+        /// Channel of the publish.
+        channel: u16,
+        /// Its confirm sequence number.
+        seq: u64,
+    },
 }
 
 /// A message on its way to a consumer.

@@ -129,7 +129,9 @@ pub fn make_message(
             headers.remove("CC");
             vec![Bytes::copy_from_slice(k.as_bytes())]
         }
-        None => death_keys.clone(),
+        // The message's own routing keys, BCC included (RabbitMQ keeps them on the message
+        // although the header is gone).
+        None => death_keys.iter().chain(msg.bcc.iter()).cloned().collect(),
     };
     let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
     let now = std::time::SystemTime::now()
@@ -185,6 +187,8 @@ pub fn make_message(
             FieldTable::from(t)
         }
     };
+    // RabbitMQ 3.10.8 (observed): the new or merged entry first, the others in reverse order.
+    deaths.reverse();
     deaths.insert(0, AMQPValue::FieldTable(entry));
     headers.insert(
         key("x-death"),
@@ -208,6 +212,9 @@ pub fn make_message(
         body: msg.body.clone(),
         priority: msg.priority,
         expiration: None,
+        persistent: msg.persistent,
+        store_id: None,
+        bcc: Vec::new(),
     };
     (msg, route_keys)
 }
@@ -278,11 +285,10 @@ pub fn publish(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) {
         let key_refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         let headers = decode(&msg.properties).headers().clone();
         let targets = vhost.route(&x, &key_refs, headers.as_ref());
-        let msg = Arc::new(msg);
-        for q in targets {
-            if reason == Reason::Rejected || !is_cycle(&q.name, &msg) {
-                q.publish(msg.clone());
-            }
-        }
+        let targets: Vec<Arc<Queue>> = targets
+            .into_iter()
+            .filter(|q| reason == Reason::Rejected || !is_cycle(&q.name, &msg))
+            .collect();
+        vhost.publish_to(&targets, msg, None);
     }
 }

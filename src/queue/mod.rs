@@ -110,6 +110,8 @@ pub struct Queue {
     state: Mutex<State>,
     /// Wakes the expiry task when the head's deadline moved earlier.
     timer: tokio::sync::Notify,
+    /// The vhost's message log, for a durable queue in a durable vhost.
+    pub log: Option<Arc<crate::store::log::Log>>,
 }
 
 /// How many expired messages one pass removes before letting go of the lock.
@@ -123,6 +125,7 @@ impl Queue {
         def: QueueDef,
         args: QueueArgs,
         owner: Option<u64>,
+        log: Option<Arc<crate::store::log::Log>>,
     ) -> Queue {
         Queue {
             name: def.name.as_str().into(),
@@ -145,7 +148,33 @@ impl Queue {
             owner,
             deleted: AtomicBool::new(false),
             timer: tokio::sync::Notify::new(),
+            log,
         }
+    }
+
+    /// Record that a stored message left this queue for good.
+    pub fn forget(&self, e: &Entry) {
+        if let (Some(log), Some(id)) = (&self.log, e.msg.store_id) {
+            log.append(crate::store::log::remove_record(id, &self.name), None);
+        }
+    }
+
+    /// Record a stored message's first delivery (it comes back redelivered after a crash).
+    fn mark_delivered(&self, e: &Entry) {
+        if !e.redelivered
+            && let (Some(log), Some(id)) = (&self.log, e.msg.store_id)
+        {
+            log.append(crate::store::log::delivered_record(id, &self.name), None);
+        }
+    }
+
+    /// Put back a message read from the message log.
+    pub fn recover(self: &Arc<Self>, msg: Arc<Message>, delivered: bool, delivery_count: u32) {
+        let mut s = self.state.lock();
+        let mut e = self.entry(&mut s, msg);
+        e.redelivered = delivered;
+        e.delivery_count = delivery_count;
+        s.ready.push(e);
     }
 
     /// `queue 'q' in vhost '/'`.
@@ -158,6 +187,9 @@ impl Queue {
         self.arm_timer(&mut s);
         let dead = std::mem::take(&mut s.dead);
         drop(s);
+        for (e, _) in &dead {
+            self.forget(e);
+        }
         if !dead.is_empty() {
             dead_letter::publish(self, dead);
         }
@@ -193,7 +225,8 @@ impl Queue {
         if !s.consumers.is_empty() {
             self.dispatch_locked(&mut s);
         }
-        self.expire_head(&mut s, now_ms());
+        // What no consumer took at once and is due now (TTL 0) goes now.
+        self.expire_head(&mut s, now_ms() + 1);
         self.drop_over_limit(&mut s);
         self.finish(s);
         Accepted::Yes
@@ -248,10 +281,13 @@ impl Queue {
     }
 
     /// Remove expired messages from the head (at most a batch); true if more may be expired.
+    /// A message is expired once its deadline has passed (`deadline < now`): a TTL of 0 still
+    /// lets a waiting consumer take it on publish, as in RabbitMQ; `publish` then expires what
+    /// is left at its deadline.
     fn expire_head(&self, s: &mut State, now: u64) -> bool {
         for _ in 0..EXPIRE_BATCH {
             match s.ready.front() {
-                Some(e) if e.expires_at.is_some_and(|t| t <= now) => {
+                Some(e) if e.expires_at.is_some_and(|t| t < now) => {
                     if let Some(e) = s.ready.pop() {
                         s.dead.push((e, Reason::Expired));
                     }
@@ -303,6 +339,9 @@ impl Queue {
                 break;
             };
             c.take_credit();
+            if !c.no_ack {
+                self.mark_delivered(&entry);
+            }
             let size = delivery_size(&entry);
             c.backlog.events.fetch_add(size, Ordering::Relaxed);
             if !c.no_ack {
@@ -371,10 +410,13 @@ impl Queue {
         s.last_used = Some(Instant::now());
         self.expire_head(&mut s, now_ms());
         let got = s.ready.pop();
-        if let Some(e) = &got
-            && !no_ack
-        {
-            s.unacked.insert(e.seq, e.clone());
+        if let Some(e) = &got {
+            if no_ack {
+                self.forget(e);
+            } else {
+                self.mark_delivered(e);
+                s.unacked.insert(e.seq, e.clone());
+            }
         }
         let left = s.ready.len() as u32;
         self.finish(s);
@@ -385,7 +427,9 @@ impl Queue {
     pub fn ack(&self, seqs: &[u64]) {
         let mut s = self.state.lock();
         for seq in seqs {
-            s.unacked.remove(seq);
+            if let Some(e) = s.unacked.remove(seq) {
+                self.forget(&e);
+            }
         }
     }
 
@@ -398,6 +442,14 @@ impl Queue {
             if let Some(mut e) = s.unacked.remove(seq) {
                 e.redelivered = true;
                 e.delivery_count += 1;
+                if self.args.counts_deliveries
+                    && let (Some(log), Some(id)) = (&self.log, e.msg.store_id)
+                {
+                    log.append(
+                        crate::store::log::count_record(id, &self.name, e.delivery_count),
+                        None,
+                    );
+                }
                 if self
                     .args
                     .delivery_limit
@@ -446,7 +498,16 @@ impl Queue {
 
     /// Drop every ready message; returns how many (unacked ones stay, as in RabbitMQ).
     pub fn purge(&self) -> u32 {
-        self.state.lock().ready.clear() as u32
+        let mut s = self.state.lock();
+        if self.log.is_none() {
+            return s.ready.clear() as u32;
+        }
+        let mut n = 0;
+        while let Some(e) = s.ready.pop() {
+            self.forget(&e);
+            n += 1;
+        }
+        n
     }
 
     /// Ready messages.
@@ -504,7 +565,7 @@ async fn expiry_task(queue: Weak<Queue>) {
         }
         let (more, next, dead) = {
             let mut s = q.state.lock();
-            let more = q.expire_head(&mut s, now_ms());
+            let more = q.expire_head(&mut s, now_ms() + 1);
             if !s.consumers.is_empty() {
                 q.dispatch_locked(&mut s);
             }
@@ -579,6 +640,7 @@ mod tests {
             def,
             QueueArgs::default(),
             None,
+            None,
         ))
     }
 
@@ -590,6 +652,9 @@ mod tests {
             body: Bytes::from_static(b.as_bytes()),
             priority: 0,
             expiration: None,
+            persistent: false,
+            store_id: None,
+            bcc: Vec::new(),
         })
     }
 
