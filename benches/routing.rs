@@ -12,7 +12,11 @@ use warren::exchange::{BindingDef, Destination, ExchangeDef, ExchangeKind};
 use warren::queue::QueueDef;
 use warren::vhost::VHost;
 
-fn setup(kind: ExchangeKind, n: usize, pattern: impl Fn(usize) -> String) -> (Arc<VHost>, Arc<warren::exchange::Exchange>) {
+fn setup(
+    kind: ExchangeKind,
+    n: usize,
+    pattern: impl Fn(usize) -> String,
+) -> (Arc<VHost>, Arc<warren::exchange::Exchange>) {
     let v = Arc::new(VHost::new("/"));
     let x = format!("bench.{}", kind.as_str());
     v.declare_exchange(
@@ -31,7 +35,13 @@ fn setup(kind: ExchangeKind, n: usize, pattern: impl Fn(usize) -> String) -> (Ar
     for i in 0..n {
         let q = format!("q{i}");
         v.declare_queue(
-            QueueDef { name: q.clone(), durable: false, exclusive: false, auto_delete: false, arguments: Default::default() },
+            QueueDef {
+                name: q.clone(),
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                arguments: Default::default(),
+            },
             false,
             false,
             1,
@@ -78,11 +88,21 @@ fn main() {
         1..=4 => format!("region{}.service{}.*", i % 100, i / 100),
         _ => format!("region{}.service{}.created", i % 100, i / 100),
     });
-    let matching: Vec<String> = (0..1000).map(|i| format!("region{}.service{}.created", i % 100, (i * 7) % 100)).collect();
-    let missing: Vec<String> = (0..1000).map(|i| format!("zone{}.service{}.created", i % 100, i % 100)).collect();
+    let matching: Vec<String> = (0..1000)
+        .map(|i| format!("region{}.service{}.created", i % 100, (i * 7) % 100))
+        .collect();
+    let missing: Vec<String> = (0..1000)
+        .map(|i| format!("zone{}.service{}.created", i % 100, i % 100))
+        .collect();
     let rounds = 1_000_000;
     println!("10,000 bindings, {rounds} routes per row, one thread (VHost::route):");
-    run("topic, keys matching 1-3 bindings", &v, &x, &matching, rounds);
+    run(
+        "topic, keys matching 1-3 bindings",
+        &v,
+        &x,
+        &matching,
+        rounds,
+    );
     run("topic, keys matching nothing", &v, &x, &missing, rounds);
     let (v, x) = setup(ExchangeKind::Direct, n, |i| format!("key{i}"));
     let keys: Vec<String> = (0..1000).map(|i| format!("key{}", i * 10)).collect();
