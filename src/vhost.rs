@@ -346,16 +346,7 @@ impl VHost {
 
     /// `queue.bind` / `exchange.bind`.
     pub fn bind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
-        if b.source.is_empty() {
-            return Err(default_exchange_error());
-        }
-        if let Destination::Exchange(d) = &b.destination
-            && d.is_empty()
-        {
-            return Err(default_exchange_error());
-        }
-        let x = self.exchange(&b.source)?;
-        self.check_destination(&b.destination, conn)?;
+        let x = self.binding_source(&b, conn)?;
         x.validate_binding(&b.arguments)?;
         if x.bind(b)? && x.def.durable {
             self.persist();
@@ -365,16 +356,7 @@ impl VHost {
 
     /// `queue.unbind` / `exchange.unbind`: a missing binding is fine, as in RabbitMQ.
     pub fn unbind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
-        if b.source.is_empty() {
-            return Err(default_exchange_error());
-        }
-        if let Destination::Exchange(d) = &b.destination
-            && d.is_empty()
-        {
-            return Err(default_exchange_error());
-        }
-        let x = self.exchange(&b.source)?;
-        self.check_destination(&b.destination, conn)?;
+        let x = self.binding_source(&b, conn)?;
         if x.unbind(&b) {
             self.maybe_auto_delete(&x);
             if x.def.durable {
@@ -382,6 +364,18 @@ impl VHost {
             }
         }
         Ok(())
+    }
+
+    /// Checks shared by bind and unbind: neither end may be the default exchange (403), both
+    /// must exist (404), an exclusive queue must be ours (405). Returns the source.
+    fn binding_source(&self, b: &BindingDef, conn: u64) -> Result<Arc<Exchange>, AmqpError> {
+        if b.source.is_empty() || matches!(&b.destination, Destination::Exchange(d) if d.is_empty())
+        {
+            return Err(default_exchange_error());
+        }
+        let x = self.exchange(&b.source)?;
+        self.check_destination(&b.destination, conn)?;
+        Ok(x)
     }
 
     fn check_destination(&self, d: &Destination, conn: u64) -> Result<(), AmqpError> {

@@ -37,13 +37,7 @@ impl Channel {
         ctx: &mut ConnCtx,
         m: basic::Consume,
     ) -> Result<(), AmqpError> {
-        let name = if m.queue.as_str().is_empty() {
-            self.last_queue
-                .clone()
-                .ok_or_else(|| AmqpError::not_found("no previously declared queue"))?
-        } else {
-            m.queue.to_string()
-        };
+        let name = self.queue_name(m.queue.as_str())?;
         let q = if name == super::publish::REPLY_TO {
             // Direct reply-to: a hidden exclusive, auto-delete queue per consuming channel,
             // addressed by the name publishers on this channel get in `reply_to`.

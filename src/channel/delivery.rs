@@ -34,13 +34,7 @@ pub enum Settle {
 
 impl Channel {
     pub(super) fn basic_get(&mut self, ctx: &mut ConnCtx, m: basic::Get) -> Result<(), AmqpError> {
-        let name = if m.queue.as_str().is_empty() {
-            self.last_queue
-                .clone()
-                .ok_or_else(|| AmqpError::not_found("no previously declared queue"))?
-        } else {
-            m.queue.to_string()
-        };
+        let name = self.queue_name(m.queue.as_str())?;
         let q = ctx.vhost.queue_for(&name, ctx.id)?;
         match q.get(m.no_ack) {
             None => ctx.send_method(

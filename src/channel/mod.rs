@@ -340,15 +340,27 @@ impl Channel {
             }
             Method::Other(m) => m,
         };
+        if let AMQPClass::Channel(chan::AMQPMethod::Close(_)) = m {
+            ctx.send_method(
+                self.id,
+                AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+            );
+            return Ok(Outcome::Closed);
+        }
+        self.dispatch_method(ctx, m, class_id, method_id)
+            .map(|()| Outcome::Open)
+    }
+
+    /// Every channel method but `basic.publish` and `channel.close`.
+    fn dispatch_method(
+        &mut self,
+        ctx: &mut ConnCtx,
+        m: AMQPClass,
+        class_id: u16,
+        method_id: u16,
+    ) -> Result<(), AmqpError> {
         match m {
-            AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
-                ctx.send_method(
-                    self.id,
-                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                );
-                Ok(Outcome::Closed)
-            }
-            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => Ok(Outcome::Open),
+            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => Ok(()),
             AMQPClass::Channel(chan::AMQPMethod::Open(_)) => {
                 Err(AmqpError::channel_error("second 'channel.open' seen"))
             }
@@ -360,17 +372,11 @@ impl Channel {
                     self.id,
                     AMQPClass::Channel(chan::AMQPMethod::FlowOk(chan::FlowOk { active: true })),
                 );
-                Ok(Outcome::Open)
+                Ok(())
             }
-            AMQPClass::Exchange(ex::AMQPMethod::Declare(m)) => {
-                self.exchange_declare(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Exchange(ex::AMQPMethod::Delete(m)) => {
-                self.exchange_delete(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Exchange(ex::AMQPMethod::Bind(m)) => {
-                self.exchange_bind(ctx, m, true).map(|_| Outcome::Open)
-            }
+            AMQPClass::Exchange(ex::AMQPMethod::Declare(m)) => self.exchange_declare(ctx, m),
+            AMQPClass::Exchange(ex::AMQPMethod::Delete(m)) => self.exchange_delete(ctx, m),
+            AMQPClass::Exchange(ex::AMQPMethod::Bind(m)) => self.exchange_bind(ctx, m, true),
             AMQPClass::Exchange(ex::AMQPMethod::Unbind(m)) => {
                 let m = ex::Bind {
                     destination: m.destination,
@@ -379,29 +385,17 @@ impl Channel {
                     nowait: m.nowait,
                     arguments: m.arguments,
                 };
-                self.exchange_bind(ctx, m, false).map(|_| Outcome::Open)
+                self.exchange_bind(ctx, m, false)
             }
-            AMQPClass::Queue(qu::AMQPMethod::Declare(m)) => {
-                self.queue_declare(ctx, m).map(|_| Outcome::Open)
+            AMQPClass::Queue(qu::AMQPMethod::Declare(m)) => self.queue_declare(ctx, m),
+            AMQPClass::Queue(qu::AMQPMethod::Bind(m)) => self.queue_bind(ctx, m),
+            AMQPClass::Queue(qu::AMQPMethod::Unbind(m)) => self.queue_unbind(ctx, m),
+            AMQPClass::Queue(qu::AMQPMethod::Purge(m)) => self.queue_purge(ctx, m),
+            AMQPClass::Queue(qu::AMQPMethod::Delete(m)) => self.queue_delete(ctx, m),
+            AMQPClass::Basic(basic::AMQPMethod::Get(m)) => self.basic_get(ctx, m),
+            AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => {
+                self.settle_or_buffer(m.delivery_tag, m.multiple, Settle::Ack)
             }
-            AMQPClass::Queue(qu::AMQPMethod::Bind(m)) => {
-                self.queue_bind(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Queue(qu::AMQPMethod::Unbind(m)) => {
-                self.queue_unbind(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Queue(qu::AMQPMethod::Purge(m)) => {
-                self.queue_purge(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Queue(qu::AMQPMethod::Delete(m)) => {
-                self.queue_delete(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Get(m)) => {
-                self.basic_get(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Ack(m)) => self
-                .settle_or_buffer(m.delivery_tag, m.multiple, Settle::Ack)
-                .map(|_| Outcome::Open),
             AMQPClass::Basic(basic::AMQPMethod::Nack(m)) => {
                 let how = if m.requeue {
                     Settle::Requeue
@@ -409,7 +403,6 @@ impl Channel {
                     Settle::Discard
                 };
                 self.settle_or_buffer(m.delivery_tag, m.multiple, how)
-                    .map(|_| Outcome::Open)
             }
             AMQPClass::Basic(basic::AMQPMethod::Reject(m)) => {
                 let how = if m.requeue {
@@ -418,23 +411,16 @@ impl Channel {
                     Settle::Discard
                 };
                 self.settle_or_buffer(m.delivery_tag, false, how)
-                    .map(|_| Outcome::Open)
             }
-            AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => {
-                self.basic_qos(ctx, m).map(|_| Outcome::Open)
+            AMQPClass::Basic(basic::AMQPMethod::Qos(m)) => self.basic_qos(ctx, m),
+            AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => self.basic_consume(ctx, m),
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(m)) => self.basic_cancel(ctx, m),
+            AMQPClass::Basic(basic::AMQPMethod::Recover(m)) => {
+                self.basic_recover(ctx, m.requeue, true)
             }
-            AMQPClass::Basic(basic::AMQPMethod::Consume(m)) => {
-                self.basic_consume(ctx, m).map(|_| Outcome::Open)
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(m)) => {
+                self.basic_recover(ctx, m.requeue, false)
             }
-            AMQPClass::Basic(basic::AMQPMethod::Cancel(m)) => {
-                self.basic_cancel(ctx, m).map(|_| Outcome::Open)
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Recover(m)) => self
-                .basic_recover(ctx, m.requeue, true)
-                .map(|_| Outcome::Open),
-            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(m)) => self
-                .basic_recover(ctx, m.requeue, false)
-                .map(|_| Outcome::Open),
             AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => {
                 if self.tx.is_some() {
                     return Err(AmqpError::precondition_failed(
@@ -450,7 +436,7 @@ impl Channel {
                         AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
                     );
                 }
-                Ok(Outcome::Open)
+                Ok(())
             }
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
                 if self.confirm_seq.is_some() {
@@ -463,7 +449,7 @@ impl Channel {
                     self.id,
                     AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
                 );
-                Ok(Outcome::Open)
+                Ok(())
             }
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
                 let Some(buf) = self.tx.replace(TxBuffer::default()) else {
@@ -481,7 +467,7 @@ impl Channel {
                     self.id,
                     AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
                 );
-                Ok(Outcome::Open)
+                Ok(())
             }
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
                 if self.tx.replace(TxBuffer::default()).is_none() {
@@ -493,7 +479,7 @@ impl Channel {
                     self.id,
                     AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
                 );
-                Ok(Outcome::Open)
+                Ok(())
             }
             _ => Err(AmqpError::not_implemented(format!(
                 "method {class_id}/{method_id} is not implemented yet"

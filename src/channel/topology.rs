@@ -35,7 +35,7 @@ impl Channel {
     }
 
     /// Resolve AMQP's "empty queue name = last declared queue on this channel" shortcut.
-    fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
+    pub(super) fn queue_name(&self, name: &str) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name.to_string());
         }
