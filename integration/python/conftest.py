@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -20,8 +21,11 @@ LISTENING = re.compile(r"listening for AMQP 0-9-1 connections on ([0-9.]+):(\d+)
 class Broker:
     def __init__(self):
         binary = os.environ.get("WARREN_BIN", os.path.join(ROOT, "target", "release", "warren"))
+        # A fresh data directory per broker: durable state from earlier runs must not leak in.
+        self.data = tempfile.TemporaryDirectory(prefix="warren-test-")
         self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", "0", "--log-level", "info"],
+            [binary, "--bind", "127.0.0.1", "--port", "0", "--log-level", "info",
+             "--data-dir", self.data.name],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
