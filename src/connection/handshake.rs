@@ -18,6 +18,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::FramedRead;
 use tracing::{info, warn};
 
+/// Initial read buffer of a connection.
+const READ_BUFFER_INITIAL: usize = 1024;
+
 /// The only protocol header Warren speaks, sent back to clients that ask for another.
 pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// The pre-standard 0-9-1 header RabbitMQ also accepts.
@@ -112,7 +115,9 @@ impl Handshake {
             FrameCodec {
                 frame_max: self.broker.config.limits.frame_max,
             },
-            16 * 1024,
+            // Small to start: an idle connection costs little; the buffer grows (and stays
+            // grown) for connections that send bursts or large frames.
+            READ_BUFFER_INITIAL,
         );
         if &header != PROTOCOL_HEADER && &header != PROTOCOL_HEADER_ALT {
             // AMQP 0-9-1 §4.2.2: answer with the header we support, then close.
@@ -279,7 +284,7 @@ impl Handshake {
                 user: user.name.clone(),
                 vhost,
                 frame_max,
-                out: BytesMut::with_capacity(4096),
+                out: BytesMut::new(),
                 exclusive_queues: Vec::new(),
                 events: self.events.clone(),
                 backlog: self.backlog.clone(),

@@ -94,7 +94,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
     };
     let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
     let outcome = tokio::select! {
-        r = tokio::time::timeout(timeout, shake.run(read)) => match r {
+        // Boxed: the handshake state is freed once the connection is open, so it does not
+        // add to the size of every open connection's task.
+        r = tokio::time::timeout(timeout, Box::pin(shake.run(read))) => match r {
             Ok(outcome) => outcome,
             Err(_) => {
                 info!(conn = id, %peer, "closing connection: handshake timeout");
@@ -223,7 +225,8 @@ impl Connection {
 async fn drain_until_eof(reader: Reader) {
     use tokio::io::AsyncReadExt;
     let mut read = reader.into_inner();
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would be part of every connection task's size.
+    let mut scratch = vec![0u8; 4096];
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Ok(n) = read.read(&mut scratch).await {
             if n == 0 {

@@ -52,7 +52,7 @@ async fn run(
     backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<ConnEvent>,
 ) {
-    let mut bufs: Vec<Bytes> = Vec::with_capacity(MAX_GATHER);
+    let mut bufs: Vec<Bytes> = Vec::new();
     while let Some(first) = rx.recv().await {
         bufs.push(first);
         while bufs.len() < MAX_GATHER {
