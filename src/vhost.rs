@@ -140,7 +140,7 @@ impl VHost {
                 m.body,
             ));
             for (qname, (delivered, count)) in m.queues {
-                if let Some(q) = v.queues.get(&qname) {
+                if let Some(q) = v.queues.get(&*qname) {
                     q.recover(msg.clone(), delivered, count);
                 }
             }

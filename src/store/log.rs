@@ -62,8 +62,8 @@ pub struct Recovered {
     pub properties: Bytes,
     /// Body.
     pub body: Bytes,
-    /// Queues that still hold it, with (delivered before, delivery count).
-    pub queues: BTreeMap<String, (bool, u32)>,
+    /// Queues that still hold it, with (delivered before, delivery count); names interned.
+    pub queues: Vec<(std::sync::Arc<str>, (bool, u32))>,
 }
 
 /// Handle to the log's writer thread.
@@ -292,6 +292,8 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
     let mut acct = Accounting::default();
     let mut msgs: BTreeMap<u64, Recovered> = BTreeMap::new();
     let mut by_queue: HashMap<String, Vec<u64>> = HashMap::new();
+    // One allocation per queue name, not per message.
+    let mut names: HashMap<String, std::sync::Arc<str>> = HashMap::new();
     let mut corrupt = 0;
     let mut max_id = 0;
     let mut last_len = 0u64;
@@ -331,9 +333,23 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
                     max_id = max_id.max(id);
                     acct.publish(seg, id, queues.len() as u32);
                     for q in &queues {
-                        by_queue.entry(q.clone()).or_default().push(id);
+                        match by_queue.get_mut(q.as_str()) {
+                            Some(ids) => ids.push(id),
+                            None => {
+                                by_queue.insert(q.clone(), vec![id]);
+                            }
+                        }
                     }
-                    let queues = queues.into_iter().map(|q| (q, (false, 0))).collect();
+                    let queues = queues
+                        .into_iter()
+                        .map(|q| {
+                            let name = names
+                                .entry(q)
+                                .or_insert_with_key(|k| k.as_str().into())
+                                .clone();
+                            (name, (false, 0))
+                        })
+                        .collect();
                     msgs.insert(
                         id,
                         Recovered {
@@ -348,8 +364,9 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
                 }
                 Record::Remove(id, q) => {
                     if let Some(m) = msgs.get_mut(&id)
-                        && m.queues.remove(&q).is_some()
+                        && let Some(i) = m.queues.iter().position(|(n, _)| **n == *q)
                     {
+                        m.queues.swap_remove(i);
                         acct.remove(id);
                         if m.queues.is_empty() {
                             msgs.remove(&id);
@@ -357,20 +374,27 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
                     }
                 }
                 Record::Delivered(id, q) => {
-                    if let Some(e) = msgs.get_mut(&id).and_then(|m| m.queues.get_mut(&q)) {
-                        e.0 = true;
+                    if let Some(e) = msgs
+                        .get_mut(&id)
+                        .and_then(|m| m.queues.iter_mut().find(|(n, _)| **n == *q))
+                    {
+                        e.1.0 = true;
                     }
                 }
                 Record::Count(id, q, n) => {
-                    if let Some(e) = msgs.get_mut(&id).and_then(|m| m.queues.get_mut(&q)) {
-                        e.1 = n;
+                    if let Some(e) = msgs
+                        .get_mut(&id)
+                        .and_then(|m| m.queues.iter_mut().find(|(n, _)| **n == *q))
+                    {
+                        e.1.1 = n;
                     }
                 }
                 Record::QueueDeleted(q) => {
                     for id in by_queue.remove(&q).unwrap_or_default() {
                         if let Some(m) = msgs.get_mut(&id)
-                            && m.queues.remove(&q).is_some()
+                            && let Some(i) = m.queues.iter().position(|(n, _)| **n == *q)
                         {
+                            m.queues.swap_remove(i);
                             acct.forget_queue(std::iter::once(id));
                             if m.queues.is_empty() {
                                 msgs.remove(&id);
