@@ -522,52 +522,61 @@ impl VHost {
         keys: &[&[u8]],
         headers: Option<&FieldTable>,
     ) -> Vec<Arc<Queue>> {
+        fn add(queues: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
+            if !queues.iter().any(|x| Arc::ptr_eq(x, q)) {
+                queues.push(q.clone());
+            }
+        }
         let mut queues: Vec<Arc<Queue>> = Vec::new();
+        // Exchanges still to route through, and those already seen (allocated only for
+        // exchange-to-exchange bindings and alternate exchanges).
+        let mut work: Vec<Arc<Exchange>> = Vec::new();
         let mut seen_x: Vec<Arc<str>> = Vec::new();
-        let mut work: Vec<Arc<Exchange>> = vec![exchange.clone()];
         let mut dests = Vec::new();
-        while let Some(x) = work.pop() {
-            dests.clear();
+        let mut x = exchange.clone();
+        loop {
             if x.def.name.is_empty() {
-                // The default exchange: every queue is bound by its name.
+                // The default exchange: every queue is bound by its name (no further lookup).
                 for k in keys {
                     if let Ok(name) = std::str::from_utf8(k)
                         && let Some(q) = self.queues.get(name)
                     {
-                        dests.push(Destination::Queue(q.name.clone()));
+                        add(&mut queues, &q);
                     }
                 }
             } else {
+                dests.clear();
                 x.route(keys, headers, &mut dests);
-            }
-            if dests.is_empty()
-                && let Some(ae) = &x.alternate
-            {
-                dests.push(Destination::Exchange(ae.as_str().into()));
-            }
-            for d in dests.drain(..) {
-                match d {
-                    Destination::Queue(name) => {
-                        if queues.iter().any(|q| q.name == name) {
-                            continue;
+                if dests.is_empty()
+                    && let Some(ae) = &x.alternate
+                {
+                    dests.push(Destination::Exchange(ae.clone()));
+                }
+                for d in dests.drain(..) {
+                    match d {
+                        Destination::Queue(name) => {
+                            if let Some(q) = self.queues.get(name.as_ref()) {
+                                add(&mut queues, &q);
+                            }
                         }
-                        if let Some(q) = self.queues.get(name.as_ref()) {
-                            queues.push(q.clone());
+                        Destination::Exchange(name) => {
+                            if name.as_ref() == exchange.def.name.as_str() || seen_x.contains(&name)
+                            {
+                                continue;
+                            }
+                            if let Some(next) = self.exchanges.get(name.as_ref()) {
+                                work.push(next.clone());
+                            }
+                            seen_x.push(name);
                         }
-                    }
-                    Destination::Exchange(name) => {
-                        if name.as_ref() == exchange.def.name.as_str() || seen_x.contains(&name) {
-                            continue;
-                        }
-                        if let Some(next) = self.exchanges.get(name.as_ref()) {
-                            work.push(next.clone());
-                        }
-                        seen_x.push(name);
                     }
                 }
             }
+            match work.pop() {
+                Some(next) => x = next,
+                None => return queues,
+            }
         }
-        queues
     }
 
     /// Enqueue a routed message in `queues`. A persistent message going to durable queues is

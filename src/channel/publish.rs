@@ -139,7 +139,10 @@ impl Channel {
         }
         let props = decode_properties(&properties)?;
         let mut properties = properties;
-        let mut keys: Vec<&[u8]> = vec![&p.routing_key[..]];
+        // The routing key, plus CC/BCC keys when the message has headers (only then is a
+        // vector allocated).
+        let rk: &[u8] = &p.routing_key;
+        let mut keys: Vec<&[u8]> = Vec::new();
         let headers = props.as_ref().and_then(|p| p.headers().as_ref());
         if let Some(props) = &props
             && let Some(uid) = props.user_id()
@@ -153,6 +156,7 @@ impl Channel {
         }
         let mut bcc = Vec::new();
         if let Some(h) = headers {
+            keys.push(rk);
             header_routes(h, "CC", &mut keys)?;
             let cc_end = keys.len();
             header_routes(h, "BCC", &mut keys)?;
@@ -172,7 +176,12 @@ impl Channel {
             })?),
             None => None,
         };
-        let queues = ctx.vhost.route(&x, &keys, headers);
+        let route_keys: &[&[u8]] = if keys.is_empty() {
+            std::slice::from_ref(&rk)
+        } else {
+            &keys
+        };
+        let queues = ctx.vhost.route(&x, route_keys, headers);
         let strip_bcc = headers.is_some_and(|h| h.contains_key("BCC"));
         if let Some(props) = &props
             && (strip_bcc || reply_queue.is_some())

@@ -116,7 +116,7 @@ pub struct Exchange {
     /// The definition.
     pub def: ExchangeDef,
     /// `alternate-exchange`, if set.
-    pub alternate: Option<String>,
+    pub alternate: Option<Arc<str>>,
     bindings: RwLock<Bindings>,
 }
 
@@ -133,7 +133,8 @@ impl Exchange {
             .arguments
             .inner()
             .get("alternate-exchange")
-            .and_then(crate::args::as_string);
+            .and_then(crate::args::as_string)
+            .map(Arc::from);
         Exchange {
             def,
             alternate,

@@ -100,13 +100,14 @@ pub fn rebuild(p: &BasicProperties, headers: FieldTable, drop_expiration: bool) 
     n
 }
 
-/// The message as it leaves `queue` for the dead-letter exchange, and the routing keys to use.
+/// The message as it leaves `queue` for the dead-letter exchange, the routing keys to use, and
+/// its new headers (so callers need not decode the properties again).
 pub fn make_message(
     queue: &Queue,
     msg: &Message,
     reason: Reason,
     dlx: &str,
-) -> (Message, Vec<Bytes>) {
+) -> (Message, Vec<Bytes>, FieldTable) {
     let props = decode(&msg.properties);
     let mut headers: BTreeMap<ShortString, AMQPValue> = props
         .headers()
@@ -204,7 +205,8 @@ pub fn make_message(
             .or_insert_with(|| lstr(v));
         headers.insert(key(&format!("x-last-death-{k}")), lstr(v));
     }
-    let props = rebuild(&props, FieldTable::from(headers), true);
+    let headers = FieldTable::from(headers);
+    let props = rebuild(&props, headers.clone(), true);
     let msg = Message {
         exchange: Bytes::copy_from_slice(dlx.as_bytes()),
         routing_key: route_keys[0].clone(),
@@ -216,7 +218,7 @@ pub fn make_message(
         store_id: None,
         bcc: Vec::new(),
     };
-    (msg, route_keys)
+    (msg, route_keys, headers)
 }
 
 /// The properties of a redelivered message with RabbitMQ's `x-delivery-count` header.
@@ -245,13 +247,8 @@ pub fn delivered_properties(queue: &Queue, e: &Entry) -> Bytes {
 
 /// RabbitMQ's `is_cycle`: the message already died in `target`, and no death since then (nor
 /// that one) was a rejection.
-pub fn is_cycle(target: &str, msg: &Message) -> bool {
-    let props = decode(&msg.properties);
-    let Some(AMQPValue::FieldArray(deaths)) = props
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get("x-death").cloned())
-    else {
+pub fn is_cycle(target: &str, headers: &FieldTable) -> bool {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
         return false;
     };
     for d in deaths.as_slice() {
@@ -281,13 +278,12 @@ pub fn publish(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) {
         return;
     };
     for (e, reason) in entries {
-        let (msg, keys) = make_message(queue, &e.msg, reason, dlx);
+        let (msg, keys, headers) = make_message(queue, &e.msg, reason, dlx);
         let key_refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-        let headers = decode(&msg.properties).headers().clone();
-        let targets = vhost.route(&x, &key_refs, headers.as_ref());
-        let targets: Vec<Arc<Queue>> = targets
+        let targets: Vec<Arc<Queue>> = vhost
+            .route(&x, &key_refs, Some(&headers))
             .into_iter()
-            .filter(|q| reason == Reason::Rejected || !is_cycle(&q.name, &msg))
+            .filter(|q| reason == Reason::Rejected || !is_cycle(&q.name, &headers))
             .collect();
         vhost.publish_to(&targets, msg, None);
     }

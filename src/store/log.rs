@@ -571,16 +571,26 @@ impl Writer {
         }
     }
 
-    /// Keep the per-segment live counts from the records written.
+    /// Keep the per-segment live counts from the records written. Reads only the fixed
+    /// prefix (type, id, queue count): no decoding, no allocation per record.
     fn account(&mut self, rec: &Bytes) {
-        let Some(rec) = decode(rec.slice(8..)) else {
-            return;
+        let p = &rec[8..];
+        let id = || {
+            p.get(1..9)
+                .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
         };
-        match rec {
-            Record::Publish { id, queues, .. } => {
-                self.acct.publish(self.current, id, queues.len() as u32)
+        match p.first() {
+            Some(1) => {
+                if let (Some(id), Some(n)) = (id(), p.get(9..11)) {
+                    self.acct
+                        .publish(self.current, id, u16::from_be_bytes([n[0], n[1]]) as u32);
+                }
             }
-            Record::Remove(id, _) => self.acct.remove(id),
+            Some(2) => {
+                if let Some(id) = id() {
+                    self.acct.remove(id);
+                }
+            }
             _ => {}
         }
     }
