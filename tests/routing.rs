@@ -556,6 +556,20 @@ async fn exchange_delete_and_auto_delete() {
             "PRECONDITION_FAILED - exchange 'used' in vhost '/' in use".into()
         )
     );
+    // Predeclared exchanges cannot be deleted (text recorded from RabbitMQ 3.10.8).
+    let ch = channel(&c).await;
+    let e = ch
+        .exchange_delete(ss("amq.direct"), Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        amqp_error(&e),
+        (
+            403,
+            "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed"
+                .into()
+        )
+    );
     let ch = channel(&c).await;
     ch.exchange_delete(ss("used"), Default::default())
         .await
