@@ -721,26 +721,28 @@ async fn direct_reply_to_rpc() {
         .unwrap();
     assert_eq!(rep.data, b"pong");
     // Errors as RabbitMQ: replying needs a reply consumer; the consumer must be no-ack.
-    let other = c.create_channel().await.unwrap();
-    other
-        .basic_publish(
-            ss(""),
-            ss("rpc"),
-            Default::default(),
-            b"x",
-            BasicProperties::default().with_reply_to(ss("amq.rabbitmq.reply-to")),
-        )
-        .await
-        .unwrap();
-    let e = other
-        .basic_get(ss("rpc"), Default::default())
-        .await
-        .unwrap_err();
+    // (Raw client: with lapin the channel close can overtake the next call.)
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    let mut args = vec![0, 0];
+    args.extend_from_slice(&shortstr(b""));
+    args.extend_from_slice(&shortstr(b"rpc"));
+    args.push(0);
+    let mut bytes = raw_method(1, 60, 40, &args);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&0x0200u16.to_be_bytes()); // reply-to
+    header.extend_from_slice(&shortstr(b"amq.rabbitmq.reply-to"));
+    bytes.extend_from_slice(&raw_frame(2, 1, &header));
+    bytes.extend_from_slice(&raw_frame(3, 1, b"x"));
+    r.send(&bytes).await;
     assert_eq!(
-        amqp_error(&e),
+        r.expect_channel_close(1).await,
         (
             406,
-            "PRECONDITION_FAILED - fast reply consumer does not exist".into()
+            "PRECONDITION_FAILED - fast reply consumer does not exist".into(),
+            60,
+            40
         )
     );
     let other = c.create_channel().await.unwrap();
