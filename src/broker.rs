@@ -67,12 +67,7 @@ impl Broker {
                 StorageMode::Memory => Arc::new(VHost::new(name)),
                 StorageMode::Disk => {
                     let started = std::time::Instant::now();
-                    let (v, n) = VHost::open(
-                        name,
-                        &config.data_dir,
-                        config.storage.sync,
-                        Duration::from_millis(config.storage.sync_interval_ms.max(1)),
-                    )?;
+                    let (v, n) = VHost::open(name, &config.data_dir, &config.storage)?;
                     info!(vhost = %name, messages = n, elapsed = ?started.elapsed(), "recovered vhost");
                     v
                 }

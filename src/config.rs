@@ -61,6 +61,13 @@ pub struct Storage {
     pub sync: crate::store::log::SyncPolicy,
     /// Sync period for `sync = "interval"`.
     pub sync_interval_ms: u64,
+    /// Memory (message bodies and properties, plus 256 bytes each) a durable queue keeps for
+    /// its persistent messages; past it they are paged out to the message log and read back
+    /// when delivered.
+    pub queue_memory_bytes: u64,
+    /// Size of a message log segment file (a new one is started past it); disk space comes
+    /// back a segment at a time.
+    pub segment_bytes: u64,
 }
 
 impl Default for Storage {
@@ -69,6 +76,8 @@ impl Default for Storage {
             mode: StorageMode::Disk,
             sync: crate::store::log::SyncPolicy::Confirm,
             sync_interval_ms: 200,
+            queue_memory_bytes: 8 * 1024 * 1024,
+            segment_bytes: crate::store::log::SEGMENT_SIZE,
         }
     }
 }
@@ -201,6 +210,12 @@ impl Config {
             return Err(format!(
                 "limits.max_message_size: {} must be between 1 and {MAX_MESSAGE_SIZE_CEILING}",
                 self.limits.max_message_size
+            ));
+        }
+        if !(64 * 1024..=1 << 30).contains(&self.storage.segment_bytes) {
+            return Err(format!(
+                "storage.segment_bytes: {} must be between 65536 and 1073741824",
+                self.storage.segment_bytes
             ));
         }
         if self.vhosts.is_empty() {

@@ -20,14 +20,15 @@ pub struct Message {
     pub expiration: Option<u64>,
     /// `delivery_mode` 2.
     pub persistent: bool,
-    /// Id in the message log, when stored (persistent, routed to a durable queue).
+    /// Location of its publish record in the message log, when stored (persistent, routed to
+    /// a durable queue).
     pub store_id: Option<u64>,
     /// BCC routing keys (the header is stripped; dead-lettering still routes with them).
     pub bcc: Vec<Bytes>,
 }
 
 impl Message {
-    /// A message read back from the message log.
+    /// A message read back from the message log (`id`: its location).
     pub fn recovered(
         id: u64,
         exchange: Bytes,
@@ -35,17 +36,12 @@ impl Message {
         properties: Bytes,
         body: Bytes,
     ) -> Message {
-        let props = amq_protocol::protocol::basic::parse_properties(&properties[..])
-            .map(|(_, p)| p)
-            .unwrap_or_default();
+        let (priority, expiration) = crate::store::log::peek_properties(&properties);
         Message {
             exchange,
             routing_key,
-            priority: props.priority().unwrap_or(0),
-            expiration: props
-                .expiration()
-                .as_ref()
-                .and_then(|e| e.as_str().parse().ok()),
+            priority,
+            expiration,
             properties,
             body,
             persistent: true,

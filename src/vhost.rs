@@ -91,12 +91,23 @@ impl VHost {
     pub fn open(
         name: &str,
         data_dir: &std::path::Path,
-        policy: crate::store::log::SyncPolicy,
-        interval: std::time::Duration,
+        storage: &crate::config::Storage,
     ) -> std::io::Result<(Arc<VHost>, usize)> {
         let dir = crate::store::vhost_dir(data_dir, name);
         let defs = crate::store::load_definitions(&dir)?;
-        let opened = crate::store::log::open(&dir.join("msgs"), policy, interval)?;
+        let durable: std::collections::HashSet<&str> =
+            defs.queues.iter().map(|q| q.name.as_str()).collect();
+        let opened = crate::store::log::open(
+            &dir.join("msgs"),
+            crate::store::log::Options {
+                policy: storage.sync,
+                interval: Duration::from_millis(storage.sync_interval_ms.max(1)),
+                queue_memory: storage.queue_memory_bytes,
+                segment_size: storage.segment_bytes,
+            },
+            &|q| durable.contains(q),
+        )?;
+        drop(durable);
         if opened.corrupt_records > 0 {
             tracing::warn!(vhost = %name, records = opened.corrupt_records, "skipped damaged message log records");
         }
@@ -130,21 +141,14 @@ impl VHost {
                 let _ = x.bind(b);
             }
         }
-        let n = opened.messages.len();
-        for m in opened.messages {
-            let msg = Arc::new(crate::message::Message::recovered(
-                m.id,
-                m.exchange,
-                m.routing_key,
-                m.properties,
-                m.body,
-            ));
-            for (qname, (delivered, count)) in m.queues {
-                if let Some(q) = v.queues.get(&*qname) {
-                    q.recover(msg.clone(), delivered, count);
-                }
+        let mut n = 0;
+        for (qname, msgs) in opened.queues {
+            if let Some(q) = v.queues.get(qname.as_str()) {
+                n += msgs.len();
+                q.recover(msgs);
             }
         }
+        spawn_compaction(Arc::downgrade(&v), opened.compact);
         Ok((v, n))
     }
 
@@ -588,44 +592,25 @@ impl VHost {
         mut msg: crate::message::Message,
         synced: Option<crate::store::log::Done>,
     ) -> (bool, bool) {
-        let mut stored = false;
         let mut waits = false;
         if msg.persistent
             && let Some(log) = self.log()
         {
-            let durable: Vec<&str> = queues
+            let durable: Vec<crate::store::log::QueueState<'_>> = queues
                 .iter()
                 .filter(|q| q.log.is_some())
-                .map(|q| q.name.as_ref())
+                .map(|q| (q.name.as_ref(), false, 0))
                 .collect();
             if !durable.is_empty() {
-                let id = log.next_id();
-                msg.store_id = Some(id);
-                let rec = crate::store::log::publish_record(
-                    id,
-                    &durable,
-                    &msg.exchange,
-                    &msg.routing_key,
-                    &msg.properties,
-                    &msg.body,
-                );
+                let rec = crate::store::log::publish_record(0, 0, &durable, &msg);
                 waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
-                log.append(rec, if waits { synced } else { None });
-                stored = true;
+                msg.store_id = Some(log.append(rec, if waits { synced } else { None }));
             }
         }
         let msg = Arc::new(msg);
         let mut accepted = true;
         for q in queues {
-            let ok = q.publish(msg.clone()) == crate::queue::Accepted::Yes;
-            if !ok
-                && stored
-                && let (Some(log), Some(id)) = (&q.log, msg.store_id)
-            {
-                // Refused by reject-publish: not in this queue after a restart either.
-                log.append(crate::store::log::remove_record(id, &q.name), None);
-            }
-            accepted &= ok;
+            accepted &= q.publish(msg.clone()) == crate::queue::Accepted::Yes;
         }
         (accepted, waits)
     }
@@ -660,6 +645,31 @@ fn check_exclusive(q: &Queue, conn: Option<u64>, strict: bool) -> Result<(), Amq
             q.resource()
         )))
     }
+}
+
+/// Compaction: when the log asks, the durable queues move their messages out of the oldest
+/// segment (see [`Queue::compact`]), off the async workers since it reads from disk.
+fn spawn_compaction(vhost: Weak<VHost>, mut rx: tokio::sync::mpsc::UnboundedReceiver<u64>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        while let Some(seg) = rx.recv().await {
+            let Some(v) = vhost.upgrade() else { return };
+            let queues: Vec<Arc<Queue>> = v
+                .queues
+                .iter()
+                .filter(|q| q.log.is_some())
+                .map(|q| q.clone())
+                .collect();
+            drop(v);
+            let _ = tokio::task::spawn_blocking(move || {
+                let moved: usize = queues.iter().map(|q| q.compact(seg)).sum();
+                tracing::debug!(segment = seg, moved, "compacted message log segment");
+            })
+            .await;
+        }
+    });
 }
 
 /// `x-expires`: delete the queue once it has been unused (no consumers, no declare or get) for

@@ -409,3 +409,240 @@ async fn acked_data_is_reclaimed_from_disk() {
         "{size} bytes left of 1 GiB written"
     );
 }
+
+fn stored_msg(key: &str, body: Vec<u8>) -> warren::message::Message {
+    warren::message::Message {
+        exchange: bytes::Bytes::new(),
+        routing_key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+        properties: bytes::Bytes::from_static(&[0x10, 0x00, 2]),
+        body: body.into(),
+        priority: 0,
+        expiration: None,
+        persistent: true,
+        store_id: None,
+        bcc: Vec::new(),
+    }
+}
+
+/// A 1 KiB body starting with its number.
+fn numbered(i: usize) -> Vec<u8> {
+    let mut b = format!("m{i}").into_bytes();
+    b.resize(1024, b'.');
+    b
+}
+
+fn number_of(body: &[u8]) -> usize {
+    let end = body.iter().position(|c| *c == b'.').unwrap_or(body.len());
+    std::str::from_utf8(&body[1..end]).unwrap().parse().unwrap()
+}
+
+async fn declare(ch: &Channel, q: &str, args: FieldTable) {
+    ch.queue_declare(
+        ss(q),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn queues_larger_than_their_memory_budget_page_out_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.queue_memory_bytes = 64 * 1024;
+    let b = start_with(cfg.clone()).await;
+    let v = b.state().vhost("/").unwrap();
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "deep", FieldTable::default()).await;
+    let q = v.queue("deep").unwrap();
+    for i in 0..3000 {
+        v.publish_to(
+            std::slice::from_ref(&q),
+            stored_msg("deep", numbered(i)),
+            None,
+        );
+    }
+    // Everything past the budget goes to the log once written: an index entry stays.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            q.memory() <= 64 * 1024
+        })
+        .await,
+        "{} bytes still in memory",
+        q.memory()
+    );
+    assert_eq!(q.message_count(), 3000);
+    // A consumer gets them back from disk, in order; then a restart; then basic.get.
+    ch.basic_qos(100, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(
+            ss("deep"),
+            ss("c"),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    use futures::StreamExt;
+    for i in 0..1000 {
+        let d = consumer.next().await.unwrap().unwrap();
+        assert_eq!(number_of(&d.data), i);
+        assert_eq!(d.data.len(), 1024);
+        assert!(!d.redelivered);
+        if i < 999 {
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    }
+    // A round trip: the broker has handled the acks (and refilled the prefetch window).
+    declare(&ch, "deep", FieldTable::default()).await;
+    // The last one and the 99 prefetched after it stay unacked across the restart: they come
+    // back redelivered.
+    drop((_c, ch, consumer, q, v));
+    let b = restart_with(b, cfg).await;
+    let (_c, ch) = channel(&b).await;
+    let got = drain(&ch, "deep").await;
+    assert_eq!(got.len(), 2001);
+    for (k, (body, redelivered)) in got.iter().enumerate() {
+        assert_eq!(number_of(body.as_bytes()), 999 + k);
+        assert_eq!(*redelivered, k < 100, "message {}", 999 + k);
+    }
+}
+
+async fn restart_with(b: Broker, cfg: Config) -> Broker {
+    b.shutdown(Duration::from_secs(2)).await;
+    start_with(cfg).await
+}
+
+#[tokio::test]
+async fn paged_out_messages_are_dead_lettered_with_their_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.queue_memory_bytes = 16 * 1024;
+    let b = start_with(cfg).await;
+    let v = b.state().vhost("/").unwrap();
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "dlq", FieldTable::default()).await;
+    declare(
+        &ch,
+        "limited",
+        table(&[
+            ("x-max-length", AMQPValue::LongInt(100)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s("dlq")),
+        ]),
+    )
+    .await;
+    let q = v.queue("limited").unwrap();
+    for i in 0..100 {
+        v.publish_to(
+            std::slice::from_ref(&q),
+            stored_msg("limited", numbered(i)),
+            None,
+        );
+    }
+    v.log().unwrap().barrier();
+    // Written now: the next publish pages the head out, then drop-head dead-letters it.
+    for i in 100..300 {
+        v.publish_to(
+            std::slice::from_ref(&q),
+            stored_msg("limited", numbered(i)),
+            None,
+        );
+    }
+    let dlq = v.queue("dlq").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            dlq.message_count() == 200
+        })
+        .await
+    );
+    let dead = drain(&ch, "dlq").await;
+    let live = drain(&ch, "limited").await;
+    assert_eq!(
+        dead.iter()
+            .map(|(b, _)| number_of(b.as_bytes()))
+            .collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
+    assert!(dead.iter().all(|(b, _)| b.len() == 1024));
+    assert_eq!(
+        live.iter()
+            .map(|(b, _)| number_of(b.as_bytes()))
+            .collect::<Vec<_>>(),
+        (200..300).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn compaction_moves_old_messages_so_their_segments_can_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.segment_bytes = 1024 * 1024;
+    let b = start_with(cfg.clone()).await;
+    let v = b.state().vhost("/").unwrap();
+    let (_c, ch) = channel(&b).await;
+    for name in ["keep", "filler", "flow"] {
+        declare(&ch, name, FieldTable::default()).await;
+    }
+    let (keep, filler, flow) = (
+        v.queue("keep").unwrap(),
+        v.queue("filler").unwrap(),
+        v.queue("flow").unwrap(),
+    );
+    let publish = |q: &std::sync::Arc<warren::queue::Queue>, body: Vec<u8>| {
+        v.publish_to(std::slice::from_ref(q), stored_msg(&q.name, body), None);
+    };
+    // Segment 1: "a" (will be delivered, not acked) and "b" (ready) among live filler
+    // messages, so nothing is compacted yet.
+    publish(&keep, b"a".to_vec());
+    publish(&keep, b"b".to_vec());
+    let (a, _) = keep.get(false).unwrap();
+    for _ in 0..20 {
+        publish(&filler, vec![0; 64 * 1024]);
+    }
+    // "c" lands in a later segment, before segment 1's messages are moved after it.
+    publish(&keep, b"c".to_vec());
+    v.log().unwrap().barrier();
+    assert!(segments(dir.path()).len() >= 2);
+    // The filler goes, then traffic flows: segment 1 holds two live messages of many.
+    while let Some((e, _)) = filler.get(false) {
+        filler.ack(&[e.seq]);
+    }
+    for _ in 0..64 {
+        publish(&flow, vec![1; 64 * 1024]);
+        let (e, _) = flow.get(false).unwrap();
+        flow.ack(&[e.seq]);
+    }
+    let first = || {
+        segments(dir.path()).first().map(|p| {
+            p.file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            v.log().unwrap().barrier();
+            first() > Some(1) && segments(dir.path()).len() <= 3
+        })
+        .await,
+        "segments left: {:?}",
+        segments(dir.path())
+    );
+    assert_eq!(a.msg.body.as_ref(), b"a");
+    drop((_c, ch, keep, filler, flow, a, v));
+    let b = restart_with(b, cfg).await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(
+        drain(&ch, "keep").await,
+        vec![("a".into(), true), ("b".into(), false), ("c".into(), false)]
+    );
+    assert!(drain(&ch, "filler").await.is_empty());
+}

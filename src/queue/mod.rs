@@ -57,6 +57,82 @@ pub struct Entry {
     pub delivery_count: u32,
 }
 
+/// A ready message's content: in memory, or paged out to its place in the message log.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// In memory (shared with the other queues it was routed to).
+    Mem(Arc<Message>),
+    /// Only its location in the log (read back when delivered).
+    Disk {
+        /// Location of its publish record.
+        loc: u64,
+        /// Body size.
+        size: u32,
+        /// `priority` property.
+        priority: u8,
+    },
+}
+
+impl Held {
+    /// Body size.
+    pub fn size(&self) -> u32 {
+        match self {
+            Held::Mem(m) => m.body.len() as u32,
+            Held::Disk { size, .. } => *size,
+        }
+    }
+
+    /// `priority` property.
+    pub fn priority(&self) -> u8 {
+        match self {
+            Held::Mem(m) => m.priority,
+            Held::Disk { priority, .. } => *priority,
+        }
+    }
+
+    /// Location in the message log, if stored.
+    pub fn store_id(&self) -> Option<u64> {
+        match self {
+            Held::Mem(m) => m.store_id,
+            Held::Disk { loc, .. } => Some(*loc),
+        }
+    }
+}
+
+/// A ready message: an [`Entry`] whose content may be paged out (40 bytes).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Position in the queue (enqueue order).
+    pub seq: u64,
+    /// When it expires (`u64::MAX`: never).
+    pub expires_at: u64,
+    /// Failed deliveries so far.
+    pub delivery_count: u32,
+    /// Delivered before.
+    pub redelivered: bool,
+    /// The message or its location.
+    pub held: Held,
+}
+
+impl Queued {
+    /// When it expires, if it does.
+    pub fn expiry(&self) -> Option<u64> {
+        (self.expires_at != u64::MAX).then_some(self.expires_at)
+    }
+}
+
+impl From<Entry> for Queued {
+    fn from(e: Entry) -> Queued {
+        Queued {
+            seq: e.seq,
+            expires_at: e.expires_at.unwrap_or(u64::MAX),
+            delivery_count: e.delivery_count,
+            redelivered: e.redelivered,
+            held: Held::Mem(e.msg),
+        }
+    }
+}
+
 /// Milliseconds since the broker's clock started (monotonic).
 pub fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
@@ -84,7 +160,12 @@ struct State {
     had_consumers: bool,
     last_used: Option<Instant>,
     /// Messages that died under the lock, dead-lettered once it is released.
-    dead: Vec<(Entry, Reason)>,
+    dead: Vec<(Queued, Reason)>,
+    /// A task retries paging out (records not written yet when last tried).
+    page_retry: bool,
+    /// Queue order (location of the original publish record) of the messages compaction
+    /// moved, by sequence number: a moved message's record keeps it for recovery.
+    moved_order: HashMap<u64, u64>,
     /// The deadline the expiry task sleeps until (`u64::MAX`: none).
     timer_at: u64,
     /// Whether the expiry task runs.
@@ -141,6 +222,8 @@ impl Queue {
                 had_consumers: false,
                 last_used: Some(Instant::now()),
                 dead: Vec::new(),
+                page_retry: false,
+                moved_order: HashMap::new(),
                 timer_at: u64::MAX,
                 timer_running: false,
             }),
@@ -154,8 +237,57 @@ impl Queue {
 
     /// Record that a stored message left this queue for good.
     pub fn forget(&self, e: &Entry) {
-        if let (Some(log), Some(id)) = (&self.log, e.msg.store_id) {
+        self.forget_id(e.msg.store_id);
+    }
+
+    fn forget_id(&self, id: Option<u64>) {
+        if let (Some(log), Some(id)) = (&self.log, id) {
             log.append(crate::store::log::remove_record(id, &self.name), None);
+        }
+    }
+
+    /// The message of a ready entry, read back from the log if it was paged out. A message
+    /// that cannot be read (its record damaged on disk) is logged and dropped.
+    fn load(&self, q: Queued) -> Option<Entry> {
+        let expires_at = q.expiry();
+        let msg = match q.held {
+            Held::Mem(m) => m,
+            Held::Disk { loc, size, .. } => {
+                let read = match &self.log {
+                    Some(log) => log.read(loc, size),
+                    None => Err(std::io::Error::other("no message log")),
+                };
+                match read {
+                    Ok(m) => Arc::new(m),
+                    Err(e) => {
+                        tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
+                        self.forget_id(Some(loc));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Entry {
+            seq: q.seq,
+            msg,
+            redelivered: q.redelivered,
+            expires_at,
+            delivery_count: q.delivery_count,
+        })
+    }
+
+    /// Page out past the memory budget (durable queues); a task retries while records are
+    /// still on their way to disk.
+    fn page(self: &Arc<Self>, s: &mut State) {
+        let Some(log) = &self.log else { return };
+        if s.ready.memory() <= log.queue_memory || s.page_retry {
+            return;
+        }
+        if s.ready.page_out(log, log.queue_memory / 2)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            s.page_retry = true;
+            rt.spawn(page_task(Arc::downgrade(self)));
         }
     }
 
@@ -168,13 +300,131 @@ impl Queue {
         }
     }
 
-    /// Put back a message read from the message log.
-    pub fn recover(self: &Arc<Self>, msg: Arc<Message>, delivered: bool, delivery_count: u32) {
+    /// Put back the messages recovered from the message log (in queue order), as index
+    /// entries: their bodies are read when delivered.
+    pub fn recover(self: &Arc<Self>, msgs: Vec<crate::store::log::RecoveredMsg>) {
         let mut s = self.state.lock();
-        let mut e = self.entry(&mut s, msg);
-        e.redelivered = delivered;
-        e.delivery_count = delivery_count;
-        s.ready.push(e);
+        let now = now_ms();
+        for m in msgs {
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            let expiration = (m.expiration != u64::MAX).then_some(m.expiration);
+            if m.order != m.loc {
+                s.moved_order.insert(seq, m.order);
+            }
+            s.ready.push(Queued {
+                seq,
+                expires_at: self
+                    .ttl(expiration)
+                    .map_or(u64::MAX, |t| now.saturating_add(t)),
+                delivery_count: m.count,
+                redelivered: m.delivered,
+                held: Held::Disk {
+                    loc: m.loc,
+                    size: m.size,
+                    priority: m.priority,
+                },
+            });
+        }
+        self.finish(s);
+    }
+
+    /// Compaction: move this queue's messages whose publish record is in segment `seg` to the
+    /// head of the log (one record each, superseding the old one), keeping their queue order,
+    /// delivered flag and delivery count, so the old segment can be deleted. Returns how many
+    /// moved. Bodies are read without the lock; each move is checked and written under it, so
+    /// a message acked meanwhile is not resurrected.
+    pub fn compact(self: &Arc<Self>, seg: u64) -> usize {
+        use crate::store::log::segment_of;
+        let Some(log) = &self.log else { return 0 };
+        let mut found: Vec<Candidate> = Vec::new();
+        {
+            let mut s = self.state.lock();
+            let State {
+                ready,
+                unacked,
+                moved_order,
+                ..
+            } = &mut *s;
+            moved_order.retain(|seq, _| unacked.contains_key(seq) || ready.contains(*seq));
+            let order = |seq: u64, loc: u64| moved_order.get(&seq).copied().unwrap_or(loc);
+            for e in ready.iter() {
+                if let Some(loc) = e.held.store_id().filter(|l| segment_of(*l) == seg) {
+                    found.push(Candidate {
+                        seq: e.seq,
+                        priority: e.held.priority(),
+                        loc,
+                        order: order(e.seq, loc),
+                        mem: match &e.held {
+                            Held::Mem(m) => Some(m.clone()),
+                            Held::Disk { .. } => None,
+                        },
+                        size: e.held.size(),
+                    });
+                }
+            }
+            for e in unacked.values() {
+                if let Some(loc) = e.msg.store_id.filter(|l| segment_of(*l) == seg) {
+                    found.push(Candidate {
+                        seq: e.seq,
+                        priority: e.msg.priority,
+                        loc,
+                        order: order(e.seq, loc),
+                        mem: Some(e.msg.clone()),
+                        size: 0,
+                    });
+                }
+            }
+        }
+        let mut moved = 0;
+        for chunk in found.chunks(256) {
+            let loaded: Vec<_> = chunk
+                .iter()
+                .filter_map(|c| {
+                    let msg = match &c.mem {
+                        Some(m) => m.clone(),
+                        None => Arc::new(log.read(c.loc, c.size).ok()?),
+                    };
+                    Some((c.seq, c.priority, c.loc, c.order, msg))
+                })
+                .collect();
+            let mut s = self.state.lock();
+            if self.is_deleted() {
+                return moved;
+            }
+            for (seq, prio, loc, order, msg) in loaded {
+                let state = match s.ready.get_mut(seq, prio) {
+                    Some(e) if e.held.store_id() == Some(loc) => {
+                        Some((e.redelivered, e.delivery_count))
+                    }
+                    _ => s
+                        .unacked
+                        .get(&seq)
+                        .filter(|e| e.msg.store_id == Some(loc))
+                        .map(|e| (true, e.delivery_count)),
+                };
+                let Some((delivered, count)) = state else {
+                    continue;
+                };
+                let rec = crate::store::log::publish_record(
+                    order,
+                    loc,
+                    &[(&self.name, delivered, count)],
+                    &msg,
+                );
+                let mut m = (*msg).clone();
+                m.store_id = Some(log.append(rec, None));
+                let m = Arc::new(m);
+                if !s.ready.replace(seq, prio, Held::Mem(m.clone()))
+                    && let Some(e) = s.unacked.get_mut(&seq)
+                {
+                    e.msg = m;
+                }
+                s.moved_order.insert(seq, order);
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// `queue 'q' in vhost '/'`.
@@ -187,18 +437,35 @@ impl Queue {
         self.arm_timer(&mut s);
         let dead = std::mem::take(&mut s.dead);
         drop(s);
-        for (e, _) in &dead {
-            self.forget(e);
-        }
         if !dead.is_empty() {
-            dead_letter::publish(self, dead);
+            self.bury(dead);
         }
+    }
+
+    /// Dead-letter (or drop) messages taken out under the lock; they leave the log after
+    /// being read back (a paged-out one is read before its removal is recorded).
+    fn bury(self: &Arc<Self>, dead: Vec<(Queued, Reason)>) {
+        if self.args.dead_letter_exchange.is_none() {
+            for (e, _) in &dead {
+                self.forget_id(e.held.store_id());
+            }
+            return;
+        }
+        let ids: Vec<Option<u64>> = dead.iter().map(|(e, _)| e.held.store_id()).collect();
+        let loaded: Vec<(Entry, Reason)> = dead
+            .into_iter()
+            .filter_map(|(e, r)| Some((self.load(e)?, r)))
+            .collect();
+        for id in ids {
+            self.forget_id(id);
+        }
+        dead_letter::publish(self, loaded);
     }
 
     /// The effective TTL of a message in this queue: the smaller of `x-message-ttl` and the
     /// message's `expiration`.
-    fn ttl_of(&self, msg: &Message) -> Option<u64> {
-        match (self.args.message_ttl, msg.expiration) {
+    fn ttl(&self, expiration: Option<u64>) -> Option<u64> {
+        match (self.args.message_ttl, expiration) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -212,10 +479,12 @@ impl Queue {
             return Accepted::Yes;
         }
         if self.args.overflow != Overflow::DropHead && self.is_full(&s, msg.body.len() as u64) {
-            let rejected = self.args.overflow == Overflow::RejectPublishDlx;
-            if rejected {
+            if self.args.overflow == Overflow::RejectPublishDlx {
                 let e = self.entry(&mut s, msg);
                 s.dead.push((e, Reason::Maxlen));
+            } else {
+                // Not in this queue after a restart either.
+                self.forget_id(msg.store_id);
             }
             self.finish(s);
             return Accepted::Rejected;
@@ -228,20 +497,23 @@ impl Queue {
         // What no consumer took at once and is due now (TTL 0) goes now.
         self.expire_head(&mut s, now_ms() + 1);
         self.drop_over_limit(&mut s);
+        self.page(&mut s);
         self.finish(s);
         Accepted::Yes
     }
 
-    fn entry(&self, s: &mut State, msg: Arc<Message>) -> Entry {
+    fn entry(&self, s: &mut State, msg: Arc<Message>) -> Queued {
         let seq = s.next_seq;
         s.next_seq += 1;
-        let expires_at = self.ttl_of(&msg).map(|ttl| now_ms().saturating_add(ttl));
-        Entry {
+        let expires_at = self
+            .ttl(msg.expiration)
+            .map_or(u64::MAX, |ttl| now_ms().saturating_add(ttl));
+        Queued {
             seq,
-            msg,
-            redelivered: false,
             expires_at,
             delivery_count: 0,
+            redelivered: false,
+            held: Held::Mem(msg),
         }
     }
 
@@ -287,7 +559,7 @@ impl Queue {
     fn expire_head(&self, s: &mut State, now: u64) -> bool {
         for _ in 0..EXPIRE_BATCH {
             match s.ready.front() {
-                Some(e) if e.expires_at.is_some_and(|t| t < now) => {
+                Some(e) if e.expires_at < now => {
                     if let Some(e) = s.ready.pop() {
                         s.dead.push((e, Reason::Expired));
                     }
@@ -300,7 +572,7 @@ impl Queue {
 
     /// Make sure the expiry task will wake up for the head's deadline.
     fn arm_timer(self: &Arc<Self>, s: &mut State) {
-        let Some(at) = s.ready.front().and_then(|e| e.expires_at) else {
+        let Some(at) = s.ready.front().and_then(Queued::expiry) else {
             return;
         };
         if at >= s.timer_at {
@@ -335,8 +607,11 @@ impl Queue {
             };
             s.rr = i + 1;
             let c = s.consumers[i].clone();
-            let Some(entry) = s.ready.pop() else {
+            let Some(queued) = s.ready.pop() else {
                 break;
+            };
+            let Some(entry) = self.load(queued) else {
+                continue;
             };
             c.take_credit();
             if !c.no_ack {
@@ -361,7 +636,7 @@ impl Queue {
                 c.return_credit(1);
                 c.active.store(false, Ordering::Relaxed);
                 s.unacked.remove(&d.entry.seq);
-                s.ready.insert(d.entry);
+                s.ready.insert(d.entry.into());
             }
         }
     }
@@ -409,7 +684,12 @@ impl Queue {
         let mut s = self.state.lock();
         s.last_used = Some(Instant::now());
         self.expire_head(&mut s, now_ms());
-        let got = s.ready.pop();
+        let mut got = None;
+        while got.is_none()
+            && let Some(q) = s.ready.pop()
+        {
+            got = self.load(q);
+        }
         if let Some(e) = &got {
             if no_ack {
                 self.forget(e);
@@ -455,9 +735,9 @@ impl Queue {
                     .delivery_limit
                     .is_some_and(|limit| e.delivery_count as u64 > limit)
                 {
-                    s.dead.push((e, Reason::DeliveryLimit));
+                    s.dead.push((e.into(), Reason::DeliveryLimit));
                 } else {
-                    s.ready.insert(e);
+                    s.ready.insert(e.into());
                 }
             }
         }
@@ -469,9 +749,11 @@ impl Queue {
     pub fn return_undelivered(self: &Arc<Self>, e: Entry) {
         let mut s = self.state.lock();
         if self.is_deleted() {
+            // Deletion released what the queue held; this one was on its way out.
+            self.forget(&e);
             return;
         }
-        s.ready.insert(e);
+        s.ready.insert(e.into());
         self.dispatch_locked(&mut s);
         self.finish(s);
     }
@@ -490,7 +772,7 @@ impl Queue {
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(e) = s.unacked.remove(seq) {
-                s.dead.push((e, Reason::Rejected));
+                s.dead.push((e.into(), Reason::Rejected));
             }
         }
         self.finish(s);
@@ -504,10 +786,15 @@ impl Queue {
         }
         let mut n = 0;
         while let Some(e) = s.ready.pop() {
-            self.forget(&e);
+            self.forget_id(e.held.store_id());
             n += 1;
         }
         n
+    }
+
+    /// Estimated memory held by the ready messages' contents (paged-out ones hold none).
+    pub fn memory(&self) -> u64 {
+        self.state.lock().ready.memory()
     }
 
     /// Ready messages.
@@ -535,10 +822,21 @@ impl Queue {
         }
     }
 
-    /// Mark deleted; returns the number of ready messages it had.
+    /// Mark deleted; returns the number of ready messages it had. The stored messages it held
+    /// stop holding their log segments (the queue-deleted record, written first, drops them
+    /// at recovery).
     pub fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
         let mut s = self.state.lock();
+        if let Some(log) = &self.log {
+            let locs = s
+                .ready
+                .iter()
+                .filter_map(|e| e.held.store_id())
+                .chain(s.unacked.values().filter_map(|e| e.msg.store_id))
+                .collect();
+            log.release(locs);
+        }
         let n = s.ready.clear() as u32;
         s.unacked.clear();
         for c in &s.consumers {
@@ -572,7 +870,7 @@ async fn expiry_task(queue: Weak<Queue>) {
             let next = if more {
                 Some(0)
             } else {
-                s.ready.front().and_then(|e| e.expires_at)
+                s.ready.front().and_then(Queued::expiry)
             };
             match next {
                 None => {
@@ -584,7 +882,7 @@ async fn expiry_task(queue: Weak<Queue>) {
             (more, next, std::mem::take(&mut s.dead))
         };
         if !dead.is_empty() {
-            dead_letter::publish(&q, dead);
+            q.bury(dead);
         }
         let Some(at) = next else { return };
         if more {
@@ -595,6 +893,33 @@ async fn expiry_task(queue: Weak<Queue>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = q.timer.notified() => {}
+        }
+    }
+}
+
+/// A message compaction may move (see [`Queue::compact`]).
+struct Candidate {
+    seq: u64,
+    priority: u8,
+    loc: u64,
+    order: u64,
+    mem: Option<Arc<Message>>,
+    size: u32,
+}
+
+/// Retries paging out while a queue's newest records are on their way to disk.
+async fn page_task(queue: Weak<Queue>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Some(q) = queue.upgrade() else { return };
+        let Some(log) = &q.log else { return };
+        let mut s = q.state.lock();
+        if q.is_deleted()
+            || s.ready.memory() <= log.queue_memory
+            || !s.ready.page_out(log, log.queue_memory / 2)
+        {
+            s.page_retry = false;
+            return;
         }
     }
 }

@@ -1,31 +1,53 @@
 //! The message log: append-only segment files of checksummed records, written by one thread
 //! with group commit (one `fdatasync` covers every record that arrived meanwhile, from every
-//! connection and queue), and replayed at start.
+//! connection and queue), read back by queues whose messages are paged out, and replayed at
+//! start.
+//!
+//! A message's id is its **location**: `segment << 32 | offset` of its publish record. The
+//! location is reserved when the record is appended (a short per-vhost lock that also fixes the
+//! order in which the writer receives records), so a queue can drop a message's body and keep
+//! only its location (an index entry), and the writer keeps only per-segment counts, never a
+//! per-message map.
 //!
 //! Record: `len u32 | crc32 u32 | payload` (crc over the payload). Payload types:
-//! - 1 publish: `id u64, queues (u16 count, shortstr each), exchange shortstr, routing key
-//!   shortstr, properties (u32 len + bytes), body (u32 len + bytes)` — one record per message,
-//!   whatever the number of durable queues it went to;
-//! - 2 remove: `id u64, queue shortstr` (acked, dropped, dead-lettered away, purged);
-//! - 3 delivered: `id u64, queue shortstr` (first delivery: comes back redelivered);
-//! - 4 delivery count: `id u64, queue shortstr, count u32`;
+//! - 1 publish: `order u64` (0: its own location; else the location of the original publish,
+//!   kept by compaction so recovery restores queue order), `from u64` (0: a new message; else
+//!   the location this record supersedes for the listed queues: a compaction move),
+//!   `queues (u16 count; each shortstr name, u8 delivered, u32 delivery count)`,
+//!   `exchange shortstr, routing key shortstr, properties (u32 len + bytes),
+//!   body (u32 len + bytes)` — one record per message however many durable queues it went to;
+//! - 2 remove: `loc u64, queue shortstr` (acked, dropped, dead-lettered away, purged);
+//! - 3 delivered: `loc u64, queue shortstr` (first delivery: comes back redelivered);
+//! - 4 delivery count: `loc u64, queue shortstr, count u32`;
 //! - 5 queue deleted: `queue shortstr`.
 //!
 //! A segment is deleted once it and every older segment hold no live message (so removal
-//! records are never lost while the publishes they cancel still exist). A torn or corrupted
-//! record fails its checksum and is skipped; recovery never refuses to start because of one.
+//! records are never lost while the publishes they cancel still exist). When the segments
+//! behind the head are mostly dead but the oldest still holds a few live messages, the writer
+//! asks the queues to move those messages to the head (publish records with `from`), so the
+//! old segments can go. A torn or corrupted record fails its checksum and is skipped; recovery
+//! never refuses to start because of one.
 
+use crate::message::Message;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use std::collections::{BTreeMap, HashMap};
+use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Segment size at which a new file is started.
+/// Default size at which a new segment file is started.
 pub const SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+
+/// The segment holding a location.
+pub fn segment_of(loc: u64) -> u64 {
+    loc >> 32
+}
 
 /// When a confirm may be sent for a persistent message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -44,34 +66,76 @@ pub enum SyncPolicy {
 pub type Done = Box<dyn FnOnce() + Send>;
 
 enum Cmd {
-    Append(Bytes, Option<Done>),
+    /// A record and the location reserved for it.
+    Append(Bytes, Option<Done>, u64),
+    /// A deleted queue's messages (locations) no longer count as live.
+    Release(Vec<u64>),
     /// Flush and sync, then call back (tests, shutdown).
     Barrier(Done),
 }
 
-/// A recovered message: its publish record and what later records said about it.
-#[derive(Debug, Clone)]
-pub struct Recovered {
-    /// Message id.
-    pub id: u64,
-    /// Exchange it was published to.
-    pub exchange: Bytes,
-    /// Routing key.
-    pub routing_key: Bytes,
-    /// Raw properties.
-    pub properties: Bytes,
-    /// Body.
-    pub body: Bytes,
-    /// Queues that still hold it, with (delivered before, delivery count); names interned.
-    pub queues: Vec<(std::sync::Arc<str>, (bool, u32))>,
+/// A recovered message of one queue: index data only (the body stays in the log).
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveredMsg {
+    /// Location of its publish record (its id).
+    pub loc: u64,
+    /// Queue order (the location of the original publish).
+    pub order: u64,
+    /// `expiration` property in ms (`u64::MAX`: none).
+    pub expiration: u64,
+    /// Body size.
+    pub size: u32,
+    /// Delivery count.
+    pub count: u32,
+    /// `priority` property.
+    pub priority: u8,
+    /// Delivered before the restart.
+    pub delivered: bool,
+    removed: bool,
+}
+
+/// Placement of the next record (guarded: reserving a location and handing the record to the
+/// writer happen together, so the writer receives records in location order).
+struct Place {
+    seg: u64,
+    size: u64,
+    tx: mpsc::Sender<Cmd>,
+}
+
+/// State shared by the handle and the writer thread.
+struct Shared {
+    dir: PathBuf,
+    /// Open segment files for reading, by segment.
+    files: RwLock<HashMap<u64, Arc<File>>>,
+    /// End of what the writer has written (a location): records before it can be read.
+    written: AtomicU64,
+}
+
+impl Shared {
+    fn file(&self, seg: u64) -> io::Result<Arc<File>> {
+        if let Some(f) = self.files.read().get(&seg) {
+            return Ok(f.clone());
+        }
+        let mut files = self.files.write();
+        if let Some(f) = files.get(&seg) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment_path(&self.dir, seg))?);
+        files.insert(seg, f.clone());
+        Ok(f)
+    }
 }
 
 /// Handle to the log's writer thread.
 pub struct Log {
-    tx: mpsc::Sender<Cmd>,
-    next_id: AtomicU64,
+    place: Mutex<Place>,
+    shared: Arc<Shared>,
     /// The sync policy.
     pub policy: SyncPolicy,
+    /// Body bytes (plus a fixed per-message estimate) a durable queue keeps in memory before
+    /// it pages persistent messages out to their place in the log.
+    pub queue_memory: u64,
+    segment_size: u64,
 }
 
 fn put_str(b: &mut BytesMut, s: &[u8]) {
@@ -88,36 +152,36 @@ fn frame(payload: BytesMut) -> Bytes {
     out.freeze()
 }
 
-/// Encode a publish record.
-pub fn publish_record(
-    id: u64,
-    queues: &[&str],
-    exchange: &[u8],
-    routing_key: &[u8],
-    properties: &[u8],
-    body: &[u8],
-) -> Bytes {
-    let mut p = BytesMut::with_capacity(64 + properties.len() + body.len());
+/// A queue's state in a publish record: name, delivered before, delivery count.
+pub type QueueState<'a> = (&'a str, bool, u32);
+
+/// Encode a publish record (`order`/`from` 0 for a new message; see the module docs).
+pub fn publish_record(order: u64, from: u64, queues: &[QueueState<'_>], msg: &Message) -> Bytes {
+    let mut p =
+        BytesMut::with_capacity(64 + queues.len() * 16 + msg.properties.len() + msg.body.len());
     p.put_u8(1);
-    p.put_u64(id);
+    p.put_u64(order);
+    p.put_u64(from);
     p.put_u16(queues.len() as u16);
-    for q in queues {
+    for (q, delivered, count) in queues {
         put_str(&mut p, q.as_bytes());
+        p.put_u8(*delivered as u8);
+        p.put_u32(*count);
     }
-    put_str(&mut p, exchange);
-    put_str(&mut p, routing_key);
-    p.put_u32(properties.len() as u32);
-    p.put_slice(properties);
-    p.put_u32(body.len() as u32);
-    p.put_slice(body);
+    put_str(&mut p, &msg.exchange);
+    put_str(&mut p, &msg.routing_key);
+    p.put_u32(msg.properties.len() as u32);
+    p.put_slice(&msg.properties);
+    p.put_u32(msg.body.len() as u32);
+    p.put_slice(&msg.body);
     frame(p)
 }
 
-fn small_record(ty: u8, id: u64, queue: &str, count: Option<u32>) -> Bytes {
+fn small_record(ty: u8, loc: u64, queue: &str, count: Option<u32>) -> Bytes {
     let mut p = BytesMut::with_capacity(16 + queue.len());
     p.put_u8(ty);
     if ty != 5 {
-        p.put_u64(id);
+        p.put_u64(loc);
     }
     put_str(&mut p, queue.as_bytes());
     if let Some(c) = count {
@@ -127,18 +191,18 @@ fn small_record(ty: u8, id: u64, queue: &str, count: Option<u32>) -> Bytes {
 }
 
 /// Encode a remove record.
-pub fn remove_record(id: u64, queue: &str) -> Bytes {
-    small_record(2, id, queue, None)
+pub fn remove_record(loc: u64, queue: &str) -> Bytes {
+    small_record(2, loc, queue, None)
 }
 
 /// Encode a delivered record.
-pub fn delivered_record(id: u64, queue: &str) -> Bytes {
-    small_record(3, id, queue, None)
+pub fn delivered_record(loc: u64, queue: &str) -> Bytes {
+    small_record(3, loc, queue, None)
 }
 
 /// Encode a delivery-count record.
-pub fn count_record(id: u64, queue: &str, count: u32) -> Bytes {
-    small_record(4, id, queue, Some(count))
+pub fn count_record(loc: u64, queue: &str, count: u32) -> Bytes {
+    small_record(4, loc, queue, Some(count))
 }
 
 /// Encode a queue-deleted record.
@@ -146,19 +210,22 @@ pub fn queue_deleted_record(queue: &str) -> Bytes {
     small_record(5, 0, queue, None)
 }
 
+struct Publish {
+    order: u64,
+    from: u64,
+    queues: Vec<(Bytes, bool, u32)>,
+    exchange: Bytes,
+    routing_key: Bytes,
+    properties: Bytes,
+    body: Bytes,
+}
+
 enum Record {
-    Publish {
-        id: u64,
-        queues: Vec<String>,
-        exchange: Bytes,
-        routing_key: Bytes,
-        properties: Bytes,
-        body: Bytes,
-    },
-    Remove(u64, String),
-    Delivered(u64, String),
-    Count(u64, String, u32),
-    QueueDeleted(String),
+    Publish(Publish),
+    Remove(u64, Bytes),
+    Delivered(u64, Bytes),
+    Count(u64, Bytes, u32),
+    QueueDeleted(Bytes),
 }
 
 fn get_str(p: &mut Bytes) -> Option<Bytes> {
@@ -167,10 +234,6 @@ fn get_str(p: &mut Bytes) -> Option<Bytes> {
     }
     let n = p.get_u8() as usize;
     (p.len() >= n).then(|| p.split_to(n))
-}
-
-fn get_string(p: &mut Bytes) -> Option<String> {
-    get_str(p).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn get_blob(p: &mut Bytes) -> Option<Bytes> {
@@ -186,43 +249,47 @@ fn decode(mut p: Bytes) -> Option<Record> {
         return None;
     }
     let ty = p.get_u8();
-    let id = if ty != 5 {
-        if p.len() < 8 {
-            return None;
-        }
-        p.get_u64()
-    } else {
-        0
-    };
+    if ty == 5 {
+        return Some(Record::QueueDeleted(get_str(&mut p)?));
+    }
+    if p.len() < 8 {
+        return None;
+    }
+    let loc = p.get_u64();
     Some(match ty {
         1 => {
-            if p.len() < 2 {
+            if p.len() < 10 {
                 return None;
             }
+            let from = p.get_u64();
             let n = p.get_u16();
             let mut queues = Vec::with_capacity(n as usize);
             for _ in 0..n {
-                queues.push(get_string(&mut p)?);
+                let name = get_str(&mut p)?;
+                if p.len() < 5 {
+                    return None;
+                }
+                queues.push((name, p.get_u8() != 0, p.get_u32()));
             }
-            Record::Publish {
-                id,
+            Record::Publish(Publish {
+                order: loc,
+                from,
                 queues,
                 exchange: get_str(&mut p)?,
                 routing_key: get_str(&mut p)?,
                 properties: get_blob(&mut p)?,
                 body: get_blob(&mut p)?,
-            }
+            })
         }
-        2 => Record::Remove(id, get_string(&mut p)?),
-        3 => Record::Delivered(id, get_string(&mut p)?),
+        2 => Record::Remove(loc, get_str(&mut p)?),
+        3 => Record::Delivered(loc, get_str(&mut p)?),
         4 => {
-            let q = get_string(&mut p)?;
+            let q = get_str(&mut p)?;
             if p.len() < 4 {
                 return None;
             }
-            Record::Count(id, q, p.get_u32())
+            Record::Count(loc, q, p.get_u32())
         }
-        5 => Record::QueueDeleted(get_string(&mut p)?),
         _ => return None,
     })
 }
@@ -235,43 +302,34 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     let mut v: Vec<u64> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+        .filter(|n| *n > 0 && *n < u32::MAX as u64)
         .collect();
     v.sort_unstable();
     Ok(v)
 }
 
-/// Per-segment bookkeeping shared by recovery and the writer thread.
+/// Per-segment counts of (queue, message) pairs: published into the segment, still live.
 #[derive(Default)]
 struct Accounting {
-    /// Live (queue, message) pairs published in each segment.
     live: BTreeMap<u64, u64>,
-    /// For each live message: its segment and how many queues still hold it.
-    msgs: HashMap<u64, (u64, u32)>,
+    total: BTreeMap<u64, u64>,
 }
 
 impl Accounting {
-    fn publish(&mut self, seg: u64, id: u64, queues: u32) {
-        *self.live.entry(seg).or_default() += queues as u64;
-        self.msgs.insert(id, (seg, queues));
+    fn add(&mut self, seg: u64, pairs: u64, live: u64) {
+        *self.total.entry(seg).or_default() += pairs;
+        *self.live.entry(seg).or_default() += live;
     }
 
-    fn remove(&mut self, id: u64) {
-        if let Some((seg, left)) = self.msgs.get_mut(&id) {
-            *left -= 1;
-            let seg = *seg;
-            if *left == 0 {
-                self.msgs.remove(&id);
-            }
-            if let Some(l) = self.live.get_mut(&seg) {
-                *l = l.saturating_sub(1);
-            }
+    fn remove(&mut self, loc: u64, n: u64) {
+        if let Some(l) = self.live.get_mut(&segment_of(loc)) {
+            *l = l.saturating_sub(n);
         }
     }
 
-    fn forget_queue(&mut self, ids: impl Iterator<Item = u64>) {
-        for id in ids {
-            self.remove(id);
-        }
+    fn forget_segment(&mut self, seg: u64) {
+        self.live.remove(&seg);
+        self.total.remove(&seg);
     }
 }
 
@@ -279,24 +337,73 @@ impl Accounting {
 pub struct Opened {
     /// The log.
     pub log: Log,
-    /// Live messages in publish order.
-    pub messages: Vec<Recovered>,
+    /// Per queue, its live messages in queue order.
+    pub queues: HashMap<String, Vec<RecoveredMsg>>,
     /// Records skipped because their checksum or layout was wrong.
     pub corrupt_records: usize,
+    /// Segments the writer wants compacted: the vhost moves their live messages.
+    pub compact: tokio::sync::mpsc::UnboundedReceiver<u64>,
 }
 
-/// Replay the segments in `dir`, then start the writer thread.
-pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Opened> {
+/// Options for [`open`].
+pub struct Options {
+    /// Sync policy.
+    pub policy: SyncPolicy,
+    /// Sync period for [`SyncPolicy::Interval`].
+    pub interval: Duration,
+    /// See [`Log::queue_memory`].
+    pub queue_memory: u64,
+    /// Size at which a new segment is started.
+    pub segment_size: u64,
+}
+
+/// `(priority, expiration ms)` from raw content-header properties, without decoding them.
+pub fn peek_properties(raw: &[u8]) -> (u8, Option<u64>) {
+    fn go(raw: &[u8]) -> Option<(u8, Option<u64>)> {
+        let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+        let mut pos = 2usize;
+        let mut priority = 0;
+        for bit in (8..=15).rev() {
+            if flags & (1 << bit) == 0 {
+                continue;
+            }
+            match bit {
+                13 => {
+                    let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?);
+                    pos += 4 + len as usize;
+                }
+                12 => pos += 1,
+                11 => {
+                    priority = *raw.get(pos)?;
+                    pos += 1;
+                }
+                8 => {
+                    let n = *raw.get(pos)? as usize;
+                    let s = std::str::from_utf8(raw.get(pos + 1..pos + 1 + n)?).ok()?;
+                    return Some((priority, s.parse().ok()));
+                }
+                _ => pos += 1 + *raw.get(pos)? as usize,
+            }
+        }
+        Some((priority, None))
+    }
+    go(raw).unwrap_or((0, None))
+}
+
+/// Replay the segments in `dir`, then start the writer thread. Messages of queues for which
+/// `known` is false (deleted, never durable) are dropped and count as dead.
+pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Result<Opened> {
     std::fs::create_dir_all(dir)?;
     let segments = list_segments(dir)?;
     let mut acct = Accounting::default();
-    let mut msgs: BTreeMap<u64, Recovered> = BTreeMap::new();
-    let mut by_queue: HashMap<String, Vec<u64>> = HashMap::new();
-    // One allocation per queue name, not per message.
-    let mut names: HashMap<String, std::sync::Arc<str>> = HashMap::new();
+    let mut queues: HashMap<String, Vec<RecoveredMsg>> = HashMap::new();
     let mut corrupt = 0;
-    let mut max_id = 0;
     let mut last_len = 0u64;
+    let find = |v: &mut Vec<RecoveredMsg>, loc: u64| -> Option<usize> {
+        v.binary_search_by_key(&loc, |m| m.loc)
+            .ok()
+            .filter(|&i| !v[i].removed)
+    };
     for &seg in &segments {
         let mut data = Vec::new();
         File::open(segment_path(dir, seg))?.read_to_end(&mut data)?;
@@ -311,6 +418,7 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
                 corrupt += 1;
                 break;
             }
+            let loc = seg << 32 | pos as u64;
             let payload = data.slice(pos + 8..pos + 8 + len);
             pos += 8 + len;
             if crc32fast::hash(&payload) != crc {
@@ -322,84 +430,59 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
                 continue;
             };
             match rec {
-                Record::Publish {
-                    id,
-                    queues,
-                    exchange,
-                    routing_key,
-                    properties,
-                    body,
-                } => {
-                    max_id = max_id.max(id);
-                    acct.publish(seg, id, queues.len() as u32);
-                    for q in &queues {
-                        match by_queue.get_mut(q.as_str()) {
-                            Some(ids) => ids.push(id),
-                            None => {
-                                by_queue.insert(q.clone(), vec![id]);
-                            }
+                Record::Publish(p) => {
+                    let (priority, expiration) = peek_properties(&p.properties);
+                    acct.add(seg, p.queues.len() as u64, 0);
+                    for (name, delivered, count) in p.queues {
+                        let name = String::from_utf8_lossy(&name);
+                        if !known(&name) {
+                            continue;
                         }
-                    }
-                    let queues = queues
-                        .into_iter()
-                        .map(|q| {
-                            let name = names
-                                .entry(q)
-                                .or_insert_with_key(|k| k.as_str().into())
-                                .clone();
-                            (name, (false, 0))
-                        })
-                        .collect();
-                    msgs.insert(
-                        id,
-                        Recovered {
-                            id,
-                            exchange,
-                            routing_key,
-                            properties,
-                            body,
-                            queues,
-                        },
-                    );
-                }
-                Record::Remove(id, q) => {
-                    if let Some(m) = msgs.get_mut(&id)
-                        && let Some(i) = m.queues.iter().position(|(n, _)| **n == *q)
-                    {
-                        m.queues.swap_remove(i);
-                        acct.remove(id);
-                        if m.queues.is_empty() {
-                            msgs.remove(&id);
+                        let v = match queues.get_mut(&*name) {
+                            Some(v) => v,
+                            None => queues.entry(name.into_owned()).or_default(),
+                        };
+                        if p.from != 0
+                            && let Some(i) = find(v, p.from)
+                        {
+                            v[i].removed = true;
                         }
+                        v.push(RecoveredMsg {
+                            loc,
+                            order: if p.order == 0 { loc } else { p.order },
+                            expiration: expiration.unwrap_or(u64::MAX),
+                            size: p.body.len() as u32,
+                            count,
+                            priority,
+                            delivered,
+                            removed: false,
+                        });
                     }
                 }
-                Record::Delivered(id, q) => {
-                    if let Some(e) = msgs
-                        .get_mut(&id)
-                        .and_then(|m| m.queues.iter_mut().find(|(n, _)| **n == *q))
+                Record::Remove(loc, q) => {
+                    if let Some(v) = queues.get_mut(&*String::from_utf8_lossy(&q))
+                        && let Some(i) = find(v, loc)
                     {
-                        e.1.0 = true;
+                        v[i].removed = true;
                     }
                 }
-                Record::Count(id, q, n) => {
-                    if let Some(e) = msgs
-                        .get_mut(&id)
-                        .and_then(|m| m.queues.iter_mut().find(|(n, _)| **n == *q))
+                Record::Delivered(loc, q) => {
+                    if let Some(v) = queues.get_mut(&*String::from_utf8_lossy(&q))
+                        && let Some(i) = find(v, loc)
                     {
-                        e.1.1 = n;
+                        v[i].delivered = true;
+                    }
+                }
+                Record::Count(loc, q, n) => {
+                    if let Some(v) = queues.get_mut(&*String::from_utf8_lossy(&q))
+                        && let Some(i) = find(v, loc)
+                    {
+                        v[i].count = n;
                     }
                 }
                 Record::QueueDeleted(q) => {
-                    for id in by_queue.remove(&q).unwrap_or_default() {
-                        if let Some(m) = msgs.get_mut(&id)
-                            && let Some(i) = m.queues.iter().position(|(n, _)| **n == *q)
-                        {
-                            m.queues.swap_remove(i);
-                            acct.forget_queue(std::iter::once(id));
-                            if m.queues.is_empty() {
-                                msgs.remove(&id);
-                            }
-                        }
+                    if let Some(v) = queues.get_mut(&*String::from_utf8_lossy(&q)) {
+                        v.clear();
                     }
                 }
             }
@@ -413,77 +496,183 @@ pub fn open(dir: &Path, policy: SyncPolicy, interval: Duration) -> io::Result<Op
                 .set_len(pos as u64)?;
         }
     }
-    let current = segments
-        .last()
-        .copied()
-        .map(|s| if last_len >= SEGMENT_SIZE { s + 1 } else { s })
-        .unwrap_or(1);
+    for v in queues.values_mut() {
+        v.retain(|m| !m.removed);
+        v.shrink_to_fit();
+        for m in v.iter() {
+            acct.add(segment_of(m.loc), 0, 1);
+        }
+        if v.iter().any(|m| m.order != m.loc) {
+            v.sort_by_key(|m| m.order);
+        }
+    }
+    let current = segments.last().copied().unwrap_or(1);
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(segment_path(dir, current))?;
     let size = file.metadata()?.len();
+    debug_assert!(segments.is_empty() || size == last_len);
     let (tx, rx) = mpsc::channel();
-    let mut segs: std::collections::VecDeque<u64> =
-        segments.into_iter().filter(|s| *s < current).collect();
+    let (compact_tx, compact_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut segs: VecDeque<u64> = segments.into_iter().filter(|s| *s < current).collect();
     segs.push_back(current);
-    let writer = Writer {
+    let shared = Arc::new(Shared {
         dir: dir.to_path_buf(),
+        files: RwLock::new(HashMap::new()),
+        written: AtomicU64::new(current << 32 | size),
+    });
+    let writer = Writer {
+        shared: shared.clone(),
         file,
         current,
         size,
         acct,
-        policy,
-        interval,
+        policy: opts.policy,
+        interval: opts.interval,
         segments: segs,
+        compact: compact_tx,
+        compact_asked: None,
     };
     std::thread::Builder::new()
         .name("warren-store".into())
         .spawn(move || writer.run(rx))?;
-    let messages: Vec<Recovered> = msgs.into_values().collect();
     Ok(Opened {
         log: Log {
-            tx,
-            next_id: AtomicU64::new(max_id + 1),
-            policy,
+            place: Mutex::new(Place {
+                seg: current,
+                size,
+                tx,
+            }),
+            shared,
+            policy: opts.policy,
+            queue_memory: opts.queue_memory,
+            segment_size: opts.segment_size,
         },
-        messages,
+        queues,
         corrupt_records: corrupt,
+        compact: compact_rx,
     })
 }
 
+fn read_full_at(f: &File, buf: &mut [u8], mut off: u64) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                off += k as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn damaged(loc: u64, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "message at segment {} offset {}: {what}",
+            segment_of(loc),
+            loc & 0xffff_ffff
+        ),
+    )
+}
+
 impl Log {
-    /// A fresh message id.
-    pub fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+    /// Append a record; `done` runs once it is durable (per the policy). Returns the
+    /// record's location.
+    pub fn append(&self, record: Bytes, done: Option<Done>) -> u64 {
+        let len = record.len() as u64;
+        let mut p = self.place.lock();
+        if p.size > 0 && p.size + len > self.segment_size {
+            p.seg += 1;
+            p.size = 0;
+        }
+        let loc = p.seg << 32 | p.size;
+        p.size += len;
+        if let Err(mpsc::SendError(Cmd::Append(_, Some(d), _))) =
+            p.tx.send(Cmd::Append(record, done, loc))
+        {
+            drop(p);
+            d();
+        }
+        loc
     }
 
-    /// Append a record; `done` runs once it is durable (per the sync policy).
-    pub fn append(&self, record: Bytes, done: Option<Done>) {
-        if let Err(mpsc::SendError(Cmd::Append(_, Some(d)))) =
-            self.tx.send(Cmd::Append(record, done))
-        {
-            d();
+    /// A deleted queue's messages (their locations) no longer hold their segments.
+    pub fn release(&self, locs: Vec<u64>) {
+        if !locs.is_empty() {
+            let _ = self.place.lock().tx.send(Cmd::Release(locs));
+        }
+    }
+
+    /// Whether the record at `loc` has been written (so it can be read back).
+    pub fn is_written(&self, loc: u64) -> bool {
+        loc < self.shared.written.load(Ordering::Acquire)
+    }
+
+    /// Read the message whose publish record is at `loc` (`size`: its body size, a hint).
+    pub fn read(&self, loc: u64, size: u32) -> io::Result<Message> {
+        let f = self.shared.file(segment_of(loc))?;
+        let off = loc & 0xffff_ffff;
+        let mut buf = vec![0u8; 8 + 512 + size as usize];
+        let mut n = read_full_at(&f, &mut buf, off)?;
+        if n < 8 {
+            return Err(damaged(loc, "cut short"));
+        }
+        let len = u32::from_be_bytes(buf[0..4].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_be_bytes(buf[4..8].try_into().unwrap_or_default());
+        if 8 + len > n {
+            buf.resize(8 + len, 0);
+            n += read_full_at(&f, &mut buf[n..], off + n as u64)?;
+            if n < 8 + len {
+                return Err(damaged(loc, "cut short"));
+            }
+        }
+        buf.truncate(8 + len);
+        let payload = Bytes::from(buf).slice(8..);
+        if crc32fast::hash(&payload) != crc {
+            return Err(damaged(loc, "checksum mismatch"));
+        }
+        match decode(payload) {
+            Some(Record::Publish(p)) => Ok(Message::recovered(
+                loc,
+                p.exchange,
+                p.routing_key,
+                p.properties,
+                p.body,
+            )),
+            _ => Err(damaged(loc, "not a publish record")),
         }
     }
 
     /// Wait until everything appended so far is written and synced.
     pub fn barrier(&self) {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
-        if self
+        let sent = self
+            .place
+            .lock()
             .tx
             .send(Cmd::Barrier(Box::new(move || {
                 let _ = tx.send(());
             })))
-            .is_ok()
-        {
+            .is_ok();
+        if sent {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
     }
 }
 
+/// Compaction is asked for when the segments behind the head hold at most this fraction
+/// (1/N) of live (queue, message) pairs, and again at most once a second while it holds.
+const COMPACT_RATIO: u64 = 8;
+
 struct Writer {
-    dir: PathBuf,
+    shared: Arc<Shared>,
     file: File,
     current: u64,
     size: u64,
@@ -491,7 +680,9 @@ struct Writer {
     policy: SyncPolicy,
     interval: Duration,
     /// Segment files on disk, oldest first.
-    segments: std::collections::VecDeque<u64>,
+    segments: VecDeque<u64>,
+    compact: tokio::sync::mpsc::UnboundedSender<u64>,
+    compact_asked: Option<(u64, Instant)>,
 }
 
 impl Writer {
@@ -523,22 +714,27 @@ impl Writer {
             }
             for c in cmds {
                 match c {
-                    Cmd::Append(rec, done) => {
+                    Cmd::Append(rec, done, loc) => {
+                        if segment_of(loc) != self.current {
+                            self.flush(&mut buf);
+                            self.roll(segment_of(loc));
+                        }
                         self.account(&rec);
                         buf.extend_from_slice(&rec);
                         if let Some(d) = done {
                             waiting.push(d);
                         }
                     }
+                    Cmd::Release(locs) => {
+                        for loc in locs {
+                            self.acct.remove(loc, 1);
+                        }
+                    }
                     Cmd::Barrier(d) => barrier.push(d),
                 }
             }
             if !buf.is_empty() {
-                if let Err(e) = self.file.write_all(&buf) {
-                    tracing::error!(error = %e, "message store write failed");
-                }
-                self.size += buf.len() as u64;
-                buf.clear();
+                self.flush(&mut buf);
                 dirty = true;
             }
             let sync_now = match self.policy {
@@ -564,51 +760,69 @@ impl Writer {
             for d in barrier {
                 d();
             }
-            if self.size >= SEGMENT_SIZE {
-                self.roll();
+            // Deleting a segment must not run ahead of the sync of what replaced it.
+            if !dirty || self.policy == SyncPolicy::Never {
+                self.reclaim();
+                self.maybe_compact();
             }
-            self.reclaim();
         }
     }
 
-    /// Keep the per-segment live counts from the records written. Reads only the fixed
-    /// prefix (type, id, queue count): no decoding, no allocation per record.
+    fn flush(&mut self, buf: &mut Vec<u8>) {
+        if buf.is_empty() {
+            return;
+        }
+        if let Err(e) = self.file.write_all(buf) {
+            tracing::error!(error = %e, "message store write failed");
+        }
+        self.size += buf.len() as u64;
+        buf.clear();
+        self.shared
+            .written
+            .store(self.current << 32 | self.size, Ordering::Release);
+    }
+
+    /// Keep the per-segment counts from the records written. Reads only the fixed prefix:
+    /// no decoding, no allocation per record.
     fn account(&mut self, rec: &Bytes) {
         let p = &rec[8..];
-        let id = || {
-            p.get(1..9)
+        let u64_at = |i: usize| {
+            p.get(i..i + 8)
                 .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
         };
         match p.first() {
             Some(1) => {
-                if let (Some(id), Some(n)) = (id(), p.get(9..11)) {
-                    self.acct
-                        .publish(self.current, id, u16::from_be_bytes([n[0], n[1]]) as u32);
+                if let (Some(from), Some(n)) = (u64_at(9), p.get(17..19)) {
+                    let n = u16::from_be_bytes([n[0], n[1]]) as u64;
+                    self.acct.add(self.current, n, n);
+                    if from != 0 {
+                        self.acct.remove(from, n);
+                    }
                 }
             }
             Some(2) => {
-                if let Some(id) = id() {
-                    self.acct.remove(id);
+                if let Some(loc) = u64_at(1) {
+                    self.acct.remove(loc, 1);
                 }
             }
             _ => {}
         }
     }
 
-    fn roll(&mut self) {
+    fn roll(&mut self, seg: u64) {
         if self.policy != SyncPolicy::Never {
             let _ = self.file.sync_data();
         }
-        self.current += 1;
         match OpenOptions::new()
             .create(true)
             .append(true)
-            .open(segment_path(&self.dir, self.current))
+            .open(segment_path(&self.shared.dir, seg))
         {
             Ok(f) => {
                 self.file = f;
+                self.current = seg;
                 self.size = 0;
-                self.segments.push_back(self.current);
+                self.segments.push_back(seg);
             }
             Err(e) => tracing::error!(error = %e, "cannot start a new segment"),
         }
@@ -620,9 +834,37 @@ impl Writer {
             if seg >= self.current || self.acct.live.get(&seg).copied().unwrap_or(0) > 0 {
                 return;
             }
-            let _ = std::fs::remove_file(segment_path(&self.dir, seg));
-            self.acct.live.remove(&seg);
+            self.shared.files.write().remove(&seg);
+            let _ = std::fs::remove_file(segment_path(&self.shared.dir, seg));
+            self.acct.forget_segment(seg);
             self.segments.pop_front();
         }
+    }
+
+    /// Ask for the oldest segment to be compacted when the segments behind the head are
+    /// mostly dead (see [`COMPACT_RATIO`]).
+    fn maybe_compact(&mut self) {
+        let Some(&front) = self.segments.front() else {
+            return;
+        };
+        if front >= self.current {
+            return;
+        }
+        let (mut live, mut total) = (0u64, 0u64);
+        for seg in self.segments.iter().filter(|s| **s < self.current) {
+            live += self.acct.live.get(seg).copied().unwrap_or(0);
+            total += self.acct.total.get(seg).copied().unwrap_or(0);
+        }
+        if live == 0 || live * COMPACT_RATIO > total {
+            return;
+        }
+        if let Some((seg, at)) = self.compact_asked
+            && seg == front
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        self.compact_asked = Some((front, Instant::now()));
+        let _ = self.compact.send(front);
     }
 }
