@@ -267,15 +267,29 @@ def cmd_startup(a):
     print(json.dumps({"ok": ok, "ms": round(ms, 1)}))
 
 
+def cmd_wait(a):
+    """Wait until the broker completes a handshake; print the seconds waited."""
+    t0 = time.monotonic()
+    ok = False
+    while time.monotonic() - t0 < a.timeout:
+        if try_handshake(a.host, a.port):
+            ok = True
+            break
+        time.sleep(0.005)
+    print(json.dumps({"ok": ok, "s": round(time.monotonic() - t0, 3)}))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("conns", "drain", "startup"):
+    for name in ("conns", "drain", "startup", "wait"):
         s = sub.add_parser(name)
         s.add_argument("--host", default="127.0.0.1")
         s.add_argument("--port", type=int, required=True)
-        if name != "startup":
+        if name not in ("startup", "wait"):
             s.add_argument("--pid", type=int, required=True)
+        if name == "wait":
+            s.add_argument("--timeout", type=float, default=600)
         if name == "conns":
             s.add_argument("--n", type=int, default=1000)
             s.add_argument("--queue", default="bench-idle")
@@ -288,7 +302,7 @@ def main():
             s.add_argument("--timeout", type=float, default=120)
             s.add_argument("command", nargs=argparse.REMAINDER)
     a = p.parse_args()
-    {"conns": cmd_conns, "drain": cmd_drain, "startup": cmd_startup}[a.cmd](a)
+    {"conns": cmd_conns, "drain": cmd_drain, "startup": cmd_startup, "wait": cmd_wait}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@
 #               (default /tmp/warren-bench); the table is printed from the whole file, so
 #               re-running one row with the same OUTDIR replaces nothing: use -o NEW or delete
 #               that row's lines (`grep -v '"row":"r1"'`) first.
-#   ROW         any of: ceiling r1 r2 r3 r4 r5 r6 r7 r8 r9    (default: all, in that order;
+#   ROW         any of: ceiling r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 (default: all, in that order;
 #               r6 needs r1's results for the "50 % of max" rate)
 #   --table     only print the table from OUTDIR/results.jsonl
 #
@@ -28,6 +28,9 @@
 #   r8  1,000,000 queued messages: publish rate (--consumers 0 --count 1000000), RSS per message,
 #       drain rate (amqp_tool.py drain: no-ack consumer, deliveries counted exactly)
 #   r9  startup time, exec -> completed AMQP handshake, empty broker: 10 runs (amqp_tool.py startup)
+#   r10 1,000,000 queued persistent 1 KiB messages in a durable queue (--persistent --size 1024
+#       --confirm 1000 --consumers 0): RSS per message; restart on the same data (exec -> AMQP
+#       handshake; both brokers recover queues before they listen) and RSS after it; drain rate
 #
 # Broker CPU per message = (utime+stime of the broker process over the whole warren-perf run,
 # /proc/PID/stat, 100 ticks/s) / messages published (r5: per published message, i.e. per 10
@@ -50,7 +53,7 @@ while [ $# -gt 0 ]; do
     *) break;;
   esac
 done
-ROWS=${*:-"ceiling r1 r2 r3 r4 r5 r6 r7 r8 r9"}
+ROWS=${*:-"ceiling r1 r2 r3 r4 r5 r6 r7 r8 r9 r10"}
 PERF=${PERF:-/tmp/bench-bin/warren-perf}
 WARREN=${WARREN:-/tmp/bench-bin/warren}
 RMQ_NODE=/work/shared/tools/rmq-node
@@ -71,8 +74,9 @@ hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
 
 # ---------------------------------------------------------------- brokers
 WPID= GPID= RPID=
-start_warren() {
-  local dir=$OUT/warren-data; rm -rf "$dir"; mkdir -p "$dir"
+start_warren() {   # start_warren [keep]: a fresh data dir unless "keep"
+  local dir=$OUT/warren-data
+  [ "${1:-}" = keep ] || { rm -rf "$dir"; mkdir -p "$dir"; }
   "$WARREN" --bind 127.0.0.1 --port $WPORT --data-dir "$dir" 2>"$LOGS/warren.err" &
   WPID=$!
   for _ in $(seq 1 500); do grep -q "listening for AMQP" "$LOGS/warren.err" && return 0; sleep 0.01; done
@@ -226,6 +230,30 @@ for row in $ROWS; do
           log "r9 $b run $i: $out"
         done
       done;;
+    r10)
+      for r in $(seq 1 "$ROUNDS"); do for b in $BROKERS; do
+        [ "$b" = garagemq ] && continue
+        up "$b" fresh || continue
+        sleep 1; r0=$(rss $PID) t0=$(ticks $PID)
+        json=$(timeout 900 "$PERF" --uri "$(uri $PORT)" --json --consumers 0 --count 1000000 --persistent --size 1024 --confirm 1000 --keep-queues --queue bench-deep 2>"$LOGS/r10-$b-$r.err"); rc=$?
+        t1=$(ticks $PID); sleep 3; r1=$(rss $PID)
+        case $b in
+          warren) stop_warren
+                  "$WARREN" --bind 127.0.0.1 --port $WPORT --data-dir "$OUT/warren-data" 2>"$LOGS/warren.err" &
+                  WPID=$!; PID=$WPID;;
+          rabbitmq) $RMQ_NODE stop $RPORT
+                  for _ in $(seq 1 120); do (echo > /dev/tcp/127.0.0.1/$RPORT) 2>/dev/null || break; sleep 0.5; done
+                  setsid bench/rmq-exec.sh $RPORT > "$LOGS/rabbitmq-server.out" 2>&1 < /dev/null &;;
+        esac
+        restart=$($TOOL wait --port $PORT); [ -n "$restart" ] || restart=null
+        [ "$b" = rabbitmq ] && { RPID=$(rmq_pid); PID=$RPID; }
+        sleep 1; r2=$(rss $PID)
+        out=$($TOOL drain --port $PORT --pid $PID --queue bench-deep 2>>"$LOGS/r10-$b-$r.err"); rc2=$?
+        [ -n "$json" ] || json=null; [ -n "$out" ] || out=null
+        record "{\"row\":\"r10\",\"broker\":\"$b\",\"round\":$r,\"label\":\"deep1M\",\"rc\":$rc,\"rc_drain\":$rc2,\"cpu_ticks\":$((t1 - t0)),\"rss_before_kb\":$r0,\"rss_after_kb\":$r1,\"rss_recovered_kb\":$r2,\"restart\":$restart,\"perf\":$json,\"drain\":$out}"
+        log "r10 $b round $r: publish $(echo "$json" | cut -c1-100) rss $r0 -> $r1 kB; restart $restart rss $r2 kB; drain $out"
+        down "$b"
+      done; done;;
     *) log "unknown row $row";;
   esac
 done

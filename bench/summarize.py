@@ -232,6 +232,33 @@ def main():
                     notes.append(f"backlog {b} round {r['round']}: rc={r.get('rc')} drain={d}")
         w()
 
+    r10 = {b: [r for r in by[("r10", b)]] for b in allb}
+    if any(r10.values()):
+        bs = [b for b in allb if r10.get(b)]
+        w("| 1,000,000 queued persistent 1 KiB messages, durable queue | " + " | ".join(bs) + " | W/R |")
+        w("|---|" + "---|" * (len(bs) + 1))
+        g = lambda d, k: d.get(k, [])
+        pub = {b: [r["perf"]["send_rate"] for r in r10[b] if r.get("perf")] for b in bs}
+        pcpu = {b: [r["cpu_ticks"] * 10000 / 1e6 for r in r10[b]] for b in bs}
+        per = {b: [(r["rss_after_kb"] - r["rss_before_kb"]) * 1024 / 1e6 for r in r10[b]] for b in bs}
+        rs = {b: [r["restart"]["s"] for r in r10[b] if r.get("restart") and r["restart"].get("ok")] for b in bs}
+        rr = {b: [r["rss_recovered_kb"] / 1024 for r in r10[b]] for b in bs}
+        dr = {b: [r["drain"]["rate"] for r in r10[b] if r.get("drain")] for b in bs}
+        dcpu = {b: [r["drain"]["cpu_us_per_msg"] for r in r10[b] if r.get("drain")] for b in bs}
+        w("| publish msgs/s (confirms, 1,000 in flight) | " + " | ".join(cell(pub[b]) for b in bs) + f" | {ratio(g(pub, 'warren'), g(pub, 'rabbitmq'))} |")
+        w("| broker CPU µs/msg, publishing | " + " | ".join(cell(pcpu[b]) for b in bs) + f" | {ratio(g(pcpu, 'warren'), g(pcpu, 'rabbitmq'))} |")
+        w("| RSS per queued message, bytes | " + " | ".join(cell(per[b]) for b in bs) + f" | {ratio(g(per, 'warren'), g(per, 'rabbitmq'))} |")
+        w("| restart with the 1,000,000 messages: exec → AMQP handshake, s | " + " | ".join(cell(rs[b]) for b in bs) + f" | {ratio(g(rs, 'warren'), g(rs, 'rabbitmq'))} |")
+        w("| RSS after the restart, MiB | " + " | ".join(cell(rr[b]) for b in bs) + f" | {ratio(g(rr, 'warren'), g(rr, 'rabbitmq'))} |")
+        w("| drain msgs/s after the restart (no-ack consumer) | " + " | ".join(cell(dr[b]) for b in bs) + f" | {ratio(g(dr, 'warren'), g(dr, 'rabbitmq'))} |")
+        w("| broker CPU µs/msg, draining | " + " | ".join(cell(dcpu[b]) for b in bs) + f" | {ratio(g(dcpu, 'warren'), g(dcpu, 'rabbitmq'))} |")
+        for b in bs:
+            for r in r10[b]:
+                d = r.get("drain") or {}
+                if r.get("rc") != 0 or d.get("delivered") != 1000000 or d.get("remaining") != 0:
+                    notes.append(f"deep queue {b} round {r['round']}: rc={r.get('rc')} drain={d}")
+        w()
+
     # startup
     s9 = {b: [r["startup"] for r in by[("r9", b)] if r.get("startup")] for b in allb}
     if any(s9.values()):

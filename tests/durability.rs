@@ -646,3 +646,114 @@ async fn compaction_moves_old_messages_so_their_segments_can_go() {
     );
     assert!(drain(&ch, "filler").await.is_empty());
 }
+
+#[tokio::test]
+async fn fan_out_to_durable_queues_writes_the_body_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(disk_config(dir.path())).await;
+    let v = b.state().vhost("/").unwrap();
+    let (_c, ch) = channel(&b).await;
+    let queues: Vec<_> = (0..5).map(|i| format!("fan-{i}")).collect();
+    for q in &queues {
+        declare(&ch, q, FieldTable::default()).await;
+    }
+    let targets: Vec<_> = queues.iter().map(|q| v.queue(q).unwrap()).collect();
+    let disk = || -> u64 {
+        segments(dir.path())
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum()
+    };
+    v.log().unwrap().barrier();
+    let before = disk();
+    v.publish_to(&targets, stored_msg("", vec![9; 1024 * 1024]), None);
+    v.log().unwrap().barrier();
+    let grew = disk() - before;
+    assert!(
+        (1024 * 1024..1024 * 1024 + 4096).contains(&grew),
+        "{grew} bytes written for one 1 MiB message in 5 queues"
+    );
+    drop((_c, ch, targets, v));
+    let b = restart(b, dir.path()).await;
+    let (_c, ch) = channel(&b).await;
+    for q in &queues {
+        let got = ch
+            .basic_get(ss(q), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.delivery.data.len(), 1024 * 1024);
+    }
+}
+
+#[tokio::test]
+async fn expired_and_deleted_messages_leave_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.segment_bytes = 1024 * 1024;
+    let b = start_with(cfg.clone()).await;
+    let v = b.state().vhost("/").unwrap();
+    let (_c, ch) = channel(&b).await;
+    declare(
+        &ch,
+        "ttl",
+        table(&[("x-message-ttl", AMQPValue::LongInt(1))]),
+    )
+    .await;
+    declare(&ch, "doomed", FieldTable::default()).await;
+    declare(&ch, "flow", FieldTable::default()).await;
+    let (ttl, doomed, flow) = (
+        v.queue("ttl").unwrap(),
+        v.queue("doomed").unwrap(),
+        v.queue("flow").unwrap(),
+    );
+    for i in 0..3 {
+        v.publish_to(
+            std::slice::from_ref(&ttl),
+            stored_msg("ttl", numbered(i)),
+            None,
+        );
+    }
+    for _ in 0..48 {
+        v.publish_to(
+            std::slice::from_ref(&doomed),
+            stored_msg("doomed", vec![3; 64 * 1024]),
+            None,
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ttl.message_count() == 0
+        })
+        .await
+    );
+    ch.queue_delete(ss("doomed"), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    // Traffic rolls the log: the deleted queue's segments (held by nobody now) go.
+    for _ in 0..40 {
+        v.publish_to(
+            std::slice::from_ref(&flow),
+            stored_msg("flow", vec![1; 64 * 1024]),
+            None,
+        );
+        let (e, _) = flow.get(false).unwrap();
+        flow.ack(&[e.seq]);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            v.log().unwrap().barrier();
+            segments(dir.path()).len() <= 3
+        })
+        .await,
+        "segments left: {:?}",
+        segments(dir.path())
+    );
+    drop((_c, ch, ttl, doomed, flow, v));
+    let b = restart_with(b, cfg).await;
+    let (_c, ch) = channel(&b).await;
+    assert!(
+        drain(&ch, "ttl").await.is_empty(),
+        "expired messages came back"
+    );
+}

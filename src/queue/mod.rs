@@ -305,27 +305,37 @@ impl Queue {
     pub fn recover(self: &Arc<Self>, msgs: Vec<crate::store::log::RecoveredMsg>) {
         let mut s = self.state.lock();
         let now = now_ms();
-        for m in msgs {
-            let seq = s.next_seq;
-            s.next_seq += 1;
-            let expiration = (m.expiration != u64::MAX).then_some(m.expiration);
-            if m.order != m.loc {
-                s.moved_order.insert(seq, m.order);
-            }
-            s.ready.push(Queued {
-                seq,
-                expires_at: self
-                    .ttl(expiration)
-                    .map_or(u64::MAX, |t| now.saturating_add(t)),
-                delivery_count: m.count,
-                redelivered: m.delivered,
-                held: Held::Disk {
-                    loc: m.loc,
-                    size: m.size,
-                    priority: m.priority,
-                },
-            });
-        }
+        let State {
+            next_seq,
+            moved_order,
+            ..
+        } = &mut *s;
+        // Same size as the recovered records: collected in place, no second copy.
+        let entries: Vec<Queued> = msgs
+            .into_iter()
+            .map(|m| {
+                let seq = *next_seq;
+                *next_seq += 1;
+                if m.order != m.loc {
+                    moved_order.insert(seq, m.order);
+                }
+                let expiration = (m.expiration != u64::MAX).then_some(m.expiration);
+                Queued {
+                    seq,
+                    expires_at: self
+                        .ttl(expiration)
+                        .map_or(u64::MAX, |t| now.saturating_add(t)),
+                    delivery_count: m.count,
+                    redelivered: m.delivered,
+                    held: Held::Disk {
+                        loc: m.loc,
+                        size: m.size,
+                        priority: m.priority,
+                    },
+                }
+            })
+            .collect();
+        s.ready.extend(entries);
         self.finish(s);
     }
 
@@ -451,13 +461,15 @@ impl Queue {
             }
             return;
         }
-        let ids: Vec<Option<u64>> = dead.iter().map(|(e, _)| e.held.store_id()).collect();
-        let loaded: Vec<(Entry, Reason)> = dead
-            .into_iter()
-            .filter_map(|(e, r)| Some((self.load(e)?, r)))
-            .collect();
-        for id in ids {
-            self.forget_id(id);
+        // `load` forgets what it cannot read; the rest leaves the log once read.
+        let mut loaded = Vec::with_capacity(dead.len());
+        for (e, r) in dead {
+            if let Some(e) = self.load(e) {
+                loaded.push((e, r));
+            }
+        }
+        for (e, _) in &loaded {
+            self.forget(e);
         }
         dead_letter::publish(self, loaded);
     }
@@ -1016,5 +1028,17 @@ mod tests {
         assert_eq!(q.purge(), 1);
         q.requeue(&[a.seq]);
         assert_eq!(q.message_count(), 1);
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn index_entries_are_40_bytes() {
+        assert_eq!(std::mem::size_of::<super::Queued>(), 40);
+        assert_eq!(
+            std::mem::size_of::<crate::store::log::RecoveredMsg>(),
+            std::mem::size_of::<super::Queued>()
+        );
     }
 }

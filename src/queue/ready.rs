@@ -89,6 +89,19 @@ impl Ready {
         self.fifo_mut(level).q.push_back(e);
     }
 
+    /// Append messages in sequence order (recovery); an empty plain queue takes the vector
+    /// as it is.
+    pub fn extend(&mut self, v: Vec<Queued>) {
+        if self.max_priority.is_some() || !self.fifo.q.is_empty() {
+            v.into_iter().for_each(|e| self.push(e));
+            return;
+        }
+        for e in &v {
+            self.added(e);
+        }
+        self.fifo.q = VecDeque::from(v);
+    }
+
     /// Put back at its sequence position (a requeued message).
     pub fn insert(&mut self, e: Queued) {
         self.added(&e);
