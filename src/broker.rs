@@ -111,7 +111,8 @@ impl Broker {
         {
             warn!("some connections did not close within {grace:?}");
         }
-        // Whatever the sync policy, what was written is synced before exit.
+        // Whatever the sync policy, what was written is synced before exit; then the log
+        // stops (later appends are dropped), so nothing touches the files after this returns.
         let logs: Vec<_> = self
             .state
             .vhosts
@@ -119,7 +120,7 @@ impl Broker {
             .filter_map(|v| v.log().cloned())
             .collect();
         for log in logs {
-            let _ = tokio::task::spawn_blocking(move || log.barrier()).await;
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
         }
         info!("broker stopped");
     }

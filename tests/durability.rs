@@ -757,3 +757,141 @@ async fn expired_and_deleted_messages_leave_the_log() {
         "expired messages came back"
     );
 }
+
+/// Random publishes (to one or several queues, 1 B–48 KiB), acks, requeues, messages held
+/// unacked, and restarts, with 64 KiB segments (constant rolling, reclaim and compaction) and
+/// a 16 KiB queue memory budget (constant paging), checked against a model: after every
+/// restart each queue holds exactly its live messages, in publish order, with their bodies.
+#[tokio::test]
+async fn random_operations_and_restarts_match_a_model() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.segment_bytes = 64 * 1024;
+    cfg.storage.queue_memory_bytes = 16 * 1024;
+    let names = ["r0", "r1", "r2"];
+    let mut b = start_with(cfg.clone()).await;
+    {
+        let (_c, ch) = channel(&b).await;
+        for n in names {
+            declare(&ch, n, FieldTable::default()).await;
+        }
+    }
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let body = |id: u64, len: usize| {
+        let mut v = vec![(id % 251) as u8; len.max(8)];
+        v[..8].copy_from_slice(&id.to_be_bytes());
+        v
+    };
+    // Model: per queue, live ids (publish order) and which of them are held unacked (with
+    // their seq in the running broker).
+    let mut live: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); names.len()];
+    let mut held: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); names.len()];
+    let mut id = 0u64;
+    for round in 0..8 {
+        // Odd rounds mostly drain, leaving a few held messages in old segments (compaction).
+        let draining = round % 2 == 1;
+        let v = b.state().vhost("/").unwrap();
+        let queues: Vec<_> = names.iter().map(|n| v.queue(n).unwrap()).collect();
+        for (i, q) in queues.iter().enumerate() {
+            assert_eq!(q.message_count() as usize, live[i].len(), "round {round}, {}", names[i]);
+        }
+        for _ in 0..500 {
+            let i = next(names.len() as u64) as usize;
+            let op = match (draining, next(10)) {
+                (false, k @ 0..=3) | (true, k @ 0) => (0, k),
+                (false, k @ 4..=7) | (true, k @ 1..=7) => (1, k),
+                (_, k) => (2, k),
+            };
+            match op.0 {
+                0 => {
+                    // Publish to this queue and maybe the others too (one record).
+                    let mut to = vec![i];
+                    if next(4) == 0 {
+                        to = (0..names.len()).collect();
+                    }
+                    id += 1;
+                    let len = 1 + next(48 * 1024) as usize;
+                    let targets: Vec<_> = to.iter().map(|&k| queues[k].clone()).collect();
+                    v.publish_to(&targets, stored_msg("", body(id, len)), None);
+                    for k in to {
+                        live[k].insert(id);
+                    }
+                }
+                1 => {
+                    // Take the head; ack it, requeue it, or hold it.
+                    let Some((e, _)) = queues[i].get(false) else {
+                        assert_eq!(live[i].len(), held[i].len(), "{} should be empty", names[i]);
+                        continue;
+                    };
+                    let got = u64::from_be_bytes(e.msg.body[..8].try_into().unwrap());
+                    let want = *live[i].iter().find(|x| !held[i].contains_key(x)).unwrap();
+                    assert_eq!(got, want, "head of {}", names[i]);
+                    assert_eq!(e.msg.body[e.msg.body.len() - 1], (got % 251) as u8);
+                    match (draining, next(10)) {
+                        (false, 0..=3) | (true, 0..=7) => {
+                            queues[i].ack(&[e.seq]);
+                            live[i].remove(&got);
+                        }
+                        (false, 4..=6) | (true, 8) => queues[i].requeue(&[e.seq]),
+                        _ => {
+                            held[i].insert(got, e.seq);
+                        }
+                    }
+                }
+                _ => {
+                    // Settle one held message.
+                    if let Some((&got, &seq)) = held[i].iter().next() {
+                        held[i].remove(&got);
+                        if next(2) == 0 {
+                            queues[i].ack(&[seq]);
+                            live[i].remove(&got);
+                        } else {
+                            queues[i].requeue(&[seq]);
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!(
+            "DEBUG round {round}: live {:?} held {:?} segments {}",
+            live.iter().map(|l| l.len()).collect::<Vec<_>>(),
+            held.iter().map(|l| l.len()).collect::<Vec<_>>(),
+            segments(dir.path()).len()
+        );
+        // Held messages come back after the restart.
+        for h in &mut held {
+            h.clear();
+        }
+        drop((queues, v));
+        b = restart_with(b, cfg.clone()).await;
+    }
+    let (_c, ch) = channel(&b).await;
+    for (i, n) in names.iter().enumerate() {
+        let mut got = Vec::new();
+        while let Some(m) = ch
+            .basic_get(ss(n), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            let d = &m.delivery.data;
+            let x = u64::from_be_bytes(d[..8].try_into().unwrap());
+            assert_eq!(d[d.len() - 1], (x % 251) as u8);
+            got.push(x);
+        }
+        assert_eq!(got, live[i].iter().copied().collect::<Vec<_>>(), "{n}");
+    }
+    // The log holds little beyond the live messages.
+    let live_bytes: usize = live.iter().map(|l| l.len()).sum::<usize>() * 48 * 1024;
+    let disk: u64 = segments(dir.path())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(disk as usize <= 16 * live_bytes.max(64 * 1024) + 256 * 1024, "{disk} bytes on disk");
+}

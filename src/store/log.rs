@@ -72,6 +72,8 @@ enum Cmd {
     Release(Vec<u64>),
     /// Flush and sync, then call back (tests, shutdown).
     Barrier(Done),
+    /// As `Barrier`, then stop the writer (shutdown).
+    Close(Done),
 }
 
 /// A recovered message of one queue: index data only (the body stays in the log).
@@ -652,12 +654,22 @@ impl Log {
 
     /// Wait until everything appended so far is written and synced.
     pub fn barrier(&self) {
+        self.wait(Cmd::Barrier);
+    }
+
+    /// Write and sync everything appended so far, then stop the writer: later appends are
+    /// dropped and no file is touched any more (shutdown).
+    pub fn close(&self) {
+        self.wait(Cmd::Close);
+    }
+
+    fn wait(&self, cmd: fn(Done) -> Cmd) {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let sent = self
             .place
             .lock()
             .tx
-            .send(Cmd::Barrier(Box::new(move || {
+            .send(cmd(Box::new(move || {
                 let _ = tx.send(());
             })))
             .is_ok();
@@ -705,6 +717,7 @@ impl Writer {
                 }
             };
             let mut barrier = Vec::new();
+            let mut close = None;
             let mut cmds: Vec<Cmd> = first.into_iter().collect();
             while let Ok(c) = rx.try_recv() {
                 cmds.push(c);
@@ -731,6 +744,10 @@ impl Writer {
                         }
                     }
                     Cmd::Barrier(d) => barrier.push(d),
+                    Cmd::Close(d) => {
+                        close = Some(d);
+                        break;
+                    }
                 }
             }
             if !buf.is_empty() {
@@ -744,12 +761,21 @@ impl Writer {
                 }
                 SyncPolicy::Never => false,
             };
-            if sync_now || (!barrier.is_empty() && dirty && self.policy != SyncPolicy::Never) {
+            let asked = !barrier.is_empty() || close.is_some();
+            if sync_now || (asked && dirty && self.policy != SyncPolicy::Never) {
                 if let Err(e) = self.file.sync_data() {
                     tracing::error!(error = %e, "message store fdatasync failed");
                 }
                 last_sync = Instant::now();
                 dirty = false;
+            }
+            // Deleting a segment must not run ahead of the sync of what replaced it; and it
+            // is done before barriers return, so no file changes after a barrier but appends.
+            if !dirty || self.policy == SyncPolicy::Never {
+                self.reclaim();
+                if close.is_none() {
+                    self.maybe_compact();
+                }
             }
             // Confirm policy: callbacks only after the sync; the others: at once.
             if self.policy != SyncPolicy::Confirm || !dirty {
@@ -760,10 +786,12 @@ impl Writer {
             for d in barrier {
                 d();
             }
-            // Deleting a segment must not run ahead of the sync of what replaced it.
-            if !dirty || self.policy == SyncPolicy::Never {
-                self.reclaim();
-                self.maybe_compact();
+            if let Some(d) = close {
+                for d in waiting.drain(..) {
+                    d();
+                }
+                d();
+                return;
             }
         }
     }
