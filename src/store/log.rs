@@ -74,6 +74,19 @@ enum Cmd {
     Barrier(Done),
     /// As `Barrier`, then stop the writer (shutdown).
     Close(Done),
+    /// Report the counters (after everything before it).
+    Stats(mpsc::Sender<Stats>),
+}
+
+/// The writer's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Segment files on disk.
+    pub segments: u64,
+    /// Live (queue, message) pairs.
+    pub live: u64,
+    /// (queue, message) pairs published into the segments on disk.
+    pub total: u64,
 }
 
 /// A recovered message of one queue: index data only (the body stays in the log).
@@ -663,6 +676,13 @@ impl Log {
         self.wait(Cmd::Close);
     }
 
+    /// The writer's counters, once it has handled everything appended so far.
+    pub fn stats(&self) -> Option<Stats> {
+        let (tx, rx) = mpsc::channel();
+        self.place.lock().tx.send(Cmd::Stats(tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
     fn wait(&self, cmd: fn(Done) -> Cmd) {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let sent = self
@@ -744,6 +764,13 @@ impl Writer {
                         }
                     }
                     Cmd::Barrier(d) => barrier.push(d),
+                    Cmd::Stats(tx) => {
+                        let _ = tx.send(Stats {
+                            segments: self.segments.len() as u64,
+                            live: self.acct.live.values().sum(),
+                            total: self.acct.total.values().sum(),
+                        });
+                    }
                     Cmd::Close(d) => {
                         close = Some(d);
                         break;
