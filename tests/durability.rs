@@ -771,7 +771,10 @@ async fn random_operations_and_restarts_match_a_model() {
     let mut cfg = disk_config(dir.path());
     cfg.storage.segment_bytes = 64 * 1024;
     cfg.storage.queue_memory_bytes = 16 * 1024;
-    let names = ["r0", "r1", "r2"];
+    // "pin" gets one message per round and is only read at the end: old segments stay pinned
+    // by a live message, so they can only go through compaction.
+    let names = ["r0", "r1", "r2", "pin"];
+    let busy = 3;
     let mut b = start_with(cfg.clone()).await;
     {
         let (_c, ch) = channel(&b).await;
@@ -809,8 +812,11 @@ async fn random_operations_and_restarts_match_a_model() {
                 names[i]
             );
         }
+        id += 1;
+        v.publish_to(&queues[busy..], stored_msg("", body(id, 100)), None);
+        live[busy].insert(id);
         for _ in 0..500 {
-            let i = next(names.len() as u64) as usize;
+            let i = next(busy as u64) as usize;
             let op = match (draining, next(10)) {
                 (false, k @ 0..=3) | (true, k @ 0) => (0, k),
                 (false, k @ 4..=7) | (true, k @ 1..=7) => (1, k),
@@ -821,7 +827,7 @@ async fn random_operations_and_restarts_match_a_model() {
                     // Publish to this queue and maybe the others too (one record).
                     let mut to = vec![i];
                     if next(4) == 0 {
-                        to = (0..names.len()).collect();
+                        to = (0..busy).collect();
                     }
                     id += 1;
                     let len = 1 + next(48 * 1024) as usize;
