@@ -272,6 +272,8 @@ mod tests {
         assert!(e.contains("limits.frame_max"), "{e}");
         let e = Config::from_toml("[amqp]\nbind = \"nowhere\"\n").unwrap_err();
         assert!(e.contains("amqp.bind"), "{e}");
+        let e = Config::from_toml("[storage]\nsegment_bytes = 100\n").unwrap_err();
+        assert!(e.contains("storage.segment_bytes"), "{e}");
     }
 
     #[test]
