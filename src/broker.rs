@@ -23,6 +23,8 @@ pub struct BrokerState {
     pub vhosts: DashMap<String, Arc<VHost>>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
+    /// The memory alarm: true while messages in memory exceed `memory.high_watermark`.
+    pub memory_alarm: tokio::sync::watch::Sender<bool>,
     next_connection_id: AtomicU64,
 }
 
@@ -78,9 +80,14 @@ impl Broker {
             config: Arc::new(config),
             vhosts,
             shutdown: CancellationToken::new(),
+            memory_alarm: tokio::sync::watch::Sender::new(false),
             next_connection_id: AtomicU64::new(0),
         });
         let tracker = TaskTracker::new();
+        let limit = state.config.memory.limit();
+        if limit > 0 {
+            tracker.spawn(memory_monitor(state.clone(), limit));
+        }
         tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
         info!(address = %local_addr, "listening for AMQP 0-9-1 connections on {local_addr}");
         Ok(Broker {
@@ -128,6 +135,42 @@ impl Broker {
     /// Resolves when shutdown has been requested.
     pub async fn cancelled(&self) {
         self.state.shutdown.cancelled().await
+    }
+}
+
+/// Every 100 ms, sum the memory held by messages in queues (ready and unacked, paged-out
+/// ones excluded) and raise or clear the memory alarm against the watermark.
+async fn memory_monitor(state: Arc<BrokerState>, limit: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let used: u64 = state
+            .vhosts
+            .iter()
+            .map(|v| {
+                let queues: Vec<_> = v.queues.iter().map(|q| q.clone()).collect();
+                queues.iter().map(|q| q.memory_in_use()).sum::<u64>()
+            })
+            .sum();
+        let on = used > limit;
+        let changed = state.memory_alarm.send_if_modified(|cur| {
+            let changed = *cur != on;
+            *cur = on;
+            changed
+        });
+        if changed && on {
+            warn!(
+                used,
+                limit,
+                "memory alarm set: messages in memory above the high watermark; publishing connections are blocked"
+            );
+        } else if changed {
+            info!(used, limit, "memory alarm cleared");
+        }
     }
 }
 

@@ -37,6 +37,49 @@ pub struct Config {
     pub handshake_timeout: u64,
     /// Durability.
     pub storage: Storage,
+    /// The memory alarm.
+    pub memory: Memory,
+}
+
+/// The memory alarm (RabbitMQ's `vm_memory_high_watermark`): while the memory held by queued
+/// and unacknowledged messages is above the watermark, connections that publish are blocked.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Memory {
+    /// Watermark as a fraction of the machine's physical memory (RabbitMQ's default 0.4).
+    pub high_watermark: f64,
+    /// Absolute watermark in bytes; when set (> 0) it replaces `high_watermark`.
+    pub high_watermark_bytes: u64,
+}
+
+impl Default for Memory {
+    fn default() -> Self {
+        Memory {
+            high_watermark: 0.4,
+            high_watermark_bytes: 0,
+        }
+    }
+}
+
+impl Memory {
+    /// The watermark in bytes (0: no alarm, physical memory unknown).
+    pub fn limit(&self) -> u64 {
+        if self.high_watermark_bytes > 0 {
+            return self.high_watermark_bytes;
+        }
+        (physical_memory() as f64 * self.high_watermark) as u64
+    }
+}
+
+/// Physical memory in bytes (`MemTotal` of /proc/meminfo; 0 if unknown).
+pub fn physical_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// Where durable state goes.
@@ -161,6 +204,7 @@ impl Default for Config {
             cluster_name: "warren@localhost".into(),
             handshake_timeout: 10,
             storage: Storage::default(),
+            memory: Memory::default(),
         }
     }
 }
@@ -216,6 +260,12 @@ impl Config {
             return Err(format!(
                 "storage.segment_bytes: {} must be between 65536 and 1073741824",
                 self.storage.segment_bytes
+            ));
+        }
+        if !(self.memory.high_watermark > 0.0 && self.memory.high_watermark <= 1.0) {
+            return Err(format!(
+                "memory.high_watermark: {} must be above 0 and at most 1",
+                self.memory.high_watermark
             ));
         }
         if self.vhosts.is_empty() {

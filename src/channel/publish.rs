@@ -129,6 +129,7 @@ impl Channel {
         properties: Bytes,
         body: Bytes,
     ) -> Result<bool, AmqpError> {
+        ctx.published = true;
         let xname = String::from_utf8_lossy(&p.exchange);
         let x = ctx.vhost.exchange(&xname)?;
         if x.def.internal {

@@ -30,6 +30,7 @@ const PROTOCOL_HEADER_ALT: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
 pub const CAPABILITIES: &[&str] = &[
     "authentication_failure_close",
     "basic.nack",
+    "connection.blocked",
     "consumer_cancel_notify",
     "consumer_priorities",
     "direct_reply_to",
@@ -177,6 +178,10 @@ impl Handshake {
             client_caps.inner().get("consumer_cancel_notify"),
             Some(AMQPValue::Boolean(true))
         );
+        let blocked_notify = matches!(
+            client_caps.inner().get("connection.blocked"),
+            Some(AMQPValue::Boolean(true))
+        );
         let mechanism = start_ok.mechanism.as_str().to_string();
         if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
             // RabbitMQ 3.10.8: no close frame before the connection is tuned.
@@ -289,6 +294,8 @@ impl Handshake {
                 events: self.events.clone(),
                 backlog: self.backlog.clone(),
                 cancel_notify,
+                blocked_notify,
+                published: false,
                 confirms_dirty: Vec::new(),
             },
             tune.heartbeat,

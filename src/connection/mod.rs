@@ -57,6 +57,10 @@ pub struct ConnCtx {
     pub backlog: Arc<Backlog>,
     /// The client accepts server-sent `basic.cancel` (capability `consumer_cancel_notify`).
     pub cancel_notify: bool,
+    /// The client accepts `connection.blocked` / `unblocked` (capability `connection.blocked`).
+    pub blocked_notify: bool,
+    /// A message was published in this loop turn (the memory alarm blocks publishers).
+    pub published: bool,
     /// Channels that owe publisher confirms at the end of this loop turn.
     pub confirms_dirty: Vec<u16>,
 }
@@ -118,6 +122,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
                 last_recv: Instant::now(),
                 last_sent: Instant::now(),
                 stop_reason: None,
+                alarm: broker.memory_alarm.subscribe(),
+                blocked: false,
+                sent_blocked: false,
             };
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, "connection opened");
             let mut reader = opened.reader;
@@ -148,6 +155,12 @@ struct Connection {
     last_sent: Instant,
     /// Why the loop stopped, for the log line.
     stop_reason: Option<String>,
+    /// The broker's memory alarm.
+    alarm: tokio::sync::watch::Receiver<bool>,
+    /// Not reading from the socket: the connection published during a memory alarm.
+    blocked: bool,
+    /// `connection.blocked` was sent (so `connection.unblocked` is owed).
+    sent_blocked: bool,
 }
 
 type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -164,8 +177,9 @@ impl Connection {
         loop {
             let hb_deadline = self.next_heartbeat_deadline(hb);
             let close_deadline = self.closing_since.map(|t| t + CLOSE_TIMEOUT);
+            let reading = !self.blocked;
             let flow = tokio::select! {
-                frame = reader.next() => match frame {
+                frame = reader.next(), if reading => match frame {
                     None => return "client closed the socket".into(),
                     Some(Err(CodecError::Io(e))) => return format!("socket error: {e}"),
                     Some(first) => {
@@ -195,6 +209,12 @@ impl Connection {
                     }
                     Flow::Continue
                 }
+                changed = self.alarm.changed(), if self.blocked => {
+                    if changed.is_err() || !*self.alarm.borrow_and_update() {
+                        self.unblock();
+                    }
+                    Flow::Continue
+                }
                 _ = self.ctx.broker.shutdown.cancelled(), if !shutdown_seen => {
                     shutdown_seen = true;
                     if self.closing_since.is_none() {
@@ -212,6 +232,12 @@ impl Connection {
                     return "timed out waiting for connection.close-ok".into();
                 }
             };
+            if std::mem::take(&mut self.ctx.published)
+                && *self.alarm.borrow()
+                && self.closing_since.is_none()
+            {
+                self.block();
+            }
             self.flush();
             if let Flow::Stop = flow {
                 return self.stop_reason.take().unwrap_or_else(|| "closed".into());
@@ -564,8 +590,45 @@ impl Connection {
         Some((self.last_sent + hb / 2).min(self.last_recv + hb * 2))
     }
 
+    /// Stop reading from the socket until the memory alarm clears (RabbitMQ blocks a
+    /// connection when it publishes during an alarm; its heartbeat monitor pauses meanwhile).
+    fn block(&mut self) {
+        self.blocked = true;
+        self.alarm.borrow_and_update();
+        if self.ctx.blocked_notify {
+            self.ctx.send_method(
+                0,
+                AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Blocked(
+                    amq_protocol::protocol::connection::Blocked {
+                        reason: "low on memory".into(),
+                    },
+                )),
+            );
+            self.sent_blocked = true;
+        }
+        info!(conn = self.ctx.id, "connection blocked: memory alarm");
+    }
+
+    fn unblock(&mut self) {
+        self.blocked = false;
+        self.last_recv = Instant::now();
+        if std::mem::take(&mut self.sent_blocked) {
+            self.ctx.send_method(
+                0,
+                AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Unblocked(
+                    amq_protocol::protocol::connection::Unblocked {},
+                )),
+            );
+        }
+        info!(conn = self.ctx.id, "connection unblocked");
+    }
+
     fn on_heartbeat_timer(&mut self, hb: Duration) -> Flow {
         let now = Instant::now();
+        if self.blocked {
+            // Not reading: the client's heartbeats wait in the socket.
+            self.last_recv = now;
+        }
         if now >= self.last_recv + hb * 2 {
             self.stop_reason = Some(format!(
                 "missed heartbeats from client, timeout: {}s",

@@ -121,6 +121,23 @@ impl Queued {
     }
 }
 
+impl State {
+    fn hold(&mut self, e: Entry) {
+        self.unacked_mem += entry_cost(&e);
+        self.unacked.insert(e.seq, e);
+    }
+
+    fn unhold(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.unacked.remove(&seq)?;
+        self.unacked_mem -= entry_cost(&e);
+        Some(e)
+    }
+}
+
+fn entry_cost(e: &Entry) -> u64 {
+    e.msg.body.len() as u64 + e.msg.properties.len() as u64 + ready::MEM_OVERHEAD
+}
+
 impl From<Entry> for Queued {
     fn from(e: Entry) -> Queued {
         Queued {
@@ -153,6 +170,8 @@ struct State {
     next_seq: u64,
     /// Delivered and not yet acked, by sequence number.
     unacked: HashMap<u64, Entry>,
+    /// Estimated memory of the unacked messages (see [`ready::MEM_OVERHEAD`]).
+    unacked_mem: u64,
     consumers: Vec<Arc<Consumer>>,
     /// Round-robin position among consumers.
     rr: usize,
@@ -217,6 +236,7 @@ impl Queue {
                 ready: Ready::new(args.max_priority),
                 next_seq: 0,
                 unacked: HashMap::new(),
+                unacked_mem: 0,
                 consumers: Vec::new(),
                 rr: 0,
                 had_consumers: false,
@@ -632,7 +652,7 @@ impl Queue {
             let size = delivery_size(&entry);
             c.backlog.events.fetch_add(size, Ordering::Relaxed);
             if !c.no_ack {
-                s.unacked.insert(entry.seq, entry.clone());
+                s.hold(entry.clone());
             }
             let d = Delivery {
                 consumer: c.clone(),
@@ -647,7 +667,7 @@ impl Queue {
                 c.backlog.events.fetch_sub(size, Ordering::Relaxed);
                 c.return_credit(1);
                 c.active.store(false, Ordering::Relaxed);
-                s.unacked.remove(&d.entry.seq);
+                s.unhold(d.entry.seq);
                 s.ready.insert(d.entry.into());
             }
         }
@@ -707,7 +727,7 @@ impl Queue {
                 self.forget(e);
             } else {
                 self.mark_delivered(e);
-                s.unacked.insert(e.seq, e.clone());
+                s.hold(e.clone());
             }
         }
         let left = s.ready.len() as u32;
@@ -719,7 +739,7 @@ impl Queue {
     pub fn ack(&self, seqs: &[u64]) {
         let mut s = self.state.lock();
         for seq in seqs {
-            if let Some(e) = s.unacked.remove(seq) {
+            if let Some(e) = s.unhold(*seq) {
                 self.forget(&e);
             }
         }
@@ -731,7 +751,7 @@ impl Queue {
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
         let mut s = self.state.lock();
         for seq in seqs {
-            if let Some(mut e) = s.unacked.remove(seq) {
+            if let Some(mut e) = s.unhold(*seq) {
                 e.redelivered = true;
                 e.delivery_count += 1;
                 if self.args.counts_deliveries
@@ -773,7 +793,7 @@ impl Queue {
     /// Put back a message that was dispatched (and recorded unacked) but never written: it
     /// keeps its redelivered flag, since the client never saw it.
     pub fn return_undelivered_unacked(self: &Arc<Self>, seq: u64) {
-        let e = self.state.lock().unacked.remove(&seq);
+        let e = self.state.lock().unhold(seq);
         if let Some(e) = e {
             self.return_undelivered(e);
         }
@@ -783,7 +803,7 @@ impl Queue {
     pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
         let mut s = self.state.lock();
         for seq in seqs {
-            if let Some(e) = s.unacked.remove(seq) {
+            if let Some(e) = s.unhold(*seq) {
                 s.dead.push((e.into(), Reason::Rejected));
             }
         }
@@ -807,6 +827,13 @@ impl Queue {
     /// Estimated memory held by the ready messages' contents (paged-out ones hold none).
     pub fn memory(&self) -> u64 {
         self.state.lock().ready.memory()
+    }
+
+    /// Estimated memory held by the messages of this queue, ready and unacked (the memory
+    /// alarm's measure).
+    pub fn memory_in_use(&self) -> u64 {
+        let s = self.state.lock();
+        s.ready.memory() + s.unacked_mem
     }
 
     /// Ready messages.
@@ -851,6 +878,7 @@ impl Queue {
         }
         let n = s.ready.clear() as u32;
         s.unacked.clear();
+        s.unacked_mem = 0;
         for c in &s.consumers {
             c.active.store(false, Ordering::Relaxed);
         }

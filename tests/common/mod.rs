@@ -166,6 +166,10 @@ impl Raw {
             "authentication_failure_close".into(),
             amq_protocol::types::AMQPValue::Boolean(true),
         );
+        caps.insert(
+            "connection.blocked".into(),
+            amq_protocol::types::AMQPValue::Boolean(true),
+        );
         let mut props = amq_protocol::types::FieldTable::default();
         props.insert(
             "capabilities".into(),
