@@ -148,8 +148,6 @@ def main():
         W = cols.get("warren", ([], []))
         R = cols.get("rabbitmq", ([], []))
         wr = cell(W[0])
-        if row == "r3" and W[0]:
-            wr += " ¹"
         line = f"| {title} | {wr} | {cell(R[0])} | {ratio(W[0], R[0])} | {cell(W[1])} | {cell(R[1])} | {ratio(W[1], R[1])} |"
         for b in extra:
             line += f" {cell(cols[b][0])} | {cell(cols[b][1])} |"
@@ -158,9 +156,6 @@ def main():
     w("msgs/s = messages consumed per second (row 5: published messages delivered to all 10 queues per second, "
       "i.e. deliveries/10); CPU = broker utime+stime over the whole warren-perf run / messages published. "
       "Median of the rounds (min–max).")
-    if by[("r3", "warren")]:
-        w()
-        w("¹ not comparable: Warren has no durability yet (no fsync; persistent messages stay in memory).")
     w()
 
     # latency
