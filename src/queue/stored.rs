@@ -1,0 +1,315 @@
+//! A queue's link to the message log: ready messages that may be paged out ([`Held`],
+//! [`Queued`]), reading them back, removal and delivery records, recovery, paging and
+//! compaction.
+
+use super::{Entry, Queue, State, now_ms};
+use crate::message::Message;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// A ready message's content: in memory, or paged out to its place in the message log.
+#[derive(Debug, Clone)]
+pub enum Held {
+    /// In memory (shared with the other queues it was routed to).
+    Mem(Arc<Message>),
+    /// Only its location in the log (read back when delivered).
+    Disk {
+        /// Location of its publish record.
+        loc: u64,
+        /// Body size.
+        size: u32,
+        /// `priority` property.
+        priority: u8,
+    },
+}
+
+impl Held {
+    /// Body size.
+    pub fn size(&self) -> u32 {
+        match self {
+            Held::Mem(m) => m.body.len() as u32,
+            Held::Disk { size, .. } => *size,
+        }
+    }
+
+    /// `priority` property.
+    pub fn priority(&self) -> u8 {
+        match self {
+            Held::Mem(m) => m.priority,
+            Held::Disk { priority, .. } => *priority,
+        }
+    }
+
+    /// Location in the message log, if stored.
+    pub fn store_id(&self) -> Option<u64> {
+        match self {
+            Held::Mem(m) => m.store_id,
+            Held::Disk { loc, .. } => Some(*loc),
+        }
+    }
+}
+
+/// A ready message: an [`Entry`] whose content may be paged out (40 bytes).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Position in the queue (enqueue order).
+    pub seq: u64,
+    /// When it expires (`u64::MAX`: never).
+    pub expires_at: u64,
+    /// Failed deliveries so far.
+    pub delivery_count: u32,
+    /// Delivered before.
+    pub redelivered: bool,
+    /// The message or its location.
+    pub held: Held,
+}
+
+impl Queued {
+    /// When it expires, if it does.
+    pub fn expiry(&self) -> Option<u64> {
+        (self.expires_at != u64::MAX).then_some(self.expires_at)
+    }
+}
+
+impl From<Entry> for Queued {
+    fn from(e: Entry) -> Queued {
+        Queued {
+            seq: e.seq,
+            expires_at: e.expires_at.unwrap_or(u64::MAX),
+            delivery_count: e.delivery_count,
+            redelivered: e.redelivered,
+            held: Held::Mem(e.msg),
+        }
+    }
+}
+
+impl Queue {
+    /// Record that a stored message left this queue for good.
+    pub fn forget(&self, e: &Entry) {
+        self.forget_id(e.msg.store_id);
+    }
+
+    pub(super) fn forget_id(&self, id: Option<u64>) {
+        if let (Some(log), Some(id)) = (&self.log, id) {
+            log.append(crate::store::log::remove_record(id, &self.name), None);
+        }
+    }
+
+    /// The message of a ready entry, read back from the log if it was paged out. A message
+    /// that cannot be read (its record damaged on disk) is logged and dropped.
+    pub(super) fn load(&self, q: Queued) -> Option<Entry> {
+        let expires_at = q.expiry();
+        let msg = match q.held {
+            Held::Mem(m) => m,
+            Held::Disk { loc, size, .. } => {
+                let read = match &self.log {
+                    Some(log) => log.read(loc, size),
+                    None => Err(std::io::Error::other("no message log")),
+                };
+                match read {
+                    Ok(m) => Arc::new(m),
+                    Err(e) => {
+                        tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
+                        self.forget_id(Some(loc));
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Entry {
+            seq: q.seq,
+            msg,
+            redelivered: q.redelivered,
+            expires_at,
+            delivery_count: q.delivery_count,
+        })
+    }
+
+    /// Page out past the memory budget (durable queues); a task retries while records are
+    /// still on their way to disk.
+    pub(super) fn page(self: &Arc<Self>, s: &mut State) {
+        let Some(log) = &self.log else { return };
+        if s.ready.memory() <= log.queue_memory || s.page_retry {
+            return;
+        }
+        if s.ready.page_out(log, log.queue_memory / 2)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            s.page_retry = true;
+            rt.spawn(page_task(Arc::downgrade(self)));
+        }
+    }
+
+    /// Record a stored message's first delivery (it comes back redelivered after a crash).
+    pub(super) fn mark_delivered(&self, e: &Entry) {
+        if !e.redelivered
+            && let (Some(log), Some(id)) = (&self.log, e.msg.store_id)
+        {
+            log.append(crate::store::log::delivered_record(id, &self.name), None);
+        }
+    }
+
+    /// Put back the messages recovered from the message log (in queue order), as index
+    /// entries: their bodies are read when delivered.
+    pub fn recover(self: &Arc<Self>, msgs: Vec<crate::store::log::RecoveredMsg>) {
+        let mut s = self.state.lock();
+        let now = now_ms();
+        let State {
+            next_seq,
+            moved_order,
+            ..
+        } = &mut *s;
+        // Same size as the recovered records: collected in place, no second copy.
+        let entries: Vec<Queued> = msgs
+            .into_iter()
+            .map(|m| {
+                let seq = *next_seq;
+                *next_seq += 1;
+                if m.order != m.loc {
+                    moved_order.insert(seq, m.order);
+                }
+                let expiration = (m.expiration != u64::MAX).then_some(m.expiration);
+                Queued {
+                    seq,
+                    expires_at: self
+                        .ttl(expiration)
+                        .map_or(u64::MAX, |t| now.saturating_add(t)),
+                    delivery_count: m.count,
+                    redelivered: m.delivered,
+                    held: Held::Disk {
+                        loc: m.loc,
+                        size: m.size,
+                        priority: m.priority,
+                    },
+                }
+            })
+            .collect();
+        s.ready.extend(entries);
+        self.finish(s);
+    }
+
+    /// Compaction: move this queue's messages whose publish record is in segment `seg` to the
+    /// head of the log (one record each, superseding the old one), keeping their queue order,
+    /// delivered flag and delivery count, so the old segment can be deleted. Returns how many
+    /// moved. Bodies are read without the lock; each move is checked and written under it, so
+    /// a message acked meanwhile is not resurrected.
+    pub fn compact(self: &Arc<Self>, seg: u64) -> usize {
+        use crate::store::log::segment_of;
+        let Some(log) = &self.log else { return 0 };
+        let mut found: Vec<Candidate> = Vec::new();
+        {
+            let mut s = self.state.lock();
+            let State {
+                ready,
+                unacked,
+                moved_order,
+                ..
+            } = &mut *s;
+            moved_order.retain(|seq, _| unacked.contains_key(seq) || ready.contains(*seq));
+            let order = |seq: u64, loc: u64| moved_order.get(&seq).copied().unwrap_or(loc);
+            for e in ready.iter() {
+                if let Some(loc) = e.held.store_id().filter(|l| segment_of(*l) == seg) {
+                    found.push(Candidate {
+                        seq: e.seq,
+                        priority: e.held.priority(),
+                        loc,
+                        order: order(e.seq, loc),
+                        mem: match &e.held {
+                            Held::Mem(m) => Some(m.clone()),
+                            Held::Disk { .. } => None,
+                        },
+                        size: e.held.size(),
+                    });
+                }
+            }
+            for e in unacked.values() {
+                if let Some(loc) = e.msg.store_id.filter(|l| segment_of(*l) == seg) {
+                    found.push(Candidate {
+                        seq: e.seq,
+                        priority: e.msg.priority,
+                        loc,
+                        order: order(e.seq, loc),
+                        mem: Some(e.msg.clone()),
+                        size: 0,
+                    });
+                }
+            }
+        }
+        let mut moved = 0;
+        for chunk in found.chunks(256) {
+            let loaded: Vec<_> = chunk
+                .iter()
+                .filter_map(|c| {
+                    let msg = match &c.mem {
+                        Some(m) => m.clone(),
+                        None => Arc::new(log.read(c.loc, c.size).ok()?),
+                    };
+                    Some((c.seq, c.priority, c.loc, c.order, msg))
+                })
+                .collect();
+            let mut s = self.state.lock();
+            if self.is_deleted() {
+                return moved;
+            }
+            for (seq, prio, loc, order, msg) in loaded {
+                let state = match s.ready.get_mut(seq, prio) {
+                    Some(e) if e.held.store_id() == Some(loc) => {
+                        Some((e.redelivered, e.delivery_count))
+                    }
+                    _ => s
+                        .unacked
+                        .get(&seq)
+                        .filter(|e| e.msg.store_id == Some(loc))
+                        .map(|e| (true, e.delivery_count)),
+                };
+                let Some((delivered, count)) = state else {
+                    continue;
+                };
+                let rec = crate::store::log::publish_record(
+                    order,
+                    loc,
+                    &[(&self.name, delivered, count)],
+                    &msg,
+                );
+                let mut m = (*msg).clone();
+                m.store_id = Some(log.append(rec, None));
+                let m = Arc::new(m);
+                if !s.ready.replace(seq, prio, Held::Mem(m.clone()))
+                    && let Some(e) = s.unacked.get_mut(&seq)
+                {
+                    e.msg = m;
+                }
+                s.moved_order.insert(seq, order);
+                moved += 1;
+            }
+        }
+        moved
+    }
+}
+
+/// A message compaction may move (see [`Queue::compact`]).
+struct Candidate {
+    seq: u64,
+    priority: u8,
+    loc: u64,
+    order: u64,
+    mem: Option<Arc<Message>>,
+    size: u32,
+}
+
+/// Retries paging out while a queue's newest records are on their way to disk.
+async fn page_task(queue: Weak<Queue>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let Some(q) = queue.upgrade() else { return };
+        let Some(log) = &q.log else { return };
+        let mut s = q.state.lock();
+        if q.is_deleted()
+            || s.ready.memory() <= log.queue_memory
+            || !s.ready.page_out(log, log.queue_memory / 2)
+        {
+            s.page_retry = false;
+            return;
+        }
+    }
+}
