@@ -923,3 +923,42 @@ async fn random_operations_and_restarts_match_a_model() {
         "{disk} bytes on disk"
     );
 }
+
+/// The log's next segment is /dev/full: writing it fails (ENOSPC). Publishes whose records
+/// land there are nacked, never confirmed; the ones before were confirmed after their sync.
+#[tokio::test]
+async fn a_failed_write_is_nacked_never_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.segment_bytes = 64 * 1024;
+    let b = start_with(cfg).await;
+    let msgs = warren::store::vhost_dir(dir.path(), "/").join("msgs");
+    std::os::unix::fs::symlink("/dev/full", msgs.join("000000000002.seg")).unwrap();
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "full", FieldTable::default()).await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..8 {
+        let confirm = ch
+            .basic_publish(
+                ss(""),
+                ss("full"),
+                BasicPublishOptions::default(),
+                &[5u8; 16 * 1024],
+                persistent(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        outcomes.push(confirm.is_ack());
+    }
+    // 64 KiB segments: three 16 KiB records fit in segment 1, the fourth starts segment 2.
+    assert_eq!(
+        outcomes,
+        vec![true, true, true, false, false, false, false, false]
+    );
+    assert_still_serving(&b).await;
+}

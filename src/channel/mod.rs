@@ -134,9 +134,19 @@ impl Channel {
         self.tx = None;
     }
 
-    /// The message log synced the record of publish `seq`.
-    pub fn synced(&mut self, ctx: &mut ConnCtx, seq: u64) {
-        if self.unsynced.remove(&seq) && !ctx.confirms_dirty.contains(&self.id) {
+    /// The message log synced the record of publish `seq` (`ok`), or could not write it: then
+    /// the publish is nacked.
+    pub fn synced(&mut self, ctx: &mut ConnCtx, seq: u64, ok: bool) {
+        if !self.unsynced.remove(&seq) {
+            return;
+        }
+        if !ok {
+            let pos = self.nacks.partition_point(|n| *n < seq);
+            if self.nacks.get(pos) != Some(&seq) {
+                self.nacks.insert(pos, seq);
+            }
+        }
+        if !ctx.confirms_dirty.contains(&self.id) {
             ctx.confirms_dirty.push(self.id);
         }
     }
@@ -513,7 +523,8 @@ impl Channel {
         let accepted = self.publish(ctx, p, properties, body)?;
         if !accepted && let Some(seq) = self.confirm_seq {
             // Refused by a queue (x-overflow reject-publish): confirmed with basic.nack.
-            self.nacks.push(seq);
+            let pos = self.nacks.partition_point(|n| *n < seq);
+            self.nacks.insert(pos, seq);
         }
         Ok(())
     }

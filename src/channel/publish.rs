@@ -241,8 +241,8 @@ impl Channel {
         let synced: Option<crate::store::log::Done> = self.confirm_seq.map(|seq| {
             let events = ctx.events.clone();
             let channel = self.id;
-            Box::new(move || {
-                let _ = events.send(crate::queue::consumer::ConnEvent::Synced { channel, seq });
+            Box::new(move |ok| {
+                let _ = events.send(crate::queue::consumer::ConnEvent::Synced { channel, seq, ok });
             }) as crate::store::log::Done
         });
         let (accepted, waits) = ctx.vhost.publish_to(&queues, msg, synced);

@@ -570,9 +570,9 @@ impl Connection {
                     ch.server_cancel(&mut self.ctx, &tag);
                 }
             }
-            ConnEvent::Synced { channel, seq } => {
+            ConnEvent::Synced { channel, seq, ok } => {
                 if let Some(ch) = self.channels.get_mut(&channel) {
-                    ch.synced(&mut self.ctx, seq);
+                    ch.synced(&mut self.ctx, seq, ok);
                 }
             }
             ConnEvent::Drained => {

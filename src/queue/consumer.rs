@@ -25,12 +25,14 @@ pub enum ConnEvent {
     },
     /// The connection's backlog drained: queues may deliver again.
     Drained,
-    /// The message log synced a publish (confirm it now).
+    /// The message log synced a publish (confirm it now), or failed to write it (nack it).
     Synced {
         /// Channel of the publish.
         channel: u16,
         /// Its confirm sequence number.
         seq: u64,
+        /// False if the log could not write it: nack instead.
+        ok: bool,
     },
 }
 

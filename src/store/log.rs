@@ -62,8 +62,9 @@ pub enum SyncPolicy {
     Never,
 }
 
-/// Called once the records it was attached to are durable (per the policy).
-pub type Done = Box<dyn FnOnce() + Send>;
+/// Called once the records it was attached to are durable (per the policy) with `true`, or
+/// with `false` if they could not be written (the publish must be nacked, never confirmed).
+pub type Done = Box<dyn FnOnce(bool) + Send>;
 
 enum Cmd {
     /// A record and the location reserved for it.
@@ -548,6 +549,7 @@ pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Resu
         segments: segs,
         compact: compact_tx,
         compact_asked: None,
+        failed: false,
     };
     std::thread::Builder::new()
         .name("warren-store".into())
@@ -613,7 +615,7 @@ impl Log {
             p.tx.send(Cmd::Append(record, done, loc))
         {
             drop(p);
-            d();
+            d(false);
         }
         loc
     }
@@ -689,7 +691,7 @@ impl Log {
             .place
             .lock()
             .tx
-            .send(cmd(Box::new(move || {
+            .send(cmd(Box::new(move |_| {
                 let _ = tx.send(());
             })))
             .is_ok();
@@ -715,9 +717,19 @@ struct Writer {
     segments: VecDeque<u64>,
     compact: tokio::sync::mpsc::UnboundedSender<u64>,
     compact_asked: Option<(u64, Instant)>,
+    /// A write or sync failed (disk full, I/O error): nothing more is written, and every
+    /// publish waiting for durability from now on is nacked.
+    failed: bool,
 }
 
 impl Writer {
+    fn fail(&mut self, what: &str, e: io::Error) {
+        if !self.failed {
+            tracing::error!(error = %e, "message store {what} failed: persistent publishes are nacked from now on");
+        }
+        self.failed = true;
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut last_sync = Instant::now();
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
@@ -791,7 +803,7 @@ impl Writer {
             let asked = !barrier.is_empty() || close.is_some();
             if sync_now || (asked && dirty && self.policy != SyncPolicy::Never) {
                 if let Err(e) = self.file.sync_data() {
-                    tracing::error!(error = %e, "message store fdatasync failed");
+                    self.fail("fdatasync", e);
                 }
                 last_sync = Instant::now();
                 dirty = false;
@@ -807,28 +819,32 @@ impl Writer {
             // Confirm policy: callbacks only after the sync; the others: at once.
             if self.policy != SyncPolicy::Confirm || !dirty {
                 for d in waiting.drain(..) {
-                    d();
+                    d(!self.failed);
                 }
             }
             for d in barrier {
-                d();
+                d(true);
             }
             if let Some(d) = close {
                 for d in waiting.drain(..) {
-                    d();
+                    d(!self.failed);
                 }
-                d();
+                d(true);
                 return;
             }
         }
     }
 
     fn flush(&mut self, buf: &mut Vec<u8>) {
-        if buf.is_empty() {
+        if buf.is_empty() || self.failed {
+            buf.clear();
             return;
         }
         if let Err(e) = self.file.write_all(buf) {
-            tracing::error!(error = %e, "message store write failed");
+            // What follows would land at the wrong offsets: stop writing altogether.
+            self.fail("write", e);
+            buf.clear();
+            return;
         }
         self.size += buf.len() as u64;
         buf.clear();
@@ -879,7 +895,7 @@ impl Writer {
                 self.size = 0;
                 self.segments.push_back(seg);
             }
-            Err(e) => tracing::error!(error = %e, "cannot start a new segment"),
+            Err(e) => self.fail("opening a new segment", e),
         }
     }
 
