@@ -962,3 +962,66 @@ async fn a_failed_write_is_nacked_never_confirmed() {
     );
     assert_still_serving(&b).await;
 }
+
+/// BCC routing keys are kept in the record: a message read back from the log (here after a
+/// restart) is still dead-lettered with them, as RabbitMQ does.
+#[tokio::test]
+async fn bcc_keys_survive_in_the_log_for_dead_lettering() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(disk_config(dir.path())).await;
+    let (_c, ch) = channel(&b).await;
+    ch.exchange_declare(
+        ss("dlx"),
+        lapin::ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    declare(&ch, "src", table(&[("x-dead-letter-exchange", s("dlx"))])).await;
+    declare(&ch, "by-bcc", FieldTable::default()).await;
+    ch.queue_bind(
+        ss("by-bcc"),
+        ss("dlx"),
+        ss("hidden-key"),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let headers = table(&[("BCC", AMQPValue::FieldArray(vec![s("hidden-key")].into()))]);
+    ch.basic_publish(
+        ss(""),
+        ss("src"),
+        BasicPublishOptions::default(),
+        b"secret",
+        persistent().with_headers(headers),
+    )
+    .await
+    .unwrap();
+    drop((_c, ch));
+    let b = restart(b, dir.path()).await;
+    let (_c, ch) = channel(&b).await;
+    let m = ch
+        .basic_get(ss("src"), BasicGetOptions::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        m.delivery
+            .properties
+            .headers()
+            .as_ref()
+            .is_none_or(|h| !h.inner().contains_key("BCC"))
+    );
+    m.delivery
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let v = b.state().vhost("/").unwrap();
+    let q = v.queue("by-bcc").unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { q.message_count() == 1 }).await);
+}

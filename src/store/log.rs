@@ -15,7 +15,9 @@
 //!   the location this record supersedes for the listed queues: a compaction move),
 //!   `queues (u16 count; each shortstr name, u8 delivered, u32 delivery count)`,
 //!   `exchange shortstr, routing key shortstr, properties (u32 len + bytes),
-//!   body (u32 len + bytes)` — one record per message however many durable queues it went to;
+//!   body (u32 len + bytes)`, then, if the message had BCC routing keys, `u8 count` and a
+//!   shortstr each (dead-lettering routes with them) — one record per message however many
+//!   durable queues it went to;
 //! - 2 remove: `loc u64, queue shortstr` (acked, dropped, dead-lettered away, purged);
 //! - 3 delivered: `loc u64, queue shortstr` (first delivery: comes back redelivered);
 //! - 4 delivery count: `loc u64, queue shortstr, count u32`;
@@ -190,6 +192,13 @@ pub fn publish_record(order: u64, from: u64, queues: &[QueueState<'_>], msg: &Me
     p.put_slice(&msg.properties);
     p.put_u32(msg.body.len() as u32);
     p.put_slice(&msg.body);
+    if !msg.bcc.is_empty() {
+        let keys = &msg.bcc[..msg.bcc.len().min(255)];
+        p.put_u8(keys.len() as u8);
+        for k in keys {
+            put_str(&mut p, k);
+        }
+    }
     frame(p)
 }
 
@@ -234,6 +243,7 @@ struct Publish {
     routing_key: Bytes,
     properties: Bytes,
     body: Bytes,
+    bcc: Vec<Bytes>,
 }
 
 enum Record {
@@ -287,14 +297,25 @@ fn decode(mut p: Bytes) -> Option<Record> {
                 }
                 queues.push((name, p.get_u8() != 0, p.get_u32()));
             }
+            let exchange = get_str(&mut p)?;
+            let routing_key = get_str(&mut p)?;
+            let properties = get_blob(&mut p)?;
+            let body = get_blob(&mut p)?;
+            let mut bcc = Vec::new();
+            if !p.is_empty() {
+                for _ in 0..p.get_u8() {
+                    bcc.push(get_str(&mut p)?);
+                }
+            }
             Record::Publish(Publish {
                 order: loc,
                 from,
                 queues,
-                exchange: get_str(&mut p)?,
-                routing_key: get_str(&mut p)?,
-                properties: get_blob(&mut p)?,
-                body: get_blob(&mut p)?,
+                exchange,
+                routing_key,
+                properties,
+                body,
+                bcc,
             })
         }
         2 => Record::Remove(loc, get_str(&mut p)?),
@@ -656,13 +677,12 @@ impl Log {
             return Err(damaged(loc, "checksum mismatch"));
         }
         match decode(payload) {
-            Some(Record::Publish(p)) => Ok(Message::recovered(
-                loc,
-                p.exchange,
-                p.routing_key,
-                p.properties,
-                p.body,
-            )),
+            Some(Record::Publish(p)) => {
+                let mut m =
+                    Message::recovered(loc, p.exchange, p.routing_key, p.properties, p.body);
+                m.bcc = p.bcc;
+                Ok(m)
+            }
             _ => Err(damaged(loc, "not a publish record")),
         }
     }
