@@ -782,7 +782,16 @@ async fn random_operations_and_restarts_match_a_model() {
             declare(&ch, n, FieldTable::default()).await;
         }
     }
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    // By hand: MODEL_SEED=N explores other sequences, MODEL_ROUNDS=N runs longer.
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let mut rng =
+        0x9e37_79b9_7f4a_7c15u64 ^ env("MODEL_SEED", 0).wrapping_mul(0x2545_f491_4f6c_dd1d);
+    let rounds = env("MODEL_ROUNDS", 8);
     let mut next = move |n: u64| {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -799,7 +808,7 @@ async fn random_operations_and_restarts_match_a_model() {
     let mut live: Vec<BTreeSet<u64>> = vec![BTreeSet::new(); names.len()];
     let mut held: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); names.len()];
     let mut id = 0u64;
-    for round in 0..8 {
+    for round in 0..rounds {
         // Odd rounds mostly drain, leaving a few held messages in old segments (compaction).
         let draining = round % 2 == 1;
         let v = b.state().vhost("/").unwrap();
