@@ -799,7 +799,7 @@ async fn random_operations_and_restarts_match_a_model() {
         rng % n
     };
     let body = |id: u64, len: usize| {
-        let mut v = vec![(id % 251) as u8; len.max(8)];
+        let mut v = vec![(id % 251) as u8; len.max(9)]; // the id, then at least one check byte
         v[..8].copy_from_slice(&id.to_be_bytes());
         v
     };
