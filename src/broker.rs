@@ -26,9 +26,16 @@ pub struct BrokerState {
     /// The memory alarm: true while messages in memory exceed `memory.high_watermark`.
     pub memory_alarm: tokio::sync::watch::Sender<bool>,
     next_connection_id: AtomicU64,
+    /// Open connections (handshake done or not).
+    pub(crate) open_connections: AtomicU64,
 }
 
 impl BrokerState {
+    /// Open connections.
+    pub fn connections(&self) -> u64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
     /// A fresh id for a connection (used in logs and for exclusive ownership).
     pub fn next_connection_id(&self) -> u64 {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed) + 1
@@ -44,6 +51,7 @@ impl BrokerState {
 pub struct Broker {
     state: Arc<BrokerState>,
     local_addr: SocketAddr,
+    management_addr: Option<SocketAddr>,
     tracker: TaskTracker,
 }
 
@@ -82,6 +90,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             memory_alarm: tokio::sync::watch::Sender::new(false),
             next_connection_id: AtomicU64::new(0),
+            open_connections: AtomicU64::new(0),
         });
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();
@@ -89,10 +98,26 @@ impl Broker {
             tracker.spawn(memory_monitor(state.clone(), limit));
         }
         tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
+        let mut management_addr = None;
+        if state.config.management.enabled {
+            let m = &state.config.management;
+            let addr = SocketAddr::new(
+                m.bind
+                    .parse()
+                    .map_err(|_| io::Error::other("bad management bind address"))?,
+                m.port,
+            );
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            info!(address = %addr, "management API listening on http://{addr}/api/");
+            management_addr = Some(addr);
+            tracker.spawn(crate::management::serve(listener, state.clone()));
+        }
         info!(address = %local_addr, "listening for AMQP 0-9-1 connections on {local_addr}");
         Ok(Broker {
             state,
             local_addr,
+            management_addr,
             tracker,
         })
     }
@@ -100,6 +125,11 @@ impl Broker {
     /// The address the AMQP listener is bound to (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the management HTTP API, when enabled.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// Shared state, for tests and management.
@@ -185,7 +215,12 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
             Ok((socket, peer)) => {
                 backoff = Duration::from_millis(5);
                 let _ = socket.set_nodelay(true);
-                tracker.spawn(connection::serve(socket, peer, state.clone()));
+                let state = state.clone();
+                tracker.spawn(async move {
+                    state.open_connections.fetch_add(1, Ordering::Relaxed);
+                    connection::serve(socket, peer, state.clone()).await;
+                    state.open_connections.fetch_sub(1, Ordering::Relaxed);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning (mini-redis does the same).

@@ -39,6 +39,30 @@ pub struct Config {
     pub storage: Storage,
     /// The memory alarm.
     pub memory: Memory,
+    /// The management HTTP API.
+    pub management: Management,
+}
+
+/// The management HTTP API (RabbitMQ's `rabbitmq_management` JSON, a subset).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Management {
+    /// Serve it (off by default, as the plugin is in RabbitMQ).
+    pub enabled: bool,
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 15672; 0 for any free port).
+    pub port: u16,
+}
+
+impl Default for Management {
+    fn default() -> Self {
+        Management {
+            enabled: false,
+            bind: "0.0.0.0".into(),
+            port: 15672,
+        }
+    }
 }
 
 /// The memory alarm (RabbitMQ's `vm_memory_high_watermark`): while the memory held by queued
@@ -205,6 +229,7 @@ impl Default for Config {
             handshake_timeout: 10,
             storage: Storage::default(),
             memory: Memory::default(),
+            management: Management::default(),
         }
     }
 }
@@ -266,6 +291,12 @@ impl Config {
             return Err(format!(
                 "memory.high_watermark: {} must be above 0 and at most 1",
                 self.memory.high_watermark
+            ));
+        }
+        if self.management.bind.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "management.bind: '{}' is not an IP address",
+                self.management.bind
             ));
         }
         if self.vhosts.is_empty() {

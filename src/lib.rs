@@ -10,6 +10,7 @@ pub mod channel;
 pub mod config;
 pub mod connection;
 pub mod exchange;
+pub mod management;
 pub mod message;
 pub mod protocol;
 pub mod queue;

@@ -25,6 +25,10 @@ struct Cli {
     /// Log filter, e.g. info or debug (overrides log_level).
     #[arg(long, env = "WARREN_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Serve the management HTTP API on this port, 0 for any free port (sets
+    /// management.enabled and management.port).
+    #[arg(long, env = "WARREN_MANAGEMENT_PORT")]
+    management_port: Option<u16>,
     /// Keep nothing on disk (storage.mode = "memory").
     #[arg(long, env = "WARREN_IN_MEMORY")]
     in_memory: bool,
@@ -56,6 +60,10 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if cli.in_memory {
         config.storage.mode = warren::config::StorageMode::Memory;
+    }
+    if let Some(p) = cli.management_port {
+        config.management.enabled = true;
+        config.management.port = p;
     }
     config.validate()?;
     Ok(config)

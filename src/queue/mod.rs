@@ -561,6 +561,17 @@ impl Queue {
         s.ready.memory() + s.unacked_mem
     }
 
+    /// (ready, unacked, consumers, memory in use), under one lock (management API).
+    pub fn stats(&self) -> (u32, u32, u32, u64) {
+        let s = self.state.lock();
+        (
+            s.ready.len() as u32,
+            s.unacked.len() as u32,
+            s.consumers.len() as u32,
+            s.ready.memory() + s.unacked_mem,
+        )
+    }
+
     /// Ready messages.
     pub fn message_count(&self) -> u32 {
         self.state.lock().ready.len() as u32
