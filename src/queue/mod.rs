@@ -252,7 +252,7 @@ impl Queue {
             self.dispatch_locked(&mut s);
         }
         // What no consumer took at once and is due now (TTL 0) goes now.
-        self.expire_head(&mut s, now_ms() + 1);
+        self.expire_head(&mut s, 1);
         self.drop_over_limit(&mut s);
         self.page(&mut s);
         self.finish(s);
@@ -313,15 +313,18 @@ impl Queue {
     /// A message is expired once its deadline has passed (`deadline < now`): a TTL of 0 still
     /// lets a waiting consumer take it on publish, as in RabbitMQ; `publish` then expires what
     /// is left at its deadline.
-    fn expire_head(&self, s: &mut State, now: u64) -> bool {
+    /// The clock is read only if the head has a deadline (`slack` ms are added to it).
+    fn expire_head(&self, s: &mut State, slack: u64) -> bool {
+        let mut now = None;
         for _ in 0..EXPIRE_BATCH {
-            match s.ready.front() {
-                Some(e) if e.expires_at < now => {
-                    if let Some(e) = s.ready.pop() {
-                        s.dead.push((e, Reason::Expired));
-                    }
-                }
-                _ => return false,
+            let Some(at) = s.ready.front().and_then(Queued::expiry) else {
+                return false;
+            };
+            if at >= *now.get_or_insert_with(|| now_ms() + slack) {
+                return false;
+            }
+            if let Some(e) = s.ready.pop() {
+                s.dead.push((e, Reason::Expired));
             }
         }
         true
@@ -356,9 +359,8 @@ impl Queue {
     }
 
     fn dispatch_locked(self: &Arc<Self>, s: &mut State) {
-        let now = now_ms();
         while !s.ready.is_empty() && !s.consumers.is_empty() {
-            self.expire_head(s, now);
+            self.expire_head(s, 0);
             let Some(i) = pick_consumer(s, self.args.single_active_consumer) else {
                 break;
             };
@@ -440,7 +442,7 @@ impl Queue {
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
         let mut s = self.state.lock();
         s.last_used = Some(Instant::now());
-        self.expire_head(&mut s, now_ms());
+        self.expire_head(&mut s, 0);
         let mut got = None;
         while got.is_none()
             && let Some(q) = s.ready.pop()
@@ -639,7 +641,7 @@ async fn expiry_task(queue: Weak<Queue>) {
         }
         let (more, next, dead) = {
             let mut s = q.state.lock();
-            let more = q.expire_head(&mut s, now_ms() + 1);
+            let more = q.expire_head(&mut s, 1);
             if !s.consumers.is_empty() {
                 q.dispatch_locked(&mut s);
             }
