@@ -183,7 +183,7 @@ async fn memory_monitor(state: Arc<BrokerState>, limit: u64) {
             .iter()
             .map(|v| {
                 let queues: Vec<_> = v.queues.iter().map(|q| q.clone()).collect();
-                queues.iter().map(|q| q.memory_in_use()).sum::<u64>()
+                queues.iter().map(|q| q.stats().3).sum::<u64>()
             })
             .sum();
         let on = used > limit;

@@ -27,7 +27,16 @@ pub struct Message {
     pub bcc: Vec<Bytes>,
 }
 
+/// Estimated memory of a message held in memory beyond its body and properties (the
+/// `Message`, its `Arc`, buffers).
+pub const MEM_OVERHEAD: u64 = 256;
+
 impl Message {
+    /// Estimated memory this message holds (paging budget, memory alarm).
+    pub fn memory_cost(&self) -> u64 {
+        self.body.len() as u64 + self.properties.len() as u64 + MEM_OVERHEAD
+    }
+
     /// A message read back from the message log (`id`: its location).
     pub fn recovered(
         id: u64,

@@ -62,19 +62,15 @@ pub struct Entry {
 
 impl State {
     fn hold(&mut self, e: Entry) {
-        self.unacked_mem += entry_cost(&e);
+        self.unacked_mem += e.msg.memory_cost();
         self.unacked.insert(e.seq, e);
     }
 
     fn unhold(&mut self, seq: u64) -> Option<Entry> {
         let e = self.unacked.remove(&seq)?;
-        self.unacked_mem -= entry_cost(&e);
+        self.unacked_mem -= e.msg.memory_cost();
         Some(e)
     }
-}
-
-fn entry_cost(e: &Entry) -> u64 {
-    e.msg.body.len() as u64 + e.msg.properties.len() as u64 + ready::MEM_OVERHEAD
 }
 
 /// Milliseconds since the broker's clock started (monotonic).
@@ -97,7 +93,7 @@ struct State {
     next_seq: u64,
     /// Delivered and not yet acked, by sequence number.
     unacked: HashMap<u64, Entry>,
-    /// Estimated memory of the unacked messages (see [`ready::MEM_OVERHEAD`]).
+    /// Estimated memory of the unacked messages ([`Message::memory_cost`]).
     unacked_mem: u64,
     consumers: Vec<Arc<Consumer>>,
     /// Round-robin position among consumers.
@@ -228,6 +224,13 @@ impl Queue {
         }
     }
 
+    /// The deadline of a message enqueued now with this `expiration` (`u64::MAX`: none); the
+    /// clock is read only if there is a TTL.
+    fn deadline(&self, expiration: Option<u64>, now: impl FnOnce() -> u64) -> u64 {
+        self.ttl(expiration)
+            .map_or(u64::MAX, |ttl| now().saturating_add(ttl))
+    }
+
     /// Append a message, deliver it if a consumer has credit, then apply expiry and length
     /// limits. Returns whether the queue took it (`reject-publish` refuses when full).
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Accepted {
@@ -262,9 +265,7 @@ impl Queue {
     fn entry(&self, s: &mut State, msg: Arc<Message>) -> Queued {
         let seq = s.next_seq;
         s.next_seq += 1;
-        let expires_at = self
-            .ttl(msg.expiration)
-            .map_or(u64::MAX, |ttl| now_ms().saturating_add(ttl));
+        let expires_at = self.deadline(msg.expiration, now_ms);
         Queued {
             seq,
             expires_at,
@@ -556,14 +557,8 @@ impl Queue {
         self.state.lock().ready.memory()
     }
 
-    /// Estimated memory held by the messages of this queue, ready and unacked (the memory
-    /// alarm's measure).
-    pub fn memory_in_use(&self) -> u64 {
-        let s = self.state.lock();
-        s.ready.memory() + s.unacked_mem
-    }
-
-    /// (ready, unacked, consumers, memory in use), under one lock (management API).
+    /// (ready, unacked, consumers, memory held by ready and unacked messages), under one lock
+    /// (management API, memory alarm).
     pub fn stats(&self) -> (u32, u32, u32, u64) {
         let s = self.state.lock();
         (

@@ -13,10 +13,6 @@ use super::{Held, Queued};
 use crate::store::log::Log;
 use std::collections::{BTreeMap, VecDeque};
 
-/// Estimated memory of a message held in memory beyond its body and properties (the shared
-/// `Message`, its `Arc`, buffers).
-pub const MEM_OVERHEAD: u64 = 256;
-
 #[derive(Default)]
 struct Fifo {
     q: VecDeque<Queued>,
@@ -47,7 +43,7 @@ pub struct Ready {
 
 fn mem_cost(e: &Queued) -> u64 {
     match &e.held {
-        Held::Mem(m) => m.body.len() as u64 + m.properties.len() as u64 + MEM_OVERHEAD,
+        Held::Mem(m) => m.memory_cost(),
         Held::Disk { .. } => 0,
     }
 }

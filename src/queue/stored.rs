@@ -171,9 +171,7 @@ impl Queue {
                 let expiration = (m.expiration != u64::MAX).then_some(m.expiration);
                 Queued {
                     seq,
-                    expires_at: self
-                        .ttl(expiration)
-                        .map_or(u64::MAX, |t| now.saturating_add(t)),
+                    expires_at: self.deadline(expiration, || now),
                     delivery_count: m.count,
                     redelivered: m.delivered,
                     held: Held::Disk {
