@@ -162,12 +162,21 @@ fn put_str(b: &mut BytesMut, s: &[u8]) {
     b.put_slice(s);
 }
 
-fn frame(payload: BytesMut) -> Bytes {
-    let mut out = BytesMut::with_capacity(payload.len() + 8);
-    out.put_u32(payload.len() as u32);
-    out.put_u32(crc32fast::hash(&payload));
-    out.put_slice(&payload);
-    out.freeze()
+/// A buffer for a record: 8 bytes for the header [`frame`] fills in, then the payload.
+fn record(capacity: usize) -> BytesMut {
+    let mut b = BytesMut::with_capacity(8 + capacity);
+    b.put_bytes(0, 8);
+    b
+}
+
+/// Fill in the header of a [`record`] (length, crc32 of the payload), in place: the body is
+/// copied once, into the record.
+fn frame(mut rec: BytesMut) -> Bytes {
+    let len = (rec.len() - 8) as u32;
+    let crc = crc32fast::hash(&rec[8..]);
+    rec[0..4].copy_from_slice(&len.to_be_bytes());
+    rec[4..8].copy_from_slice(&crc.to_be_bytes());
+    rec.freeze()
 }
 
 /// A queue's state in a publish record: name, delivered before, delivery count.
@@ -175,8 +184,7 @@ pub type QueueState<'a> = (&'a str, bool, u32);
 
 /// Encode a publish record (`order`/`from` 0 for a new message; see the module docs).
 pub fn publish_record(order: u64, from: u64, queues: &[QueueState<'_>], msg: &Message) -> Bytes {
-    let mut p =
-        BytesMut::with_capacity(64 + queues.len() * 16 + msg.properties.len() + msg.body.len());
+    let mut p = record(64 + queues.len() * 16 + msg.properties.len() + msg.body.len());
     p.put_u8(1);
     p.put_u64(order);
     p.put_u64(from);
@@ -203,7 +211,7 @@ pub fn publish_record(order: u64, from: u64, queues: &[QueueState<'_>], msg: &Me
 }
 
 fn small_record(ty: u8, loc: u64, queue: &str, count: Option<u32>) -> Bytes {
-    let mut p = BytesMut::with_capacity(16 + queue.len());
+    let mut p = record(16 + queue.len());
     p.put_u8(ty);
     if ty != 5 {
         p.put_u64(loc);
