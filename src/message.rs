@@ -27,6 +27,67 @@ pub struct Message {
     pub bcc: Vec<Bytes>,
 }
 
+/// The properties the broker acts on, read from raw content-header properties without
+/// decoding them all.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Peek<'a> {
+    /// `delivery_mode`.
+    pub delivery_mode: Option<u8>,
+    /// `priority` (0 if absent).
+    pub priority: u8,
+    /// `expiration`, raw.
+    pub expiration: Option<&'a [u8]>,
+}
+
+impl Peek<'_> {
+    /// `expiration` in ms, if present and numeric (validated at publish).
+    pub fn expiration(&self) -> Option<u64> {
+        std::str::from_utf8(self.expiration?).ok()?.parse().ok()
+    }
+}
+
+/// Walk the property flags up to `expiration` (the 8th property): content-type and
+/// content-encoding (shortstrs), headers (a table), delivery-mode, priority (octets),
+/// correlation-id and reply-to (shortstrs). Malformed or continued flags: all absent.
+pub fn peek_properties(raw: &[u8]) -> Peek<'_> {
+    /// Fills `peek` field by field; stops at the first one cut short.
+    fn go<'a>(raw: &'a [u8], peek: &mut Peek<'a>) -> Option<()> {
+        let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+        if flags & 1 != 0 {
+            return None; // a continuation flag word: not used by AMQP 0-9-1 basic
+        }
+        let mut pos = 2usize;
+        for bit in (8..=15).rev() {
+            if flags & (1 << bit) == 0 {
+                continue;
+            }
+            match bit {
+                13 => {
+                    let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?);
+                    pos += 4 + len as usize;
+                }
+                12 => {
+                    peek.delivery_mode = Some(*raw.get(pos)?);
+                    pos += 1;
+                }
+                11 => {
+                    peek.priority = *raw.get(pos)?;
+                    pos += 1;
+                }
+                8 => {
+                    let n = *raw.get(pos)? as usize;
+                    peek.expiration = Some(raw.get(pos + 1..pos + 1 + n)?);
+                }
+                _ => pos += 1 + *raw.get(pos)? as usize,
+            }
+        }
+        Some(())
+    }
+    let mut peek = Peek::default();
+    go(raw, &mut peek);
+    peek
+}
+
 /// Estimated memory of a message held in memory beyond its body and properties (the
 /// `Message`, its `Arc`, buffers).
 pub const MEM_OVERHEAD: u64 = 256;
@@ -45,7 +106,8 @@ impl Message {
         properties: Bytes,
         body: Bytes,
     ) -> Message {
-        let (priority, expiration) = crate::store::log::peek_properties(&properties);
+        let peek = peek_properties(&properties);
+        let (priority, expiration) = (peek.priority, peek.expiration());
         Message {
             exchange,
             routing_key,
@@ -57,5 +119,39 @@ impl Message {
             store_id: Some(id),
             bcc: Vec::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::BasicProperties;
+    use amq_protocol::types::{AMQPValue, FieldTable};
+
+    #[test]
+    fn peek_reads_what_the_full_parser_reads() {
+        let mut headers = FieldTable::default();
+        headers.insert("k".into(), AMQPValue::LongString("v".into()));
+        let props = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_content_encoding("gzip".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(7)
+            .with_correlation_id("c-1".into())
+            .with_reply_to("r".into())
+            .with_expiration("1500".into())
+            .with_message_id("m".into());
+        let raw = crate::protocol::codec::encode_properties(&props);
+        let peek = peek_properties(&raw);
+        assert_eq!(peek.delivery_mode, Some(2));
+        assert_eq!(peek.priority, 7);
+        assert_eq!(peek.expiration(), Some(1500));
+        let bare = crate::protocol::codec::encode_properties(&BasicProperties::default());
+        assert_eq!(peek_properties(&bare), Peek::default());
+        // Cut short after delivery-mode: what came before is still read.
+        let cut = &raw[..raw.len() - 12];
+        assert_eq!(peek_properties(cut).delivery_mode, Some(2));
+        assert_eq!(peek_properties(&[]), Peek::default());
     }
 }

@@ -74,32 +74,6 @@ pub fn parse_expiration(s: &str) -> Result<u64, AmqpError> {
     )))
 }
 
-/// `delivery_mode` from raw properties without decoding them all: it is the fourth property,
-/// after content-type and content-encoding (shortstrs) and headers (a table).
-pub fn delivery_mode(raw: &[u8]) -> Option<u8> {
-    if raw.len() < 2 {
-        return None;
-    }
-    let flags = u16::from_be_bytes([raw[0], raw[1]]);
-    if flags & (1 << 12) == 0 {
-        return None;
-    }
-    let mut pos = 2;
-    if flags & 1 != 0 {
-        return None; // a continuation flag word: not used by AMQP 0-9-1 basic
-    }
-    for bit in [15, 14] {
-        if flags & (1 << bit) != 0 {
-            pos += 1 + *raw.get(pos)? as usize;
-        }
-    }
-    if flags & (1 << 13) != 0 {
-        let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?) as usize;
-        pos += 4 + len;
-    }
-    raw.get(pos).copied()
-}
-
 /// CC/BCC routing keys from the headers: an array (non-string elements are ignored);
 /// anything else is RabbitMQ's 406 `invalid message`.
 fn header_routes<'a>(
@@ -205,7 +179,7 @@ impl Channel {
             None => None,
         };
         let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
-        let persistent = delivery_mode(&properties) == Some(2);
+        let persistent = crate::message::peek_properties(&properties).delivery_mode == Some(2);
         let msg = Message {
             exchange: p.exchange,
             routing_key: p.routing_key,

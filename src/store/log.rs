@@ -402,39 +402,6 @@ pub struct Options {
     pub segment_size: u64,
 }
 
-/// `(priority, expiration ms)` from raw content-header properties, without decoding them.
-pub fn peek_properties(raw: &[u8]) -> (u8, Option<u64>) {
-    fn go(raw: &[u8]) -> Option<(u8, Option<u64>)> {
-        let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
-        let mut pos = 2usize;
-        let mut priority = 0;
-        for bit in (8..=15).rev() {
-            if flags & (1 << bit) == 0 {
-                continue;
-            }
-            match bit {
-                13 => {
-                    let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?);
-                    pos += 4 + len as usize;
-                }
-                12 => pos += 1,
-                11 => {
-                    priority = *raw.get(pos)?;
-                    pos += 1;
-                }
-                8 => {
-                    let n = *raw.get(pos)? as usize;
-                    let s = std::str::from_utf8(raw.get(pos + 1..pos + 1 + n)?).ok()?;
-                    return Some((priority, s.parse().ok()));
-                }
-                _ => pos += 1 + *raw.get(pos)? as usize,
-            }
-        }
-        Some((priority, None))
-    }
-    go(raw).unwrap_or((0, None))
-}
-
 /// Replay the segments in `dir`, then start the writer thread. Messages of queues for which
 /// `known` is false (deleted, never durable) are dropped and count as dead.
 pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Result<Opened> {
@@ -476,7 +443,8 @@ pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Resu
             };
             match rec {
                 Record::Publish(p) => {
-                    let (priority, expiration) = peek_properties(&p.properties);
+                    let peek = crate::message::peek_properties(&p.properties);
+                    let (priority, expiration) = (peek.priority, peek.expiration());
                     acct.add(seg, p.queues.len() as u64, 0);
                     for (name, delivered, count) in p.queues {
                         let name = String::from_utf8_lossy(&name);
