@@ -197,16 +197,7 @@ async fn unacked_messages_come_back_redelivered_and_acked_ones_do_not() {
     let b = start_with(disk_config(dir.path())).await;
     {
         let (_c, ch) = channel(&b).await;
-        ch.queue_declare(
-            ss("work"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare(&ch, "work", FieldTable::default()).await;
         ch.confirm_select(Default::default()).await.unwrap();
         for i in 0..4 {
             ch.basic_publish(
@@ -253,16 +244,12 @@ async fn delivery_counts_survive_restart() {
     let b = start_with(disk_config(dir.path())).await;
     {
         let (_c, ch) = channel(&b).await;
-        ch.queue_declare(
-            ss("limited"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
+        declare(
+            &ch,
+            "limited",
             table(&[("x-delivery-limit", AMQPValue::LongInt(5))]),
         )
-        .await
-        .unwrap();
+        .await;
         ch.basic_publish(
             ss(""),
             ss("limited"),
@@ -313,16 +300,7 @@ async fn damaged_records_are_dropped_one_by_one() {
     let b = start_with(disk_config(dir.path())).await;
     {
         let (_c, ch) = channel(&b).await;
-        ch.queue_declare(
-            ss("q"),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare(&ch, "q", FieldTable::default()).await;
         ch.confirm_select(Default::default()).await.unwrap();
         for i in 0..5 {
             ch.basic_publish(
@@ -370,31 +348,12 @@ async fn acked_data_is_reclaimed_from_disk() {
     let b = start_with(disk_config(dir.path())).await;
     let v = b.state().vhost("/").unwrap();
     let (_c, ch) = channel(&b).await;
-    ch.queue_declare(
-        ss("big"),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare(&ch, "big", FieldTable::default()).await;
     let q = v.queue("big").unwrap();
     // 1 GiB in total through the log (in-process, 256 KiB messages), consumed as it goes.
     let body = bytes::Bytes::from(vec![7u8; 256 * 1024]);
     for _ in 0..4096 {
-        let msg = warren::message::Message {
-            exchange: bytes::Bytes::new(),
-            routing_key: bytes::Bytes::from_static(b"big"),
-            properties: bytes::Bytes::from_static(&[0x10, 0x00, 2]),
-            body: body.clone(),
-            priority: 0,
-            expiration: None,
-            persistent: true,
-            store_id: None,
-            bcc: Vec::new(),
-        };
+        let msg = stored_msg("big", body.clone());
         v.publish_to(std::slice::from_ref(&q), msg, None);
         let (e, _) = q.get(false).unwrap();
         q.ack(&[e.seq]);
@@ -410,7 +369,8 @@ async fn acked_data_is_reclaimed_from_disk() {
     );
 }
 
-fn stored_msg(key: &str, body: Vec<u8>) -> warren::message::Message {
+/// A persistent message (properties: delivery_mode 2) for `publish_to`.
+fn stored_msg(key: &str, body: impl Into<bytes::Bytes>) -> warren::message::Message {
     warren::message::Message {
         exchange: bytes::Bytes::new(),
         routing_key: bytes::Bytes::copy_from_slice(key.as_bytes()),
