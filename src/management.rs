@@ -236,7 +236,6 @@ async fn overview(State(state): State<Shared>, axum::Extension(user): Caller) ->
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
         },
-        "memory_alarm": *state.memory_alarm.borrow(),
     }))
     .into_response()
 }
