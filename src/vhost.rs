@@ -4,7 +4,7 @@
 
 use crate::args::{assert_equivalent, assert_flag, rs};
 use crate::exchange::{BindingDef, Destination, Exchange, ExchangeDef, ExchangeKind};
-use crate::protocol::AmqpError;
+use crate::protocol::{AmqpError, ReplyCode};
 use crate::queue::args::{EQUIVALENCE_KEYS, QueueArgs};
 use crate::queue::{Queue, QueueDef};
 use amq_protocol::types::FieldTable;
@@ -358,9 +358,15 @@ impl VHost {
         Ok(())
     }
 
-    /// `queue.unbind` / `exchange.unbind`: a missing binding is fine, as in RabbitMQ.
+    /// `queue.unbind` / `exchange.unbind`: idempotent, as in RabbitMQ 3.10.8 (observed): a
+    /// missing binding, source or destination answers unbind-ok. Only the default exchange
+    /// (403) and another connection's exclusive queue (405) are errors.
     pub fn unbind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
-        let x = self.binding_source(&b, conn)?;
+        let x = match self.binding_source(&b, conn) {
+            Ok(x) => x,
+            Err(e) if e.code == ReplyCode::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
         if x.unbind(&b) {
             self.maybe_auto_delete(&x);
             if x.def.durable {

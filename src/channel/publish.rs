@@ -32,6 +32,12 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
     {
         return Ok(None);
     }
+    // The headers table is bounded before amq-protocol's recursive parser sees it.
+    if crate::protocol::table::check_properties(raw).is_err() {
+        return Err(AmqpError::frame_error(
+            "cannot decode content header properties",
+        ));
+    }
     match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
         Ok((_, p)) => Ok(Some(p)),
         Err(_) => Err(AmqpError::frame_error(

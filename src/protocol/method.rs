@@ -123,6 +123,11 @@ pub fn decode(class_id: u16, method_id: u16, payload: &Bytes) -> Result<Method, 
             .map(Method::Publish)
             .ok_or_else(cannot_decode);
     }
+    // Nested tables are bounded before amq-protocol's recursive parser sees them; a table
+    // too deep to decode gets the reply of any undecodable method.
+    if super::table::check_method(class_id, method_id, &args).is_err() {
+        return Err(cannot_decode());
+    }
     match parse_class(&payload[..]) {
         Ok(([], m)) => {
             // basic.qos: amq-protocol drops prefetch_size; RabbitMQ refuses anything but 0.

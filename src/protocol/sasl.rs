@@ -38,6 +38,7 @@ fn parse_amqplain(response: &[u8]) -> Option<Credentials> {
     let mut buf = Vec::with_capacity(response.len() + 4);
     buf.extend_from_slice(&(response.len() as u32).to_be_bytes());
     buf.extend_from_slice(response);
+    super::table::check_container(&buf, 0, true).ok()?;
     let (_, table) = parse_field_table(&buf[..]).ok()?;
     let get = |k: &str| match table.inner().get(k)? {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),

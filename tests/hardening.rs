@@ -1,0 +1,142 @@
+//! Hostile input must never crash, stall or exhaust the broker: each test sends what once
+//! could, checks RabbitMQ's reply, then checks that the broker still serves a normal client.
+//!
+//! Every test runs on a multi-threaded runtime, so the broker's connection tasks run on
+//! tokio's worker threads with their default 2 MiB stacks (a test on the main thread's 8 MiB
+//! stack would hide a stack overflow).
+
+mod common;
+
+use common::*;
+use warren::protocol::table::MAX_TABLE_DEPTH;
+
+/// A field table (length first) nesting `depth` tables: `{a: {a: {...}}}`.
+fn nested_table(depth: usize) -> Vec<u8> {
+    let mut inner: Vec<u8> = Vec::new();
+    for _ in 1..depth {
+        inner = [&b"\x01aF"[..], &(inner.len() as u32).to_be_bytes(), &inner].concat();
+    }
+    [&(inner.len() as u32).to_be_bytes()[..], &inner].concat()
+}
+
+/// A queue.declare (name `q`, not durable) whose arguments are `args` (a table, length first).
+fn queue_declare_with(ch: u16, args: &[u8]) -> Vec<u8> {
+    let mut a = vec![0, 0];
+    a.extend_from_slice(&shortstr(b"q"));
+    a.push(0);
+    a.extend_from_slice(args);
+    raw_method(ch, 50, 10, &a)
+}
+
+/// The reproduction from the hardening issue: a 126 KB `connection.start-ok` whose client
+/// properties nest 18,000 tables, sent before authentication. It used to overflow a worker's
+/// stack and abort the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_ok_nesting_18000_tables_does_not_crash() {
+    let b = start().await;
+    let mut r = Raw::connect(&b).await;
+    r.send(b"AMQP\x00\x00\x09\x01").await;
+    r.expect_method(0, 10, 10).await;
+    let mut args = nested_table(18_000);
+    args.extend_from_slice(&shortstr(b"PLAIN"));
+    args.extend_from_slice(&12u32.to_be_bytes());
+    args.extend_from_slice(b"\0guest\0guest");
+    args.extend_from_slice(&shortstr(b"en_US"));
+    assert!(args.len() > 100_000);
+    r.send(&raw_method(0, 10, 11, &args)).await;
+    // Before tuning RabbitMQ closes the socket without a close frame.
+    r.expect_eof().await;
+    assert_still_serving(&b).await;
+}
+
+/// The same depth inside the 4 KiB a client may send before tuning: still refused, silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_ok_too_deep_within_the_pre_tune_frame_is_refused() {
+    let b = start().await;
+    let mut r = Raw::connect(&b).await;
+    r.send(b"AMQP\x00\x00\x09\x01").await;
+    r.expect_method(0, 10, 10).await;
+    let mut args = nested_table(MAX_TABLE_DEPTH + 1);
+    args.extend_from_slice(&shortstr(b"PLAIN"));
+    args.extend_from_slice(&12u32.to_be_bytes());
+    args.extend_from_slice(b"\0guest\0guest");
+    args.extend_from_slice(&shortstr(b"en_US"));
+    r.send(&raw_method(0, 10, 11, &args)).await;
+    r.expect_eof().await;
+    assert_still_serving(&b).await;
+}
+
+/// After login: method arguments nested 18,000 deep in one 128 KiB frame are an undecodable
+/// method (501, connection closed); 100 levels are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_method_arguments_are_a_frame_error() {
+    let b = start().await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.send(&queue_declare_with(1, &nested_table(MAX_TABLE_DEPTH)))
+        .await;
+    r.expect_method(1, 50, 11).await;
+    r.send(&queue_declare_with(1, &nested_table(18_000))).await;
+    let (code, text, class, method) = r.expect_connection_close().await;
+    assert_eq!((code, class, method), (501, 50, 10));
+    assert!(text.starts_with("FRAME_ERROR - cannot decode <<"), "{text}");
+    assert_still_serving(&b).await;
+}
+
+/// Message headers nested 18,000 deep: refused like undecodable properties, nothing queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_message_headers_are_refused() {
+    let b = start().await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.send(&queue_declare_with(1, &[0, 0, 0, 0])).await;
+    r.expect_method(1, 50, 11).await;
+    let mut publish = vec![0, 0];
+    publish.extend_from_slice(&shortstr(b""));
+    publish.extend_from_slice(&shortstr(b"q"));
+    publish.push(0);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&1u64.to_be_bytes());
+    header.extend_from_slice(&(1u16 << 13).to_be_bytes());
+    header.extend_from_slice(&nested_table(18_000));
+    let mut bytes = raw_method(1, 60, 40, &publish);
+    bytes.extend_from_slice(&raw_frame(2, 1, &header));
+    bytes.extend_from_slice(&raw_frame(3, 1, b"x"));
+    r.send(&bytes).await;
+    let (code, _text, _, _) = r.expect_connection_close().await;
+    assert_eq!(code, 501);
+    assert_still_serving(&b).await;
+    let c = lapin_connect(&b).await;
+    let ch = c.create_channel().await.unwrap();
+    let q = ch
+        .queue_declare(
+            "q".into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    // The raw connection's non-exclusive queue outlives it, empty.
+    assert_eq!(q.map(|q| q.message_count()).unwrap_or(0), 0);
+}
+
+/// AMQPLAIN's response is a field table too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_amqplain_response_is_refused() {
+    let b = start().await;
+    let mut r = Raw::connect(&b).await;
+    r.send(b"AMQP\x00\x00\x09\x01").await;
+    r.expect_method(0, 10, 10).await;
+    let table = nested_table(MAX_TABLE_DEPTH + 1);
+    let mut args = 0u32.to_be_bytes().to_vec(); // empty client properties
+    args.extend_from_slice(&shortstr(b"AMQPLAIN"));
+    // the response is the table without its length prefix
+    args.extend_from_slice(&((table.len() - 4) as u32).to_be_bytes());
+    args.extend_from_slice(&table[4..]);
+    args.extend_from_slice(&shortstr(b"en_US"));
+    r.send(&raw_method(0, 10, 11, &args)).await;
+    r.expect_eof().await;
+    assert_still_serving(&b).await;
+}
