@@ -96,7 +96,7 @@ stop_garagemq() { [ -n "$GPID" ] && kill -9 "$GPID" 2>/dev/null && wait "$GPID" 
 rmq_pid() {
   local p; p=$(cat /tmp/rmq-$RPORT/pid 2>/dev/null)
   if [ -z "$p" ] || ! grep -q beam "/proc/$p/comm" 2>/dev/null; then
-    p=$(ss -ltnpH "sport = :$RPORT" | grep -o 'beam.smp",pid=[0-9]*' | head -1 | grep -o '[0-9]*$')
+    p=$(ss -ltnpH "sport = :$RPORT" | grep -o 'beam.smp",pid=[0-9]*' | head -1 | grep -o '[0-9]*$' || true)
   fi
   echo "$p"
 }

@@ -44,7 +44,7 @@ class Broker:
             ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(10) or self.port is None:
+        if not ready.wait(30) or self.port is None:
             self.proc.kill()
             raise RuntimeError("warren did not start:\n" + "".join(self.lines))
 
