@@ -35,6 +35,11 @@ pub struct Config {
     pub cluster_name: String,
     /// Seconds a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
     pub handshake_timeout: u64,
+    /// Milliseconds a delivery may stay unacknowledged before its channel is closed with 406
+    /// and its messages requeued (RabbitMQ's `consumer_timeout`, default 30 minutes; 0: never).
+    /// Queues (`x-consumer-timeout`) and consumers (the same `basic.consume` argument) may set
+    /// their own.
+    pub consumer_timeout: u64,
     /// Durability.
     pub storage: Storage,
     /// The memory alarm.
@@ -227,6 +232,7 @@ impl Default for Config {
             log_level: "info".into(),
             cluster_name: "warren@localhost".into(),
             handshake_timeout: 10,
+            consumer_timeout: 1_800_000,
             storage: Storage::default(),
             memory: Memory::default(),
             management: Management::default(),

@@ -88,6 +88,23 @@ impl Channel {
                 ))
             })?,
         };
+        // RabbitMQ 3.12+: the consumer's argument, else the queue's, else the broker's.
+        let timeout = match m.arguments.inner().get("x-consumer-timeout") {
+            None => q
+                .args
+                .consumer_timeout
+                .unwrap_or(ctx.broker.config.consumer_timeout),
+            Some(v) => match as_int(v) {
+                Some(n) if n >= 0 => n as u64,
+                _ => {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "invalid arg 'x-consumer-timeout' for {}: {}",
+                        q.resource(),
+                        crate::args::format_value(v)
+                    )));
+                }
+            },
+        };
         let consumer = Arc::new(Consumer {
             tag: tag.clone(),
             channel: self.id,
@@ -101,6 +118,7 @@ impl Channel {
             backlog: ctx.backlog.clone(),
             events: ctx.events.clone(),
             active: AtomicBool::new(true),
+            timeout,
         });
         // consume-ok goes out before any delivery: deliveries reach the connection task as
         // events, which it handles after this frame.
@@ -220,11 +238,14 @@ impl Channel {
             // Settled on delivery: a stored message leaves the log now that it is written.
             d.queue.forget(&d.entry);
         } else {
+            let delivered = ctx.now();
+            ctx.watch_timeout(delivered, d.consumer.timeout);
             self.unacked.push_back(Unacked {
                 tag,
                 queue: d.queue,
                 seq: d.entry.seq,
                 consumer: Some(d.consumer),
+                delivered,
             });
         }
     }

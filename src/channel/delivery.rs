@@ -19,6 +19,19 @@ pub struct Unacked {
     pub seq: u64,
     /// The consumer it was delivered to (`None` for `basic.get`).
     pub consumer: Option<Arc<crate::queue::consumer::Consumer>>,
+    /// When it was delivered (the connection's clock of that loop turn).
+    pub delivered: tokio::time::Instant,
+}
+
+impl Unacked {
+    /// Its consumer timeout in ms (0: none): the consumer's, or for `basic.get` the queue's
+    /// or the broker's.
+    pub fn timeout(&self, broker_default: u64) -> u64 {
+        match &self.consumer {
+            Some(c) => c.timeout,
+            None => self.queue.args.consumer_timeout.unwrap_or(broker_default),
+        }
+    }
 }
 
 /// What to do with acknowledged messages.
@@ -45,11 +58,18 @@ impl Channel {
                 self.next_tag += 1;
                 let tag = self.next_tag;
                 if !m.no_ack {
+                    let delivered = ctx.now();
+                    let timeout = q
+                        .args
+                        .consumer_timeout
+                        .unwrap_or(ctx.broker.config.consumer_timeout);
+                    ctx.watch_timeout(delivered, timeout);
                     self.unacked.push_back(Unacked {
                         tag,
                         queue: q.clone(),
                         seq: entry.seq,
                         consumer: None,
+                        delivered,
                     });
                 }
                 let msg = &entry.msg;
@@ -92,6 +112,16 @@ impl Channel {
         };
         settle_all(taken, how);
         Ok(())
+    }
+
+    /// RabbitMQ's consumer timeout looks at the oldest unacked delivery only: its deadline,
+    /// and its timeout in ms, if it has one.
+    pub fn oldest_deadline(&self, broker_default: u64) -> Option<(tokio::time::Instant, u64)> {
+        let u = self.unacked.front()?;
+        match u.timeout(broker_default) {
+            0 => None,
+            t => Some((u.delivered + std::time::Duration::from_millis(t), t)),
+        }
     }
 
     /// Requeue everything unacked (channel or connection closed).

@@ -297,6 +297,8 @@ impl Handshake {
                 blocked_notify,
                 published: false,
                 confirms_dirty: Vec::new(),
+                clock: None,
+                timeout_check: None,
             },
             tune.heartbeat,
             channel_max,

@@ -63,9 +63,30 @@ pub struct ConnCtx {
     pub published: bool,
     /// Channels that owe publisher confirms at the end of this loop turn.
     pub confirms_dirty: Vec<u16>,
+    /// The clock of this loop turn, read at most once per turn ([`ConnCtx::now`]).
+    pub clock: Option<Instant>,
+    /// When to look for deliveries past their consumer timeout (the earliest deadline of a
+    /// delivery made since the last look; acks do not move it, a look finds the next one).
+    pub timeout_check: Option<Instant>,
 }
 
 impl ConnCtx {
+    /// The time of this loop turn: one clock read per turn, whatever the number of deliveries.
+    pub fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
+    }
+
+    /// A delivery made at `at` with a consumer timeout of `timeout_ms` (0: none).
+    pub fn watch_timeout(&mut self, at: Instant, timeout_ms: u64) {
+        if timeout_ms == 0 {
+            return;
+        }
+        let deadline = at + Duration::from_millis(timeout_ms);
+        if self.timeout_check.is_none_or(|t| deadline < t) {
+            self.timeout_check = Some(deadline);
+        }
+    }
+
     /// Queue a method frame.
     pub fn send_method(&mut self, channel: u16, method: AMQPClass) {
         put_method(&mut self.out, channel, method);
@@ -175,8 +196,13 @@ impl Connection {
         let hb = Duration::from_secs(self.heartbeat as u64);
         let mut shutdown_seen = false;
         loop {
+            self.ctx.clock = None;
             let hb_deadline = self.next_heartbeat_deadline(hb);
             let close_deadline = self.closing_since.map(|t| t + CLOSE_TIMEOUT);
+            let timeout_check = self
+                .ctx
+                .timeout_check
+                .filter(|_| self.closing_since.is_none());
             let reading = !self.blocked;
             let flow = tokio::select! {
                 frame = reader.next(), if reading => match frame {
@@ -229,6 +255,10 @@ impl Connection {
                 }
                 _ = sleep_until(hb_deadline.unwrap_or_else(far_future)), if hb_deadline.is_some() => {
                     self.on_heartbeat_timer(hb)
+                }
+                _ = sleep_until(timeout_check.unwrap_or_else(far_future)), if timeout_check.is_some() => {
+                    self.check_consumer_timeouts();
+                    Flow::Continue
                 }
                 _ = sleep_until(close_deadline.unwrap_or_else(far_future)), if close_deadline.is_some() => {
                     return "timed out waiting for connection.close-ok".into();
@@ -581,6 +611,44 @@ impl Connection {
                     ch.redispatch();
                 }
             }
+        }
+    }
+
+    /// RabbitMQ's consumer timeout: a channel whose oldest unacked delivery is past its
+    /// timeout is closed with 406 (its unacked messages go back to their queues, redelivered).
+    fn check_consumer_timeouts(&mut self) {
+        let now = Instant::now();
+        let default = self.ctx.broker.config.consumer_timeout;
+        let mut next: Option<Instant> = None;
+        let mut expired = Vec::new();
+        for ch in self.channels.values() {
+            if ch.state != ChannelState::Open {
+                continue;
+            }
+            if let Some((deadline, timeout)) = ch.oldest_deadline(default) {
+                if deadline <= now {
+                    expired.push((ch.id, timeout));
+                } else if next.is_none_or(|n| deadline < n) {
+                    next = Some(deadline);
+                }
+            }
+        }
+        self.ctx.timeout_check = next;
+        for (id, timeout) in expired {
+            warn!(
+                conn = self.ctx.id,
+                channel = id,
+                timeout,
+                "consumer ack timed out on channel"
+            );
+            self.close_channel(
+                id,
+                AmqpError::precondition_failed(format!(
+                    "delivery acknowledgement on channel {id} timed out. Timeout value used: \
+                     {timeout} ms. This timeout value can be configured, see consumers doc \
+                     guide to learn more"
+                )),
+            );
         }
     }
 

@@ -61,6 +61,8 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit` (Warren offers it on every queue).
     pub delivery_limit: Option<u64>,
+    /// `x-consumer-timeout` (ms): how long a delivery may stay unacknowledged.
+    pub consumer_timeout: Option<u64>,
     /// Deliveries are counted in an `x-delivery-count` header on redelivery (quorum queues
     /// and queues with a delivery limit, as in RabbitMQ).
     pub counts_deliveries: bool,
@@ -95,7 +97,7 @@ fn check(key: &str) -> Option<Check> {
         "x-queue-mode" => Check::QueueMode,
         "x-single-active-consumer" => Check::Bool,
         "x-queue-type" => Check::QueueType,
-        "x-delivery-limit" => Check::NonNegInt,
+        "x-delivery-limit" | "x-consumer-timeout" => Check::NonNegInt,
         "x-quorum-initial-group-size" | "x-initial-cluster-size" => Check::Int,
         _ => return None,
     })
@@ -214,6 +216,7 @@ impl QueueArgs {
                 Some(AMQPValue::Boolean(true))
             ),
             delivery_limit: uint("x-delivery-limit"),
+            consumer_timeout: uint("x-consumer-timeout"),
             counts_deliveries: args.inner().contains_key("x-delivery-limit")
                 || get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
         })

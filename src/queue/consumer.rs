@@ -120,6 +120,9 @@ pub struct Consumer {
     pub events: mpsc::UnboundedSender<ConnEvent>,
     /// Cleared when the consumer is cancelled.
     pub active: AtomicBool,
+    /// Consumer timeout in ms for its deliveries (its `x-consumer-timeout`, else its queue's,
+    /// else the broker's `consumer_timeout`; 0: none).
+    pub timeout: u64,
 }
 
 impl Consumer {

@@ -318,6 +318,43 @@ impl Raw {
         }
     }
 
+    /// Skip frames (deliveries, content) until a method `class_id`/`method_id` on `ch`.
+    pub async fn wait_method(&mut self, ch: u16, class_id: u16, method_id: u16) -> AMQPClass {
+        loop {
+            match self.next().await {
+                Reply::Frame(AMQPFrame::Method(c, m))
+                    if c == ch
+                        && m.get_amqp_class_id() == class_id
+                        && m.get_amqp_method_id() == method_id =>
+                {
+                    return m;
+                }
+                Reply::Frame(_) => {}
+                other => panic!("expected {class_id}/{method_id} on channel {ch}, got {other:?}"),
+            }
+        }
+    }
+
+    /// Like [`Raw::expect_channel_close`], skipping the frames that come before it.
+    pub async fn wait_channel_close(&mut self, ch: u16) -> (u16, String, u16, u16) {
+        match self.wait_method(ch, 20, 40).await {
+            AMQPClass::Channel(chan::AMQPMethod::Close(c)) => {
+                self.send(&method_frame(
+                    ch,
+                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                ))
+                .await;
+                (
+                    c.reply_code,
+                    c.reply_text.to_string(),
+                    c.class_id,
+                    c.method_id,
+                )
+            }
+            _ => unreachable!(),
+        }
+    }
+
     /// Expect the server to close the socket (possibly after frames we ignore).
     pub async fn expect_eof(&mut self) {
         loop {
