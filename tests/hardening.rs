@@ -140,3 +140,138 @@ async fn deep_amqplain_response_is_refused() {
     r.expect_eof().await;
     assert_still_serving(&b).await;
 }
+
+/// Dead-lettering does not recurse: a chain of 1,000 queues with a TTL of 0, each
+/// dead-lettering into the next, delivers the message to the end of the chain from one
+/// publish (it used to take one stack frame group per hop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_zero_dead_letter_chain_of_1000_queues_does_not_overflow() {
+    use amq_protocol::types::AMQPValue;
+    use lapin::options::QueueDeclareOptions;
+    const N: usize = 1000;
+    let b = start().await;
+    let c = lapin_connect(&b).await;
+    let ch = c.create_channel().await.unwrap();
+    for i in 0..N {
+        let args = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+            ("x-dead-letter-exchange", s("")),
+            ("x-dead-letter-routing-key", s(&format!("chain-{}", i + 1))),
+        ]);
+        ch.queue_declare(
+            format!("chain-{i}").as_str().into(),
+            QueueDeclareOptions {
+                nowait: i + 1 < N,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    }
+    ch.queue_declare(
+        format!("chain-{N}").as_str().into(),
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.basic_publish(
+        "".into(),
+        "chain-0".into(),
+        Default::default(),
+        b"hop",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let end = format!("chain-{N}");
+    let arrived = eventually(std::time::Duration::from_secs(20), || async {
+        ch.queue_declare(
+            end.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .map(|q| q.message_count() == 1)
+        .unwrap_or(false)
+    })
+    .await;
+    assert!(arrived, "the message reached the end of the chain");
+    assert_still_serving(&b).await;
+}
+
+/// A fanout dead-letter exchange bound to 8 queues that expire (TTL 0) into it: every
+/// message multiplies at each hop until x-death cycle detection ends each path (about 110,000
+/// dead letters from one publish). The publisher's connection does a bounded part inline, the
+/// rest runs in a task of its own; other clients keep being served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fanout_dead_letter_cycle_does_not_pin_the_broker() {
+    use amq_protocol::types::AMQPValue;
+    use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+    const K: usize = 8;
+    let b = start().await;
+    let c = lapin_connect(&b).await;
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        "fx".into(),
+        lapin::ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    for i in 0..K {
+        let name = format!("cyc-{i}");
+        let args = table(&[
+            ("x-message-ttl", AMQPValue::LongInt(0)),
+            ("x-dead-letter-exchange", s("fx")),
+        ]);
+        ch.queue_declare(name.as_str().into(), QueueDeclareOptions::default(), args)
+            .await
+            .unwrap();
+        ch.queue_bind(
+            name.as_str().into(),
+            "fx".into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.basic_publish(
+        "".into(),
+        "cyc-0".into(),
+        Default::default(),
+        b"multiply",
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    // Meanwhile another client is served promptly, round trip after round trip.
+    let other = lapin_connect(&b).await;
+    let och = other.create_channel().await.unwrap();
+    for _ in 0..20 {
+        let t0 = std::time::Instant::now();
+        och.queue_declare(
+            "cyc-0".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(2),
+            "a round trip took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert_still_serving(&b).await;
+}

@@ -12,7 +12,8 @@ use crate::protocol::codec::encode_properties;
 use amq_protocol::protocol::BasicProperties;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 /// Why a message is dead-lettered (the `reason` field of `x-death`).
@@ -214,7 +215,9 @@ pub fn make_message(
         body: msg.body.clone(),
         priority: msg.priority,
         expiration: None,
-        persistent: msg.persistent,
+        // From its delivery mode: a transient message stored only because it was in a quorum
+        // queue is transient again where it is dead-lettered.
+        persistent: *props.delivery_mode() == Some(2),
         store_id: None,
         bcc: Vec::new(),
     };
@@ -265,17 +268,120 @@ pub fn is_cycle(target: &str, headers: &FieldTable) -> bool {
     false
 }
 
+thread_local! {
+    /// Dead-lettering in progress on this thread: what dying messages cause further down
+    /// (a TTL-0 queue expiring into another, a full queue dropping its head) is queued here
+    /// and handled by the outermost call in a loop, never by recursion.
+    static PENDING: RefCell<Option<VecDeque<Work>>> = const { RefCell::new(None) };
+}
+
+type Work = (Arc<Queue>, Vec<(Entry, Reason)>);
+
+/// Dead letters one cascade handles inline, beyond the messages that started it; the rest
+/// continues in a task of its own, so no connection is held up by a dead-letter topology.
+const INLINE_BUDGET: usize = 10_000;
+
+/// Dead letters one cascade may cause beyond the messages that started it. Dead-letter
+/// cycles end when a message comes back to a queue it died in (RabbitMQ's rule), but a fanout
+/// dead-letter exchange bound to queues that dead-letter into it multiplies messages at every
+/// hop: past this, the cascade's remaining dead letters are dropped (dead-lettering is
+/// at-most-once) and a warning is logged.
+pub const MAX_CASCADE: usize = 1_000_000;
+
 /// Dead-letter `entries` from `queue` (called without the queue's lock held).
 pub fn publish(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) {
-    let Some(dlx) = &queue.args.dead_letter_exchange else {
+    let outermost = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        match p.as_mut() {
+            Some(pending) => {
+                pending.push_back((queue.clone(), entries));
+                None
+            }
+            None => {
+                *p = Some(VecDeque::new());
+                Some(entries)
+            }
+        }
+    });
+    let Some(entries) = outermost else {
         return;
     };
+    publish_now(queue, entries);
+    // Depth first (the newest work first): what is pending stays bounded by the depth of the
+    // cascade times its fan-out, not by its breadth.
+    let mut done = 0;
+    loop {
+        let next = PENDING.with(|p| p.borrow_mut().as_mut().and_then(VecDeque::pop_back));
+        let Some((q, entries)) = next else {
+            break;
+        };
+        if done >= INLINE_BUDGET
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let mut rest = PENDING.with(|p| p.borrow_mut().take()).unwrap_or_default();
+            rest.push_back((q, entries));
+            rt.spawn(continue_cascade(rest, done));
+            return;
+        }
+        done += publish_now(&q, entries);
+        if done >= MAX_CASCADE {
+            drop_cascade();
+            break;
+        }
+    }
+    PENDING.with(|p| *p.borrow_mut() = None);
+}
+
+/// The rest of a long dead-letter cascade, a batch at a time with yields in between.
+async fn continue_cascade(mut work: VecDeque<Work>, mut done: usize) {
+    let mut batch = 0;
+    while let Some((q, entries)) = work.pop_back() {
+        PENDING.with(|p| *p.borrow_mut() = Some(VecDeque::new()));
+        let n = publish_now(&q, entries);
+        work.extend(PENDING.with(|p| p.borrow_mut().take()).unwrap_or_default());
+        done += n;
+        batch += n;
+        if done >= MAX_CASCADE {
+            PENDING.with(|p| *p.borrow_mut() = Some(work));
+            drop_cascade();
+            PENDING.with(|p| *p.borrow_mut() = None);
+            return;
+        }
+        if batch >= INLINE_BUDGET {
+            batch = 0;
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Drop what a cascade past [`MAX_CASCADE`] still had pending.
+fn drop_cascade() {
+    let dropped: usize = PENDING
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, e)| e.len())
+        .sum();
+    tracing::warn!(
+        dropped,
+        limit = MAX_CASCADE,
+        "dead-letter cascade too large (a dead-letter exchange fanning out into queues that \
+         dead-letter into it?): the rest of its dead letters are dropped"
+    );
+}
+
+/// Route and enqueue dead letters; returns how many were handled.
+fn publish_now(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) -> usize {
+    let n = entries.len();
+    let Some(dlx) = &queue.args.dead_letter_exchange else {
+        return n;
+    };
     let Some(vhost) = queue.vhost_ref.upgrade() else {
-        return;
+        return n;
     };
     let Ok(x) = vhost.exchange(dlx) else {
         tracing::debug!(queue = %queue.name, dlx = %dlx, "dead-letter exchange does not exist; messages dropped");
-        return;
+        return n;
     };
     for (e, reason) in entries {
         let (msg, keys, headers) = make_message(queue, &e.msg, reason, dlx);
@@ -287,4 +393,5 @@ pub fn publish(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) {
             .collect();
         vhost.publish_to(&targets, msg, None);
     }
+    n
 }
