@@ -598,6 +598,20 @@ impl VHost {
         mut msg: crate::message::Message,
         synced: Option<crate::store::log::Done>,
     ) -> (bool, bool) {
+        // A quorum queue stores every message (its single-node contract): a transient
+        // message routed to one is stored for the quorum queues only, as a persistent copy
+        // (the bytes are shared), and stays transient in the other queues.
+        if !msg.persistent && queues.iter().any(|q| q.args.quorum && q.log.is_some()) {
+            let (quorum, other): (Vec<_>, Vec<_>) = queues
+                .iter()
+                .cloned()
+                .partition(|q| q.args.quorum && q.log.is_some());
+            let mut stored = msg.clone();
+            stored.persistent = true;
+            let (accepted, waits) = self.publish_to(&quorum, stored, synced);
+            let (rest, _) = self.publish_to(&other, msg, None);
+            return (accepted && rest, waits);
+        }
         let mut waits = false;
         if msg.persistent
             && let Some(log) = self.log()

@@ -469,13 +469,14 @@ impl Connection {
                         41 => {
                             self.channels.remove(&id);
                         }
-                        // close crossing ours: answer it, the channel is done
+                        // A close crossing ours: answer it and keep waiting for the close-ok
+                        // of ours (RabbitMQ's closing state; AMQP 0-9-1 §2.2.4): a client that
+                        // sends both must not find the number unopened (504).
                         40 => {
                             self.ctx.send_method(
                                 id,
                                 AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
                             );
-                            self.channels.remove(&id);
                         }
                         _ => {}
                     }

@@ -221,6 +221,9 @@ fn frame_error(ty: u8, payload: &[u8], reason: FrameReason) -> CodecError {
     CodecError::Protocol(AmqpError::frame_error(text).on(0, 0))
 }
 
+/// The most the decoder reserves ahead of the bytes that have arrived.
+const RESERVE_STEP: usize = 256 * 1024;
+
 /// The frame decoder. `frame_max` is the negotiated maximum frame size (0 = unlimited).
 #[derive(Debug)]
 pub struct FrameCodec {
@@ -249,7 +252,10 @@ impl Decoder for FrameCodec {
         }
         let total = size as usize + FRAME_OVERHEAD;
         if src.len() < total {
-            src.reserve(total - src.len());
+            // Room for what is still missing, at most RESERVE_STEP at a time: memory follows
+            // the bytes that actually arrive, not a length the peer claims (frame_max 0 is
+            // unlimited).
+            src.reserve((total - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         let end = src[total - 1];
@@ -577,6 +583,16 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// With frame_max 0 (unlimited) a header claiming 4 GiB reserves a bounded step, not the
+    /// claimed size.
+    #[test]
+    fn unlimited_frame_max_reserves_what_arrives() {
+        let mut codec = FrameCodec { frame_max: 0 };
+        let mut buf = BytesMut::from(&[3u8, 0, 1, 0xff, 0xff, 0xff, 0xf0][..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= RESERVE_STEP + 64, "{}", buf.capacity());
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct QueueArgs {
     pub single_active_consumer: bool,
     /// `x-delivery-limit` (Warren offers it on every queue).
     pub delivery_limit: Option<u64>,
+    /// `x-queue-type: quorum`: every message is stored, whatever its delivery mode.
+    pub quorum: bool,
     /// `x-consumer-timeout` (ms): how long a delivery may stay unacknowledged.
     pub consumer_timeout: Option<u64>,
     /// Deliveries are counted in an `x-delivery-count` header on redelivery (quorum queues
@@ -217,6 +219,7 @@ impl QueueArgs {
             ),
             delivery_limit: uint("x-delivery-limit"),
             consumer_timeout: uint("x-consumer-timeout"),
+            quorum: get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
             counts_deliveries: args.inner().contains_key("x-delivery-limit")
                 || get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
         })
