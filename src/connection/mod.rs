@@ -11,7 +11,7 @@ use crate::channel::{Channel, ChannelState};
 use crate::protocol::codec::{CodecError, Frame, FrameCodec, put_heartbeat, put_method};
 use crate::protocol::method::{self, DecodeError, Method};
 use crate::protocol::{AmqpError, ReplyCode};
-use crate::queue::consumer::{Backlog, ConnEvent};
+use crate::queue::consumer::{Backlog, ConnEvent, MAX_CONNECTION_BACKLOG};
 use crate::vhost::VHost;
 use amq_protocol::protocol::{AMQPClass, channel as chan, connection as conn};
 use bytes::BytesMut;
@@ -32,6 +32,9 @@ use writer::Outbound;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Frames processed per loop turn before the batch is handed to the writer.
 const MAX_FRAMES_PER_TURN: usize = 256;
+/// Output a loop turn may produce before it stops reading frames (the socket's backlog is
+/// checked between turns).
+const MAX_TURN_OUTPUT: usize = 1024 * 1024;
 
 /// Per-connection context shared by the channels of the connection.
 pub struct ConnCtx {
@@ -203,7 +206,7 @@ impl Connection {
                 .ctx
                 .timeout_check
                 .filter(|_| self.closing_since.is_none());
-            let reading = !self.blocked;
+            let reading = !self.blocked && !self.output_full();
             let flow = tokio::select! {
                 frame = reader.next(), if reading => match frame {
                     None => return "client closed the socket".into(),
@@ -213,7 +216,10 @@ impl Connection {
                         self.last_recv = Instant::now();
                         let mut flow = self.on_read(first);
                         let mut n = 1;
-                        while flow == Flow::Continue && n < MAX_FRAMES_PER_TURN {
+                        while flow == Flow::Continue
+                            && n < MAX_FRAMES_PER_TURN
+                            && self.ctx.out.len() < MAX_TURN_OUTPUT
+                        {
                             match reader.next().now_or_never() {
                                 Some(Some(Err(CodecError::Io(e)))) => return format!("socket error: {e}"),
                                 Some(Some(r)) => flow = self.on_read(r),
@@ -660,6 +666,20 @@ impl Connection {
         Some((self.last_sent + hb / 2).min(self.last_recv + hb * 2))
     }
 
+    /// Whether the socket's output backlog is over its limit. Then nothing more is read from
+    /// the client until the writer has drained half of it (it sends `Drained`): replies,
+    /// returns, `get-ok`s and confirms the client does not read cannot grow without bound.
+    fn output_full(&self) -> bool {
+        let backlog = &self.ctx.backlog;
+        if backlog.socket.load(std::sync::atomic::Ordering::Relaxed) < MAX_CONNECTION_BACKLOG {
+            return false;
+        }
+        backlog
+            .blocked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
     /// Stop reading from the socket until the memory alarm clears (RabbitMQ blocks a
     /// connection when it publishes during an alarm; its heartbeat monitor pauses meanwhile).
     fn block(&mut self) {
@@ -695,7 +715,7 @@ impl Connection {
 
     fn on_heartbeat_timer(&mut self, hb: Duration) -> Flow {
         let now = Instant::now();
-        if self.blocked {
+        if self.blocked || self.output_full() {
             // Not reading: the client's heartbeats wait in the socket.
             self.last_recv = now;
         }
