@@ -28,6 +28,10 @@ pub struct BrokerState {
     next_connection_id: AtomicU64,
     /// Open connections (handshake done or not).
     pub(crate) open_connections: AtomicU64,
+    /// Handshakes in progress may take one permit each ([`connection::admission`]).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Recent failed logins per peer address.
+    pub login_failures: connection::admission::LoginFailures,
 }
 
 impl BrokerState {
@@ -84,6 +88,7 @@ impl Broker {
             };
             vhosts.insert(name.clone(), v);
         }
+        let config_max_handshakes = config.limits.max_handshakes;
         let state = Arc::new(BrokerState {
             config: Arc::new(config),
             vhosts,
@@ -91,6 +96,8 @@ impl Broker {
             memory_alarm: tokio::sync::watch::Sender::new(false),
             next_connection_id: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(config_max_handshakes as usize)),
+            login_failures: Default::default(),
         });
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();

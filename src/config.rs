@@ -176,6 +176,9 @@ pub struct Limits {
     pub heartbeat: u16,
     /// Largest message body accepted, in bytes (RabbitMQ 4 default 16 MiB).
     pub max_message_size: u64,
+    /// Handshakes (accepted sockets not yet logged in) in progress at once; past it new
+    /// sockets are closed at once (Warren's own bound; RabbitMQ has none).
+    pub max_handshakes: u32,
 }
 
 /// A user that may log in.
@@ -211,6 +214,7 @@ impl Default for Limits {
             channel_max: 2047,
             heartbeat: 60,
             max_message_size: 16 * 1024 * 1024,
+            max_handshakes: 4096,
         }
     }
 }

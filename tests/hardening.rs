@@ -275,3 +275,104 @@ async fn a_fanout_dead_letter_cycle_does_not_pin_the_broker() {
     }
     assert_still_serving(&b).await;
 }
+
+/// Start-ok with PLAIN credentials; returns what the broker answered within 10 s.
+async fn login(b: &warren::Broker, password: &str) -> (bool, std::time::Duration) {
+    use amq_protocol::protocol::{AMQPClass, connection as conn};
+    let mut r = Raw::connect(b).await;
+    r.send(b"AMQP\x00\x00\x09\x01").await;
+    r.expect_method(0, 10, 10).await;
+    let mut caps = amq_protocol::types::FieldTable::default();
+    caps.insert(
+        "authentication_failure_close".into(),
+        amq_protocol::types::AMQPValue::Boolean(true),
+    );
+    let mut props = amq_protocol::types::FieldTable::default();
+    props.insert(
+        "capabilities".into(),
+        amq_protocol::types::AMQPValue::FieldTable(caps),
+    );
+    let t0 = std::time::Instant::now();
+    r.send(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: format!("\0guest\0{password}").as_str().into(),
+            locale: "en_US".into(),
+        })),
+    ))
+    .await;
+    let ok = match r.next().await {
+        Reply::Frame(amq_protocol::frame::AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Tune(_)),
+        )) => true,
+        Reply::Frame(amq_protocol::frame::AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(conn::AMQPMethod::Close(c)),
+        )) => {
+            assert_eq!(c.reply_code, 403);
+            false
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    (ok, t0.elapsed())
+}
+
+/// Repeated failed logins from one address are answered more and more slowly (5 free, then
+/// 200 ms more each); a good login from the same address is not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_logins_are_slowed_down_good_ones_are_not() {
+    let b = start().await;
+    let mut times = Vec::new();
+    for _ in 0..8 {
+        let (ok, t) = login(&b, "wrong").await;
+        assert!(!ok);
+        times.push(t);
+    }
+    assert!(
+        times[..5]
+            .iter()
+            .all(|t| *t < std::time::Duration::from_millis(150)),
+        "{times:?}"
+    );
+    assert!(
+        times[7] >= std::time::Duration::from_millis(600),
+        "{times:?}"
+    );
+    let (ok, t) = login(&b, "guest").await;
+    assert!(ok);
+    assert!(
+        t < std::time::Duration::from_millis(150),
+        "good login took {t:?}"
+    );
+}
+
+/// At most `limits.max_handshakes` sockets may be mid-handshake; more are closed at once,
+/// and a slot frees when a handshake ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_are_bounded() {
+    let mut config = warren::Config::for_tests();
+    config.limits.max_handshakes = 3;
+    let b = start_with(config).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        let mut r = Raw::connect(&b).await;
+        r.send(b"AMQP\x00\x00\x09\x01").await;
+        r.expect_method(0, 10, 10).await;
+        silent.push(r);
+    }
+    let mut fourth = Raw::connect(&b).await;
+    fourth.send(b"AMQP\x00\x00\x09\x01").await;
+    fourth.expect_eof().await;
+    drop(silent.pop());
+    // The freed slot serves a normal client (the broker notices the close first).
+    let served = eventually(std::time::Duration::from_secs(5), || async {
+        let mut r = Raw::connect(&b).await;
+        r.send(b"AMQP\x00\x00\x09\x01").await;
+        matches!(r.next().await, Reply::Frame(_))
+    })
+    .await;
+    assert!(served);
+}

@@ -46,6 +46,9 @@ pub(super) struct Handshake {
     pub outbound: Outbound,
     pub events: tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
     pub backlog: Arc<crate::queue::consumer::Backlog>,
+    /// How long a refused login waits before it is answered (ms; repeated failures from one
+    /// address, see `admission`).
+    pub refusal_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 pub(super) struct Opened {
@@ -127,7 +130,15 @@ impl Handshake {
             return Outcome::Failed(Some(reader));
         }
         let mut reader = reader;
-        match self.negotiate(&mut reader).await {
+        let negotiated = self.negotiate(&mut reader).await;
+        let delay = self
+            .refusal_delay_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if delay > 0 {
+            // Repeated failed logins from this address: answer slowly.
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+        }
+        match negotiated {
             Ok((ctx, heartbeat, channel_max)) => Outcome::Opened(Box::new(Opened {
                 ctx,
                 heartbeat,
@@ -191,6 +202,11 @@ impl Handshake {
         }
         let refused = |why: String| -> Stop {
             warn!(conn = self.id, peer = %self.peer, "login refused: {why}");
+            let delay = self.broker.login_failures.failed(self.peer.ip());
+            self.refusal_delay_ms.store(
+                delay.as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             let e = AmqpError::access_refused(format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))

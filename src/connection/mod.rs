@@ -3,6 +3,7 @@
 //! and the close handshake; every [`AmqpError`] becomes a `channel.close` or `connection.close`
 //! here and nowhere else. Writes go through the [`writer`] task, one batch per loop turn.
 
+pub mod admission;
 mod handshake;
 pub mod writer;
 
@@ -108,6 +109,11 @@ enum Flow {
 pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>) {
     let id = broker.next_connection_id();
     debug!(conn = id, %peer, "accepted");
+    // Bounded handshakes: past the limit the socket is closed before anything is read.
+    let Ok(permit) = broker.handshakes.clone().try_acquire_owned() else {
+        warn!(conn = id, %peer, "too many handshakes in progress: connection refused");
+        return;
+    };
     let (read, write) = stream.into_split();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
@@ -119,6 +125,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         outbound: outbound.clone(),
         events: events_tx,
         backlog,
+        refusal_delay_ms: Default::default(),
     };
     let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
     let outcome = tokio::select! {
@@ -133,6 +140,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         },
         _ = broker.shutdown.cancelled() => handshake::Outcome::Failed(None),
     };
+    drop(permit);
     let reader = match outcome {
         handshake::Outcome::Opened(opened) => {
             let opened = *opened;
