@@ -901,3 +901,57 @@ def test_single_active_consumer_exclusive_consume_refused(conn, queues):
         ch.basic_consume(q, lambda *args: None, exclusive=True)
     assert e.value.reply_code in (403,)
     assert e.value.reply_text == ("ACCESS_REFUSED - queue '%s' in vhost '/' in exclusive use" % q)
+
+
+# --- consumer timeout (RabbitMQ 3.10.8 text, recorded with consumer_timeout = 3000; the
+# per-queue and per-consumer `x-consumer-timeout` arguments follow RabbitMQ 3.12+) -------------
+
+CONSUMER_TIMEOUT_TEXT = ("PRECONDITION_FAILED - delivery acknowledgement on channel %d timed out. "
+                         "Timeout value used: %d ms. This timeout value can be configured, see "
+                         "consumers doc guide to learn more")
+
+
+def test_consumer_timeout_closes_the_channel_and_redelivers(port):
+    """A pika consumer that never acks: its channel is closed with RabbitMQ's 406 and the
+    message goes to another consumer with redelivered=True; other channels are unaffected."""
+    q = uniq("ctimeout")
+    conn = pika.BlockingConnection(params(port))
+    setup = conn.channel()
+    setup.queue_declare(q, arguments={"x-consumer-timeout": 300})
+    hung = conn.channel()
+    got, closed = [], []
+    hung._impl.add_on_close_callback(lambda ch, reason: closed.append(reason))
+    hung.basic_consume(q, lambda ch, m, p, b: got.append((m.redelivered, b)))
+    setup.basic_publish("", q, b"job")
+    pump(conn, lambda: got, what="first delivery")
+    assert got == [(False, b"job")]
+    pump(conn, lambda: closed, what="consumer timeout")
+    reason = closed[0]
+    assert (reason.reply_code, reason.reply_text) == (406, CONSUMER_TIMEOUT_TEXT % (hung.channel_number, 300))
+    # The other channel of the same connection still works, and gets the message back.
+    again = []
+    setup.basic_consume(q, lambda ch, m, p, b: (again.append((m.redelivered, b)),
+                                                 ch.basic_ack(m.delivery_tag)))
+    pump(conn, lambda: again, what="redelivery")
+    assert again == [(True, b"job")]
+    setup.queue_delete(q)
+    conn.close()
+
+
+def test_consumer_argument_overrides_the_queue(port):
+    q = uniq("ctimeout")
+    conn = pika.BlockingConnection(params(port))
+    ch = conn.channel()
+    ch.queue_declare(q, arguments={"x-consumer-timeout": 200})
+    closed = []
+    slow = conn.channel()
+    slow._impl.add_on_close_callback(lambda c, reason: closed.append((reason, time.monotonic())))
+    slow.basic_consume(q, lambda *a: None, arguments={"x-consumer-timeout": 1200})
+    ch.basic_publish("", q, b"x")
+    t0 = time.monotonic()
+    pump(conn, lambda: closed, what="consumer timeout")
+    reason, at = closed[0]
+    assert reason.reply_text == CONSUMER_TIMEOUT_TEXT % (slow.channel_number, 1200)
+    assert at - t0 >= 1.0
+    ch.queue_delete(q)
+    conn.close()
