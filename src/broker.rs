@@ -28,6 +28,9 @@ pub struct BrokerState {
     next_connection_id: AtomicU64,
     /// Open connections (handshake done or not).
     pub(crate) open_connections: AtomicU64,
+    /// Bytes connections hold for messages not yet routed: content bodies still arriving and
+    /// publishes in uncommitted transactions. The memory alarm counts them.
+    pub buffered: AtomicU64,
     /// Handshakes in progress may take one permit each ([`connection::admission`]).
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// Recent failed logins per peer address.
@@ -96,6 +99,7 @@ impl Broker {
             memory_alarm: tokio::sync::watch::Sender::new(false),
             next_connection_id: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
+            buffered: AtomicU64::new(0),
             handshakes: Arc::new(tokio::sync::Semaphore::new(config_max_handshakes as usize)),
             login_failures: Default::default(),
         });
@@ -185,14 +189,15 @@ async fn memory_monitor(state: Arc<BrokerState>, limit: u64) {
             _ = tick.tick() => {}
             _ = state.shutdown.cancelled() => return,
         }
-        let used: u64 = state
-            .vhosts
-            .iter()
-            .map(|v| {
-                let queues: Vec<_> = v.queues.iter().map(|q| q.clone()).collect();
-                queues.iter().map(|q| q.stats().3).sum::<u64>()
-            })
-            .sum();
+        let used: u64 = state.buffered.load(Ordering::Relaxed)
+            + state
+                .vhosts
+                .iter()
+                .map(|v| {
+                    let queues: Vec<_> = v.queues.iter().map(|q| q.clone()).collect();
+                    queues.iter().map(|q| q.stats().3).sum::<u64>()
+                })
+                .sum::<u64>();
         let on = used > limit;
         let changed = state.memory_alarm.send_if_modified(|cur| {
             let changed = *cur != on;

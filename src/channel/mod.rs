@@ -89,6 +89,9 @@ pub struct Channel {
     tx: Option<TxBuffer>,
     /// The hidden queue of this channel's direct reply-to consumer.
     reply_queue: Option<String>,
+    /// Bytes this channel counts in the broker's `buffered` (a body still arriving, an
+    /// uncommitted transaction's publishes): the memory alarm sees them.
+    held: u64,
 }
 
 /// Work buffered by a transaction until `tx.commit`.
@@ -117,6 +120,20 @@ impl Channel {
             unsynced: Default::default(),
             tx: None,
             reply_queue: None,
+            held: 0,
+        }
+    }
+
+    /// Count `n` more bytes held (negative: fewer) in the broker's `buffered`.
+    fn hold(&mut self, ctx: &ConnCtx, n: i64) {
+        use std::sync::atomic::Ordering;
+        if n >= 0 {
+            self.held += n as u64;
+            ctx.broker.buffered.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            let n = n.unsigned_abs().min(self.held);
+            self.held -= n;
+            ctx.broker.buffered.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
@@ -124,6 +141,7 @@ impl Channel {
     /// original positions, marked redelivered).
     pub fn release(&mut self, ctx: &mut ConnCtx) {
         self.assembly = Assembly::Method;
+        self.hold(ctx, -(self.held as i64));
         // Cancel first, so requeued messages are not handed back to this channel's consumers;
         // then requeue, then let the queues serve their other consumers (requeued first).
         let queues = self.cancel_all(ctx);
@@ -297,6 +315,8 @@ impl Channel {
                     // RabbitMQ 3.10.8 accepts the frame and keeps waiting for a body that can
                     // never complete: the next method is then a 505. Do the same, keeping
                     // nothing more in memory.
+                    let earlier = body_size - remaining;
+                    self.hold(ctx, -(earlier as i64));
                     self.assembly = Assembly::Body {
                         publish,
                         properties: Bytes::new(),
@@ -306,15 +326,19 @@ impl Channel {
                     };
                     return Ok(Outcome::Open);
                 }
+                let remaining = remaining - len;
                 if len > 0 {
                     parts.push(payload);
                 }
-                let remaining = remaining - len;
                 if remaining == 0 {
+                    // What earlier frames of this body held is released now.
+                    let earlier = body_size - len;
+                    self.hold(ctx, -(earlier as i64));
                     let body = join(parts, body_size as usize);
                     self.on_publish(ctx, publish, properties, body)
                         .map_err(|e| e.on_if_unset(60, 40))?;
                 } else {
+                    self.hold(ctx, len as i64);
                     self.assembly = Assembly::Body {
                         publish,
                         properties,
@@ -467,6 +491,7 @@ impl Channel {
                         "channel is not transactional",
                     ));
                 };
+                self.hold(ctx, -(self.held as i64));
                 for (p, props, body) in buf.publishes {
                     self.publish(ctx, p, props, body)?;
                 }
@@ -485,6 +510,7 @@ impl Channel {
                         "channel is not transactional",
                     ));
                 }
+                self.hold(ctx, -(self.held as i64));
                 ctx.send_method(
                     self.id,
                     AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
@@ -511,7 +537,9 @@ impl Channel {
         if let Some(buf) = &mut self.tx {
             // Unknown exchanges are reported at publish time, as RabbitMQ does.
             ctx.vhost.exchange(&String::from_utf8_lossy(&p.exchange))?;
+            let size = (properties.len() + body.len()) as i64;
             buf.publishes.push((p, properties, body));
+            self.hold(ctx, size);
             return Ok(());
         }
         if let Some(seq) = &mut self.confirm_seq {
