@@ -359,14 +359,24 @@ impl VHost {
     }
 
     /// `queue.unbind` / `exchange.unbind`: idempotent, as in RabbitMQ 3.10.8 (observed): a
-    /// missing binding, source or destination answers unbind-ok. Only the default exchange
-    /// (403) and another connection's exclusive queue (405) are errors.
+    /// missing binding, source or destination answers unbind-ok. The default exchange is a
+    /// 403; another connection's exclusive queue a 405 only if the binding exists (absence is
+    /// checked first).
     pub fn unbind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
-        let x = match self.binding_source(&b, conn) {
-            Ok(x) => x,
-            Err(e) if e.code == ReplyCode::NotFound => return Ok(()),
-            Err(e) => return Err(e),
+        if b.source.is_empty() || matches!(&b.destination, Destination::Exchange(d) if d.is_empty())
+        {
+            return Err(default_exchange_error());
+        }
+        let Ok(x) = self.exchange(&b.source) else {
+            return Ok(());
         };
+        if !x.has_binding(&b) {
+            return Ok(());
+        }
+        match self.check_destination(&b.destination, conn) {
+            Err(e) if e.code == ReplyCode::NotFound => return Ok(()),
+            r => r?,
+        }
         if x.unbind(&b) {
             self.maybe_auto_delete(&x);
             if x.def.durable {

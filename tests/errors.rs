@@ -320,6 +320,28 @@ async fn oversized_message_is_406_and_not_buffered() {
             40
         )
     );
+    // As RabbitMQ 3.10.8: nothing until the whole body is in (none of it is kept).
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    let mut v = publish_method(1, 0);
+    v.extend_from_slice(&raw_header(1, 5000));
+    v.extend_from_slice(&raw_frame(3, 1, &[1u8; 4000]));
+    r.send(&v).await;
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), r.next()).await;
+    assert!(
+        early.is_err(),
+        "closed before the body was complete: {early:?}"
+    );
+    r.send(&raw_frame(3, 1, &[1u8; 1000])).await;
+    assert_eq!(
+        r.expect_channel_close(1).await,
+        t(
+            406,
+            "PRECONDITION_FAILED - message size 5000 is larger than configured max size 1000",
+            60,
+            40
+        )
+    );
     assert_still_serving(&b).await;
 }
 

@@ -83,7 +83,7 @@ async fn deep_method_arguments_are_a_frame_error() {
     assert_still_serving(&b).await;
 }
 
-/// Message headers nested 18,000 deep: refused like undecodable properties, nothing queued.
+/// Message headers nested 18,000 deep: refused like undecodable headers, nothing queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_message_headers_are_refused() {
     let b = start().await;
@@ -103,8 +103,12 @@ async fn deep_message_headers_are_refused() {
     bytes.extend_from_slice(&raw_frame(2, 1, &header));
     bytes.extend_from_slice(&raw_frame(3, 1, b"x"));
     r.send(&bytes).await;
-    let (code, _text, _, _) = r.expect_connection_close().await;
-    assert_eq!(code, 501);
+    // What RabbitMQ 3.10.8 answers for headers it cannot decode (its channel process
+    // crashes): a bare 541 on the connection, 0/0.
+    assert_eq!(
+        r.expect_connection_close().await,
+        (541, "INTERNAL_ERROR".to_string(), 0, 0)
+    );
     assert_still_serving(&b).await;
     let c = lapin_connect(&b).await;
     let ch = c.create_channel().await.unwrap();

@@ -700,6 +700,269 @@ def channel_open_instead_of_tune_ok(port):
 #   onto a new line indented to the term's start column.
 # * After a connection.close sent for an ordinary error RabbitMQ waits 30 s for close-ok
 #   (not tested here: too slow); this suite always answers close-ok.
+
+# --- idempotent deletes and unbinds (the issue: aio-pika's RPC.close() unbinds after deleting) -
+
+def _declared_queue(s, channel=1):
+    """Declare a server-named exclusive queue on `channel`; returns its name."""
+    s.sendall(a.queue_declare(channel, "", exclusive=True))
+    f = a.expect_method(s, 50, 11, channel=channel, timeout=TIMEOUT)
+    return f.payload[4 + 1:4 + 1 + f.payload[4]].decode()
+
+
+def _queue_bind_args(queue, exchange, rk="k", bind=True):
+    return (a.short(0) + a.shortstr(queue) + a.shortstr(exchange) + a.shortstr(rk)
+            + (a.bits(False) if bind else b"") + a.table({}))
+
+
+def _exchange_bind_args(destination, source, rk="k"):
+    return (a.short(0) + a.shortstr(destination) + a.shortstr(source) + a.shortstr(rk)
+            + a.bits(False) + a.table({}))
+
+
+def _with_queue(port, make, done):
+    """Open, declare a queue, send make(queue_name), observe until `done`."""
+    s = opened(port)
+    try:
+        q = _declared_queue(s)
+        s.sendall(make(q))
+        return observe(s, done)
+    finally:
+        s.close()
+
+
+@scenario
+def queue_unbind_from_missing_exchange(port):
+    return _with_queue(port, lambda q: a.method_frame(1, 50, 50, _queue_bind_args(q, "no-such-exchange", bind=False)),
+                       is_method((50, 51), 1))
+
+
+@scenario
+def queue_unbind_of_missing_queue(port):
+    return after_open(port, a.method_frame(1, 50, 50, _queue_bind_args("no-such-queue", "amq.direct", bind=False)),
+                      done=is_method((50, 51), 1))
+
+
+@scenario
+def queue_unbind_both_missing(port):
+    return after_open(port, a.method_frame(1, 50, 50, _queue_bind_args("no-such-queue", "no-such-exchange", bind=False)),
+                      done=is_method((50, 51), 1))
+
+
+@scenario
+def queue_unbind_absent_binding(port):
+    return _with_queue(port, lambda q: a.method_frame(1, 50, 50, _queue_bind_args(q, "amq.direct", "never", bind=False)),
+                       is_method((50, 51), 1))
+
+
+@scenario
+def queue_unbind_from_default_exchange(port):
+    return _with_queue(port, lambda q: a.method_frame(1, 50, 50, _queue_bind_args(q, "", q, bind=False)),
+                       is_method((50, 51), 1))
+
+
+@scenario
+def exchange_unbind_missing_source(port):
+    return after_open(port, a.method_frame(1, 40, 40, _exchange_bind_args("amq.fanout", "no-such-source")),
+                      done=is_method((40, 51), 1))
+
+
+@scenario
+def exchange_unbind_missing_destination(port):
+    return after_open(port, a.method_frame(1, 40, 40, _exchange_bind_args("no-such-destination", "amq.fanout")),
+                      done=is_method((40, 51), 1))
+
+
+@scenario
+def exchange_unbind_both_missing(port):
+    return after_open(port, a.method_frame(1, 40, 40, _exchange_bind_args("no-such-destination", "no-such-source")),
+                      done=is_method((40, 51), 1))
+
+
+@scenario
+def queue_bind_both_missing(port):
+    return after_open(port, a.method_frame(1, 50, 20, _queue_bind_args("no-such-queue", "no-such-exchange")),
+                      done=is_method((50, 21), 1))
+
+
+@scenario
+def exchange_bind_both_missing(port):
+    return after_open(port, a.method_frame(1, 40, 30, _exchange_bind_args("no-such-destination", "no-such-source")),
+                      done=is_method((40, 31), 1))
+
+
+@scenario
+def queue_delete_missing_if_unused_if_empty(port):
+    return after_open(port, a.method_frame(1, 50, 40, a.short(0) + a.shortstr("no-such-queue") + a.bits(True, True, False)),
+                      done=is_method((50, 41), 1))
+
+
+@scenario
+def exchange_delete_missing_if_unused(port):
+    return after_open(port, a.method_frame(1, 40, 20, a.short(0) + a.shortstr("no-such-exchange") + a.bits(True, False)),
+                      done=is_method((40, 21), 1))
+
+
+@scenario
+def queue_purge_missing(port):
+    return after_open(port, a.method_frame(1, 50, 30, a.short(0) + a.shortstr("no-such-queue") + a.bits(False)),
+                      done=is_method((50, 31), 1))
+
+
+@scenario
+def basic_cancel_unknown_tag(port):
+    return after_open(port, a.method_frame(1, 60, 30, a.shortstr("no-such-tag") + a.bits(False)),
+                      done=is_method((60, 31), 1))
+
+
+# --- channel.close crossing the broker's (AMQP 0-9-1 2.2.4; amqp091-go's
+# TestChannelExceptionWithCloseIssue43) and stray close / close-ok ---------------------------
+
+PUBLISH_TO_MISSING = a.publish_message(1, b"x", exchange="no-such-exchange", routing_key="k")
+
+
+def _frames_until_quiet(s, stop=None):
+    """Methods received until `stop` matches or 1 s of silence, as 'chN name' strings."""
+    r = a.read_frames(s, 1.0, until=stop)
+    return ["ch%d %s" % (f.channel, a.method_name(*_method(f))) + (
+        " %d" % f.close.reply_code if _method(f) in (a.CHANNEL_CLOSE, a.CONNECTION_CLOSE) else "")
+        for f in r.frames if _method(f)]
+
+
+@scenario
+def channel_close_crossing_the_brokers(port):
+    """Publish to a missing exchange and close the channel in one write: the broker's 404
+    close, then close-ok for ours; after our close-ok the number is reusable and channel 2
+    works."""
+    s = opened(port)
+    try:
+        s.sendall(PUBLISH_TO_MISSING + a.channel_close(1))
+        seen = _frames_until_quiet(s, stop=is_method(a.CHANNEL_CLOSE_OK, 1))
+        s.sendall(a.channel_close_ok(1) + a.channel_open(1) + a.channel_open(2)
+                  + a.method_frame(2, 40, 10, a.short(0) + a.shortstr("crossing-x") + a.shortstr("fanout")
+                                   + a.bits(False, False, True, False, False) + a.table({})))
+        out = observe(s, is_method((40, 11), 2))
+        out["seen"] = seen + out["seen"]
+        return out
+    finally:
+        s.close()
+
+
+@scenario
+def channel_reopened_before_close_ok(port):
+    """After the broker's close (and close-ok for our crossing close) the channel still waits
+    for our close-ok: channel.open on it is a second open."""
+    s = opened(port)
+    try:
+        s.sendall(PUBLISH_TO_MISSING + a.channel_close(1))
+        seen = _frames_until_quiet(s, stop=is_method(a.CHANNEL_CLOSE_OK, 1))
+        s.sendall(a.channel_open(1))
+        out = observe(s)
+        out["seen"] = seen + out["seen"]
+        return out
+    finally:
+        s.close()
+
+
+@scenario
+def methods_on_a_closing_channel_are_ignored(port):
+    """Between the broker's close and our close-ok, methods and whole publishes on the channel
+    are discarded, even invalid ones."""
+    s = opened(port)
+    try:
+        s.sendall(PUBLISH_TO_MISSING)
+        seen = _frames_until_quiet(s, stop=is_method(a.CHANNEL_CLOSE, 1))
+        s.sendall(a.queue_declare(1, "closing-ignored") + a.publish_message(1, b"y", routing_key="k")
+                  + a.basic_qos(1, 5, 0) + a.channel_close_ok(1) + a.channel_open(1)
+                  + a.queue_declare(1, "closing-ignored", passive=True))
+        out = observe(s, is_method(a.QUEUE_DECLARE_OK, 1))
+        out["seen"] = seen + out["seen"]
+        return out
+    finally:
+        s.close()
+
+
+@scenario
+def content_header_on_a_closing_channel_without_publish(port):
+    s = opened(port)
+    try:
+        s.sendall(PUBLISH_TO_MISSING)
+        seen = _frames_until_quiet(s, stop=is_method(a.CHANNEL_CLOSE, 1))
+        s.sendall(a.content_header_frame(1, 1) + a.body_frame(1, b"z"))
+        out = observe(s)
+        out["seen"] = seen + out["seen"]
+        return out
+    finally:
+        s.close()
+
+
+@scenario
+def second_close_ok(port):
+    s = opened(port)
+    try:
+        s.sendall(PUBLISH_TO_MISSING)
+        seen = _frames_until_quiet(s, stop=is_method(a.CHANNEL_CLOSE, 1))
+        s.sendall(a.channel_close_ok(1) + a.channel_close_ok(1))
+        out = observe(s)
+        out["seen"] = seen + out["seen"]
+        return out
+    finally:
+        s.close()
+
+
+@scenario
+def close_ok_on_an_open_channel(port):
+    return after_open(port, a.channel_close_ok(1))
+
+
+@scenario
+def channel_close_on_a_never_opened_channel(port):
+    return after_open(port, a.channel_close(7))
+
+
+@scenario
+def channel_open_twice(port):
+    return after_open(port, a.channel_open(1))
+
+
+# --- before tuning: frames of at most 4096 octets (RabbitMQ's ?FRAME_MIN_SIZE) ---------------
+
+def _padded_start_ok(payload_len):
+    """A normal start-ok whose frame payload is exactly payload_len octets."""
+    def build(pad):
+        return a.start_ok(properties=a.client_properties(p="x" * pad))
+    return build(payload_len - (len(build(0)) - 8))
+
+
+@scenario
+def start_ok_4096_octets(port):
+    frame = _padded_start_ok(4096)
+    assert len(frame) == 4096 + 8, len(frame)
+    return after_start(port, frame, done=is_method(a.CONNECTION_TUNE))
+
+
+@scenario
+def start_ok_4097_octets(port):
+    frame = _padded_start_ok(4097)
+    assert len(frame) == 4097 + 8, len(frame)
+    return after_start(port, frame)
+
+
+@scenario
+def start_ok_malformed_client_properties(port):
+    # a client-properties table whose length runs 50 octets past the payload
+    args = a.long_(60) + b"\x01aS" + a.long_(1) + b"x" + a.shortstr("PLAIN") + a.longstr("\0guest\0guest") + a.shortstr("en_US")
+    return after_start(port, a.method_frame(0, 10, 11, args))
+
+
+@scenario
+def content_headers_table_malformed(port):
+    # headers property (flag bit 13) with a table length 50 octets past the end
+    props = a.short(1 << 13) + a.long_(50) + b"\x01aS"
+    header = a.frame(a.FRAME_HEADER, 1, a.short(60) + a.short(0) + a.longlong(1) + props)
+    return after_open(port, a.basic_publish(1, "", "nowhere") + header + a.body_frame(1, b"x"))
+
+
 # ---------------------------------------------------------------------------------------------
 
 EXPECTED = {
@@ -934,6 +1197,60 @@ EXPECTED = {
         {'kind': 'eof', 'seen': [], 'after': 'eof delayed'},
     'channel_open_instead_of_tune_ok':
         {'kind': 'eof', 'seen': [], 'after': 'eof delayed'},
+    # Recorded 2026-12-01 from RabbitMQ 3.10.8 (the compatibility issue's idempotency, close
+    # crossing and pre-tune frame size cases).
+    'queue_unbind_from_missing_exchange':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 51},
+    'queue_unbind_of_missing_queue':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 51},
+    'queue_unbind_both_missing':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 51},
+    'queue_unbind_absent_binding':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 51},
+    'queue_unbind_from_default_exchange':
+        {'kind': 'channel.close', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 50, 'code': 403, 'text': 'ACCESS_REFUSED - operation not permitted on the default exchange', 'after': 'alive'},
+    'exchange_unbind_missing_source':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 40, 'method_id': 51},
+    'exchange_unbind_missing_destination':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 40, 'method_id': 51},
+    'exchange_unbind_both_missing':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 40, 'method_id': 51},
+    'queue_bind_both_missing':
+        {'kind': 'channel.close', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 20, 'code': 404, 'text': "NOT_FOUND - no exchange 'no-such-exchange' in vhost '/'", 'after': 'alive'},
+    'exchange_bind_both_missing':
+        {'kind': 'channel.close', 'seen': [], 'channel': 1, 'class_id': 40, 'method_id': 30, 'code': 404, 'text': "NOT_FOUND - no exchange 'no-such-source' in vhost '/'", 'after': 'alive'},
+    'queue_delete_missing_if_unused_if_empty':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 41},
+    'exchange_delete_missing_if_unused':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 40, 'method_id': 21},
+    'queue_purge_missing':
+        {'kind': 'channel.close', 'seen': [], 'channel': 1, 'class_id': 50, 'method_id': 30, 'code': 404, 'text': "NOT_FOUND - no queue 'no-such-queue' in vhost '/'", 'after': 'alive'},
+    'basic_cancel_unknown_tag':
+        {'kind': 'ok', 'seen': [], 'channel': 1, 'class_id': 60, 'method_id': 31},
+    'channel_close_crossing_the_brokers':
+        {'kind': 'ok', 'seen': ['ch1 channel.close 404', 'ch1 channel.close-ok', 'channel.open-ok', 'channel.open-ok'], 'channel': 2, 'class_id': 40, 'method_id': 11},
+    'channel_reopened_before_close_ok':
+        {'kind': 'connection.close', 'seen': ['ch1 channel.close 404', 'ch1 channel.close-ok'], 'channel': 0, 'class_id': 20, 'method_id': 10, 'code': 504, 'text': "CHANNEL_ERROR - second 'channel.open' seen", 'after': 'eof immediate'},
+    'methods_on_a_closing_channel_are_ignored':
+        {'kind': 'channel.close', 'seen': ['ch1 channel.close 404', 'channel.open-ok'], 'channel': 1, 'class_id': 50, 'method_id': 10, 'code': 404, 'text': "NOT_FOUND - no queue 'closing-ignored' in vhost '/'", 'after': 'alive'},
+    'content_header_on_a_closing_channel_without_publish':
+        {'kind': 'connection.close', 'seen': ['ch1 channel.close 404'], 'channel': 0, 'class_id': 0, 'method_id': 0, 'code': 505, 'text': 'UNEXPECTED_FRAME - expected method frame, got non method frame instead', 'after': 'eof immediate'},
+    'second_close_ok':
+        {'kind': 'connection.close', 'seen': ['ch1 channel.close 404'], 'channel': 0, 'class_id': 20, 'method_id': 41, 'code': 504, 'text': "CHANNEL_ERROR - expected 'channel.open'", 'after': 'eof immediate'},
+    'close_ok_on_an_open_channel':
+        {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 20, 'method_id': 41, 'code': 503, 'text': 'COMMAND_INVALID - unimplemented method', 'after': 'eof immediate'},
+    'channel_close_on_a_never_opened_channel':
+        {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 20, 'method_id': 40, 'code': 504, 'text': "CHANNEL_ERROR - expected 'channel.open'", 'after': 'eof immediate'},
+    'channel_open_twice':
+        {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 20, 'method_id': 10, 'code': 504, 'text': "CHANNEL_ERROR - second 'channel.open' seen", 'after': 'eof immediate'},
+    'start_ok_4096_octets':
+        {'kind': 'ok', 'seen': [], 'channel': 0, 'class_id': 10, 'method_id': 30},
+    'start_ok_4097_octets':
+        {'kind': 'eof', 'seen': [], 'after': 'eof delayed'},
+    'start_ok_malformed_client_properties':
+        {'kind': 'eof', 'seen': [], 'after': 'eof delayed'},
+    'content_headers_table_malformed':
+        {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 0, 'method_id': 0, 'code': 541, 'text': 'INTERNAL_ERROR', 'after': 'eof immediate'},
 }
 
 TEXT_PREFIX = {

@@ -33,6 +33,17 @@ pub enum ChannelState {
     Closing,
 }
 
+/// What a frame on a closing channel (we sent `channel.close`) amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// Discarded, as RabbitMQ's closing channel discards methods and whole contents.
+    Discard,
+    /// The client's close-ok: the channel is gone.
+    Done,
+    /// The client's own `channel.close` crossed ours: answer close-ok, keep waiting.
+    Crossed,
+}
+
 /// What the connection should do with the channel after a frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,6 +57,12 @@ pub enum Outcome {
 enum Assembly {
     /// Expecting a method frame.
     Method,
+    /// A body over `max_message_size`: its frames are counted, not kept; once it is complete
+    /// the publish is refused (RabbitMQ answers after the whole body, observed on 3.10.8).
+    Oversized { body_size: u64, remaining: u64 },
+    /// On a closing channel: a discarded publish's content header, then `remaining` body
+    /// bytes (kept only as counts, so content frames are still checked in order).
+    Discarding { header: bool, remaining: u64 },
     /// Got `basic.publish`, expecting its content header.
     Header(Publish),
     /// Got the header, expecting `remaining` more body bytes.
@@ -213,6 +230,78 @@ impl Channel {
         }
     }
 
+    /// A frame on this channel after we sent `channel.close`: everything but close and
+    /// close-ok is discarded (RabbitMQ 3.10.8, observed), but content frames still follow the
+    /// assembler's rules (a content header with no publish before it is a 505) and a second
+    /// `channel.open` is a 504.
+    pub fn closing_frame(&mut self, frame: &Frame) -> Result<Closing, Fault> {
+        let unexpected = |text: &str| -> Fault { AmqpError::unexpected_frame(text).into() };
+        match (&mut self.assembly, frame) {
+            (
+                Assembly::Method,
+                Frame::Method {
+                    class_id,
+                    method_id,
+                    ..
+                },
+            ) => match (*class_id, *method_id) {
+                (20, 41) => Ok(Closing::Done),
+                (20, 40) => Ok(Closing::Crossed),
+                (20, 10) => Err(AmqpError::channel_error("second 'channel.open' seen")
+                    .on(20, 10)
+                    .into()),
+                (60, 40) => {
+                    self.assembly = Assembly::Discarding {
+                        header: true,
+                        remaining: 0,
+                    };
+                    Ok(Closing::Discard)
+                }
+                _ => Ok(Closing::Discard),
+            },
+            (Assembly::Method, _) => Err(unexpected(
+                "expected method frame, got non method frame instead",
+            )),
+            (
+                Assembly::Discarding {
+                    header: true,
+                    remaining,
+                },
+                Frame::Header { body_size, .. },
+            ) => {
+                *remaining = *body_size;
+                if *body_size == 0 {
+                    self.assembly = Assembly::Method;
+                } else {
+                    self.assembly = Assembly::Discarding {
+                        header: false,
+                        remaining: *body_size,
+                    };
+                }
+                Ok(Closing::Discard)
+            }
+            (Assembly::Discarding { header: true, .. }, _) => Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40)
+            .into()),
+            (Assembly::Discarding { remaining, .. }, Frame::Body { payload, .. }) => {
+                *remaining = remaining.saturating_sub(payload.len() as u64);
+                if *remaining == 0 {
+                    self.assembly = Assembly::Method;
+                }
+                Ok(Closing::Discard)
+            }
+            (Assembly::Discarding { .. }, _) => Err(AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
+            .on(60, 40)
+            .into()),
+            // Not reached: a closing channel's assembly is reset when it closes.
+            _ => Ok(Closing::Discard),
+        }
+    }
+
     /// Handle one frame on this (open) channel.
     pub fn handle_frame(&mut self, ctx: &mut ConnCtx, frame: Frame) -> Result<Outcome, Fault> {
         match (
@@ -262,13 +351,12 @@ impl Channel {
                 }
                 let max = ctx.broker.config.limits.max_message_size;
                 if body_size > max {
-                    // Checked at the header so an oversized body is never buffered; the body
-                    // frames that follow are discarded by the closing channel.
-                    return Err(AmqpError::precondition_failed(format!(
-                        "message size {body_size} is larger than configured max size {max}"
-                    ))
-                    .on(60, 40)
-                    .into());
+                    // Known at the header, refused once the body is in: nothing of it is kept.
+                    self.assembly = Assembly::Oversized {
+                        body_size,
+                        remaining: body_size,
+                    };
+                    return Ok(Outcome::Open);
                 }
                 if body_size == 0 {
                     self.on_publish(ctx, publish, properties, Bytes::new())
@@ -354,6 +442,35 @@ impl Channel {
             )
             .on(60, 40)
             .into()),
+            (
+                Assembly::Oversized {
+                    body_size,
+                    remaining,
+                },
+                Frame::Body { payload, .. },
+            ) => {
+                let len = payload.len() as u64;
+                if len < remaining {
+                    self.assembly = Assembly::Oversized {
+                        body_size,
+                        remaining: remaining - len,
+                    };
+                    return Ok(Outcome::Open);
+                }
+                let max = ctx.broker.config.limits.max_message_size;
+                Err(AmqpError::precondition_failed(format!(
+                    "message size {body_size} is larger than configured max size {max}"
+                ))
+                .on(60, 40)
+                .into())
+            }
+            (Assembly::Oversized { .. }, _) => Err(AmqpError::unexpected_frame(
+                "expected content body, got non content body frame instead",
+            )
+            .on(60, 40)
+            .into()),
+            // Only a closing channel discards (see `closing_frame`); an open one never is.
+            (Assembly::Discarding { .. }, _) => Ok(Outcome::Open),
         }
     }
 
@@ -394,7 +511,11 @@ impl Channel {
         method_id: u16,
     ) -> Result<(), AmqpError> {
         match m {
-            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => Ok(()),
+            // RabbitMQ 3.10.8: close-ok for a close it never sent (observed).
+            AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => Err(AmqpError::new(
+                crate::protocol::ReplyCode::CommandInvalid,
+                "unimplemented method",
+            )),
             AMQPClass::Channel(chan::AMQPMethod::Open(_)) => {
                 Err(AmqpError::channel_error("second 'channel.open' seen"))
             }

@@ -32,17 +32,20 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
     {
         return Ok(None);
     }
-    // The headers table is bounded before amq-protocol's recursive parser sees it.
+    // RabbitMQ 3.10.8 decodes properties in the channel process, which crashes on a bad
+    // table: the connection is closed with a bare `541 INTERNAL_ERROR`, 0/0 (observed). The
+    // headers table is bounded before amq-protocol's recursive parser sees it.
+    let undecodable = || {
+        AmqpError::bare(crate::protocol::ReplyCode::InternalError)
+            .on(0, 0)
+            .connection()
+    };
     if crate::protocol::table::check_properties(raw).is_err() {
-        return Err(AmqpError::frame_error(
-            "cannot decode content header properties",
-        ));
+        return Err(undecodable());
     }
     match amq_protocol::protocol::basic::parse_properties(&raw[..]) {
         Ok((_, p)) => Ok(Some(p)),
-        Err(_) => Err(AmqpError::frame_error(
-            "cannot decode content header properties",
-        )),
+        Err(_) => Err(undecodable()),
     }
 }
 

@@ -116,8 +116,11 @@ impl Handshake {
         }
         let reader = FramedRead::with_capacity(
             read,
+            // Before tune-ok a client may send frames of at most RabbitMQ's minimum frame size
+            // (its reader starts with `frame_max = ?FRAME_MIN_SIZE`): nothing larger is
+            // buffered from a peer that has not logged in.
             FrameCodec {
-                frame_max: self.broker.config.limits.frame_max,
+                frame_max: FRAME_MIN_SIZE,
             },
             // Small to start: an idle connection costs little; the buffer grows (and stays
             // grown) for connections that send bursts or large frames.
@@ -356,6 +359,11 @@ async fn next_method(reader: &mut Reader, state: &str) -> Result<AMQPClass, Stop
                 ));
             }
             Some(Err(CodecError::Io(e))) => return Err(Stop::Silent(format!("socket error: {e}"))),
+            // Before the connection is tuned RabbitMQ 3.10.8 closes the socket without a close
+            // frame (a frame over 4096 bytes, a malformed start-ok: observed).
+            Some(Err(CodecError::Protocol(e))) if state != "opening" => {
+                return Err(Stop::Silent(e.text));
+            }
             Some(Err(CodecError::Protocol(e))) => return Err(Stop::Close(e)),
             Some(Ok(f)) => f,
         };
@@ -370,6 +378,9 @@ async fn next_method(reader: &mut Reader, state: &str) -> Result<AMQPClass, Stop
                 return match method::decode(10, method_id, &payload) {
                     Ok(Method::Other(m)) => Ok(m),
                     Ok(Method::Publish(_)) => unreachable!(),
+                    Err(method::DecodeError::Invalid(e)) if state != "opening" => {
+                        Err(Stop::Silent(e.text))
+                    }
                     Err(method::DecodeError::Invalid(e)) => Err(Stop::Close(e)),
                     Err(method::DecodeError::Unknown) => Err(Stop::Silent("unknown method".into())),
                 };

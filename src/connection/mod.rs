@@ -472,27 +472,20 @@ impl Connection {
         };
         match channel.state {
             ChannelState::Closing => {
-                if let Frame::Method {
-                    class_id: 20,
-                    method_id,
-                    ..
-                } = frame
-                {
-                    match method_id {
-                        // close-ok: the channel number is free again
-                        41 => {
-                            self.channels.remove(&id);
-                        }
-                        // A close crossing ours: answer it and keep waiting for the close-ok
-                        // of ours (RabbitMQ's closing state; AMQP 0-9-1 §2.2.4): a client that
-                        // sends both must not find the number unopened (504).
-                        40 => {
-                            self.ctx.send_method(
-                                id,
-                                AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                            );
-                        }
-                        _ => {}
+                match channel.closing_frame(&frame)? {
+                    crate::channel::Closing::Discard => {}
+                    // close-ok for ours: the channel number is free again
+                    crate::channel::Closing::Done => {
+                        self.channels.remove(&id);
+                    }
+                    // A close crossing ours: answer it and keep waiting for the close-ok of
+                    // ours (RabbitMQ's closing state; AMQP 0-9-1 2.2.4): a client that sends
+                    // both must not find the number unopened (504).
+                    crate::channel::Closing::Crossed => {
+                        self.ctx.send_method(
+                            id,
+                            AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+                        );
                     }
                 }
                 Ok(Flow::Continue)

@@ -229,6 +229,11 @@ impl Exchange {
         self.bindings.read().all.len()
     }
 
+    /// Whether this exact binding exists.
+    pub fn has_binding(&self, b: &BindingDef) -> bool {
+        self.bindings.read().all.contains(b)
+    }
+
     /// A snapshot of the bindings.
     pub fn bindings(&self) -> Vec<BindingDef> {
         self.bindings.read().all.clone()

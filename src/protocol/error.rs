@@ -133,6 +133,15 @@ impl AmqpError {
         }
     }
 
+    /// An error whose text is the bare code name (RabbitMQ's `INTERNAL_ERROR` after a
+    /// channel process crash).
+    pub fn bare(code: ReplyCode) -> Self {
+        AmqpError {
+            text: code.name().to_string(),
+            ..AmqpError::new(code, "")
+        }
+    }
+
     /// Attach the class and method id of the method that caused the error.
     pub fn on(mut self, class_id: u16, method_id: u16) -> Self {
         self.class_id = class_id;
