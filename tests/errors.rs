@@ -357,3 +357,88 @@ async fn garbage_after_handshake_and_truncated_frames() {
     drop(r);
     assert_still_serving(&b).await;
 }
+
+/// A client's `connection.close` (any code) after publishes with confirms in the same write,
+/// as RabbitMQ 3.10.8 answers it (recorded): every publish before it is routed, confirms
+/// already owed come before close-ok, nothing comes after close-ok, frames after the close
+/// are ignored, and the broker leaves closing the socket to the client.
+#[tokio::test]
+async fn client_connection_close_sequence() {
+    use amq_protocol::frame::AMQPFrame;
+    use amq_protocol::protocol::{AMQPClass, basic, confirm, connection as conn, queue as qu};
+    let b = start().await;
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    r.send(&method_frame(
+        1,
+        AMQPClass::Queue(qu::AMQPMethod::Declare(qu::Declare {
+            queue: "closing".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Default::default(),
+        })),
+    ))
+    .await;
+    r.expect_method(1, 50, 11).await;
+    r.send(&method_frame(
+        1,
+        AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+            nowait: false,
+        })),
+    ))
+    .await;
+    r.expect_method(1, 85, 11).await;
+    let mut bytes = Vec::new();
+    for _ in 0..1000 {
+        let mut args = vec![0, 0];
+        args.extend_from_slice(&shortstr(b""));
+        args.extend_from_slice(&shortstr(b"closing"));
+        args.push(0);
+        bytes.extend_from_slice(&raw_method(1, 60, 40, &args));
+        bytes.extend_from_slice(&raw_header(1, 1));
+        bytes.extend_from_slice(&raw_frame(3, 1, b"m"));
+    }
+    bytes.extend_from_slice(&method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Close(conn::Close {
+            reply_code: 541,
+            reply_text: "INTERNAL_ERROR - oops".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    ));
+    // Ignored: it comes after the close.
+    bytes.extend_from_slice(&method_frame(
+        1,
+        AMQPClass::Queue(qu::AMQPMethod::Declare(qu::Declare {
+            queue: "after-close".into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: Default::default(),
+        })),
+    ));
+    r.send(&bytes).await;
+    loop {
+        match r.next().await {
+            Reply::Frame(AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Ack(_)))) => {}
+            Reply::Frame(AMQPFrame::Method(
+                0,
+                AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)),
+            )) => break,
+            other => panic!("before close-ok: {other:?}"),
+        }
+    }
+    // Nothing after close-ok, and the socket stays open for the client to close.
+    let after = tokio::time::timeout(std::time::Duration::from_millis(300), r.next()).await;
+    assert!(after.is_err(), "after close-ok: {after:?}");
+    drop(r);
+    let v = b.state().vhost("/").unwrap();
+    assert_eq!(v.queue("closing").unwrap().message_count(), 1000);
+    assert!(v.queue("after-close").is_err());
+}

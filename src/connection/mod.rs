@@ -141,7 +141,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         _ = broker.shutdown.cancelled() => handshake::Outcome::Failed(None),
     };
     drop(permit);
-    let reader = match outcome {
+    let (mut reader, client_closed) = match outcome {
         handshake::Outcome::Opened(opened) => {
             let opened = *opened;
             let mut c = Connection {
@@ -154,6 +154,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
                 last_recv: Instant::now(),
                 last_sent: Instant::now(),
                 stop_reason: None,
+                client_closed: false,
                 alarm: broker.memory_alarm.subscribe(),
                 blocked: false,
                 sent_blocked: false,
@@ -163,10 +164,16 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
             let reason = c.run(&mut reader, &mut events_rx).await;
             c.cleanup(&mut events_rx);
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, %reason, "connection closed");
-            Some(reader)
+            (Some(reader), c.client_closed)
         }
-        handshake::Outcome::Failed(reader) => reader,
+        handshake::Outcome::Failed(reader) => (reader, false),
     };
+    if client_closed && let Some(r) = reader.take() {
+        // After the close-ok for a client's connection.close, RabbitMQ leaves closing the
+        // socket to the client: a FIN from us first can reach a client before it has read
+        // the close-ok (aiormq then reports its reader closed unexpectedly).
+        drain_until_eof(r).await;
+    }
     // Dropping the last sender lets the writer flush what is queued and send FIN.
     drop(outbound);
     if let Some(reader) = reader {
@@ -187,6 +194,8 @@ struct Connection {
     last_sent: Instant,
     /// Why the loop stopped, for the log line.
     stop_reason: Option<String>,
+    /// The client sent `connection.close` (and was answered close-ok).
+    client_closed: bool,
     /// The broker's memory alarm.
     alarm: tokio::sync::watch::Receiver<bool>,
     /// Not reading from the socket: the connection published during a memory alarm.
@@ -434,6 +443,9 @@ impl Connection {
         match m {
             Method::Other(AMQPClass::Connection(conn::AMQPMethod::Close(c))) => {
                 debug!(conn = self.ctx.id, code = c.reply_code, text = %c.reply_text, "client closed the connection");
+                // As RabbitMQ: confirms already owed go out before close-ok, nothing after it
+                // (publishes still waiting for the disk are never confirmed).
+                self.flush_confirms();
                 self.ctx.send_method(
                     0,
                     AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
@@ -442,6 +454,7 @@ impl Connection {
                     "client sent connection.close ({} {})",
                     c.reply_code, c.reply_text
                 ));
+                self.client_closed = true;
                 Ok(Flow::Stop)
             }
             Method::Other(AMQPClass::Connection(conn::AMQPMethod::UpdateSecret(_))) => {
@@ -733,7 +746,8 @@ impl Connection {
         Flow::Continue
     }
 
-    fn flush(&mut self) {
+    /// Queue the publisher confirms owed by this loop turn.
+    fn flush_confirms(&mut self) {
         for id in std::mem::take(&mut self.ctx.confirms_dirty) {
             if let Some(ch) = self.channels.get_mut(&id)
                 && ch.state == ChannelState::Open
@@ -741,6 +755,10 @@ impl Connection {
                 ch.flush_confirms(&mut self.ctx);
             }
         }
+    }
+
+    fn flush(&mut self) {
+        self.flush_confirms();
         if !self.ctx.out.is_empty() {
             let batch = self.ctx.out.split().freeze();
             self.outbound.send(batch);
