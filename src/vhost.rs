@@ -432,6 +432,7 @@ impl VHost {
                 check_exclusive(&q, def.exclusive.then_some(conn), true)?;
                 assert_flag("durable", q.def.durable, def.durable, &res)?;
                 assert_flag("auto_delete", q.def.auto_delete, def.auto_delete, &res)?;
+                crate::queue::args::assert_type_equivalent(&q, &def.arguments, &res)?;
                 assert_equivalent(&q.def.arguments, &def.arguments, EQUIVALENCE_KEYS, &res)?;
                 q.touch();
                 Ok(Declared {
@@ -440,6 +441,9 @@ impl VHost {
                 })
             }
             Entry::Vacant(v) => {
+                if args.quorum {
+                    crate::queue::args::check_quorum(&def, server_named, &res)?;
+                }
                 if def.name.starts_with("amq.") && !server_named {
                     return Err(AmqpError::access_refused(format!(
                         "queue name '{}' contains reserved prefix 'amq.*'",

@@ -68,6 +68,14 @@ impl Channel {
         } else {
             ctx.vhost.queue_for(&name, ctx.id)?
         };
+        if q.args.quorum && self.credit.limit.load(Ordering::Relaxed) > 0 {
+            // RabbitMQ 3.10.8 (observed): a connection error.
+            return Err(AmqpError::not_implemented(format!(
+                "{} does not support global qos",
+                q.resource()
+            ))
+            .on(60, 20));
+        }
         let tag: Arc<str> = if m.consumer_tag.as_str().is_empty() {
             super::generated_name("amq.ctag").into()
         } else {
@@ -232,7 +240,7 @@ impl Channel {
             &e.msg.exchange,
             &e.msg.routing_key,
         );
-        let props = crate::queue::dead_letter::delivered_properties(&d.queue, e);
+        let props = crate::queue::dead_letter::delivered_properties(&d.queue, e, false);
         put_content(&mut ctx.out, self.id, &props, &e.msg.body, ctx.frame_max);
         if d.consumer.no_ack {
             // Settled on delivery: a stored message leaves the log now that it is written.

@@ -82,7 +82,7 @@ impl Channel {
                     &msg.routing_key,
                     left,
                 );
-                let props = crate::queue::dead_letter::delivered_properties(&q, &entry);
+                let props = crate::queue::dead_letter::delivered_properties(&q, &entry, true);
                 put_content(&mut ctx.out, self.id, &props, &msg.body, ctx.frame_max);
             }
         }

@@ -7,6 +7,8 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// Keys compared by the redeclare equivalence check (RabbitMQ compares the declare args).
 pub const EQUIVALENCE_KEYS: &[&str] = &[
+    // `x-queue-type` and a quorum queue's `x-delivery-limit` are compared first, by
+    // [`assert_type_equivalent`].
     "x-expires",
     "x-message-ttl",
     "x-dead-letter-exchange",
@@ -19,7 +21,6 @@ pub const EQUIVALENCE_KEYS: &[&str] = &[
     "x-overflow",
     "x-queue-mode",
     "x-single-active-consumer",
-    "x-queue-type",
     "x-delivery-limit",
 ];
 
@@ -71,7 +72,8 @@ pub struct QueueArgs {
 }
 
 enum Check {
-    Int,
+    PositiveInt,
+    DlxStrategy,
     NonNegInt,
     Expires,
     Ttl,
@@ -100,7 +102,8 @@ fn check(key: &str) -> Option<Check> {
         "x-single-active-consumer" => Check::Bool,
         "x-queue-type" => Check::QueueType,
         "x-delivery-limit" | "x-consumer-timeout" => Check::NonNegInt,
-        "x-quorum-initial-group-size" | "x-initial-cluster-size" => Check::Int,
+        "x-quorum-initial-group-size" | "x-initial-cluster-size" => Check::PositiveInt,
+        "x-dead-letter-strategy" => Check::DlxStrategy,
         _ => return None,
     })
 }
@@ -121,7 +124,17 @@ fn validate_one(c: &Check, v: &AMQPValue, all: &FieldTable) -> Result<(), String
         }
     };
     match c {
-        Check::Int => int().map(|_| ()).or_else(|_| not_int()),
+        Check::PositiveInt => match int() {
+            Ok(0) => Err("{value_zero,0}".into()),
+            Ok(n) if n < 0 => Err(format!("{{value_negative,{n}}}")),
+            Ok(_) => Ok(()),
+            Err(_) => not_int(),
+        },
+        Check::DlxStrategy => match as_str_bytes(v) {
+            Some(b"at-most-once" | b"at-least-once") => Ok(()),
+            Some(_) => Err("invalid_dlx_strategy".into()),
+            None => unacceptable(),
+        },
         Check::NonNegInt => match int() {
             Ok(n) if n >= 0 => Ok(()),
             Ok(n) => Err(format!("{{value_negative,{n}}}")),
@@ -181,7 +194,13 @@ fn validate_one(c: &Check, v: &AMQPValue, all: &FieldTable) -> Result<(), String
 impl QueueArgs {
     /// Validate and parse; errors are RabbitMQ's `invalid arg` 406.
     pub fn parse(args: &FieldTable, resource: &str) -> Result<QueueArgs, AmqpError> {
+        let quorum = args.inner().get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum");
         for (k, v) in args.inner() {
+            // Quorum queues take any `x-delivery-limit` (RabbitMQ 3.10.8 accepts -1 and
+            // strings; 4.x: negative = no limit).
+            if quorum && k.as_str() == "x-delivery-limit" {
+                continue;
+            }
             if k.as_str() == "x-dead-letter-exchange" && as_str_bytes(v).is_none() {
                 return Err(AmqpError::precondition_failed(format!(
                     "invalid type '{}' for arg 'x-dead-letter-exchange' in {resource}",
@@ -217,13 +236,140 @@ impl QueueArgs {
                 get("x-single-active-consumer"),
                 Some(AMQPValue::Boolean(true))
             ),
-            delivery_limit: uint("x-delivery-limit"),
+            delivery_limit: if quorum {
+                quorum_delivery_limit(get("x-delivery-limit"))
+            } else {
+                uint("x-delivery-limit")
+            },
             consumer_timeout: uint("x-consumer-timeout"),
-            quorum: get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
+            quorum,
             counts_deliveries: args.inner().contains_key("x-delivery-limit")
                 || get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
         })
     }
+}
+
+/// RabbitMQ 4.x's delivery limit of a quorum queue: 20 unless set; a negative value means
+/// none; a numeric string counts as its number (3.10.8 accepts one).
+fn quorum_delivery_limit(v: Option<&AMQPValue>) -> Option<u64> {
+    const DEFAULT: u64 = 20;
+    let n = match v {
+        None => return Some(DEFAULT),
+        Some(v) => as_int(v).or_else(|| {
+            std::str::from_utf8(as_str_bytes(v)?)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        }),
+    };
+    match n {
+        Some(n) if n < 0 => None,
+        Some(n) => Some(n as u64),
+        None => Some(DEFAULT),
+    }
+}
+
+/// Arguments a quorum queue refuses (RabbitMQ 3.10.8, observed).
+const QUORUM_UNSUPPORTED: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-queue-master-locator",
+];
+
+/// RabbitMQ's checks of a quorum queue declaration, after the arguments' own checks: no
+/// unsupported argument (the first in key order is named), not server-named, then durable,
+/// not exclusive, not auto-delete (auto-delete is reported first).
+pub fn check_quorum(
+    def: &super::QueueDef,
+    server_named: bool,
+    resource: &str,
+) -> Result<(), AmqpError> {
+    if let Some(k) = def
+        .arguments
+        .inner()
+        .keys()
+        .map(|k| k.as_str())
+        .find(|k| QUORUM_UNSUPPORTED.contains(k))
+    {
+        return Err(AmqpError::precondition_failed(format!(
+            "invalid arg '{k}' for {resource} of queue type rabbit_quorum_queue"
+        )));
+    }
+    if server_named {
+        return Err(AmqpError::precondition_failed(
+            "Cannot declare a server-named queue for type rabbit_quorum_queue",
+        ));
+    }
+    let property = if def.auto_delete {
+        Some("auto-delete")
+    } else if def.exclusive {
+        Some("exclusive-owner")
+    } else if !def.durable {
+        Some("non-durable")
+    } else {
+        None
+    };
+    match property {
+        Some(p) => Err(AmqpError::precondition_failed(format!(
+            "invalid property '{p}' for {resource}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The redeclare checks RabbitMQ 3.10.8 words its own way (observed): `x-queue-type`
+/// `classic` is the same as none; two different types, or two different delivery limits of a
+/// quorum queue, read `received 'new' but current is 'old'`; other differences have the
+/// long form of [`crate::args::assert_equivalent`].
+pub fn assert_type_equivalent(
+    current: &super::Queue,
+    received: &FieldTable,
+    resource: &str,
+) -> Result<(), AmqpError> {
+    let get = |t: &FieldTable, k: &str| t.inner().get(k).cloned();
+    let mut keys = vec![(
+        "x-queue-type",
+        get(&current.def.arguments, "x-queue-type"),
+        get(received, "x-queue-type"),
+    )];
+    if current.args.quorum {
+        keys.push((
+            "x-delivery-limit",
+            get(&current.def.arguments, "x-delivery-limit"),
+            get(received, "x-delivery-limit"),
+        ));
+    }
+    let classic = |v: &AMQPValue| as_str_bytes(v) == Some(b"classic");
+    for (key, cur, new) in keys {
+        match (&cur, &new) {
+            (None, None) => {}
+            (None, Some(v)) | (Some(v), None) if key == "x-queue-type" && classic(v) => {}
+            (Some(a), Some(b)) if crate::args::values_equal(a, b) => {}
+            (Some(a), Some(b)) => {
+                return Err(AmqpError::precondition_failed(format!(
+                    "inequivalent arg '{key}' for {resource}: received '{}' but current is '{}'",
+                    format_value(b),
+                    format_value(a)
+                )));
+            }
+            _ => {
+                let mut c = FieldTable::default();
+                let mut r = FieldTable::default();
+                if let Some(a) = cur {
+                    c.insert(key.into(), a);
+                }
+                if let Some(b) = new {
+                    r.insert(key.into(), b);
+                }
+                crate::args::assert_equivalent(&c, &r, &[key], resource)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Format used in tests and logs.

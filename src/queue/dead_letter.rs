@@ -239,9 +239,10 @@ pub fn with_delivery_count(raw: &Bytes, count: u32) -> Bytes {
     encode_properties(&rebuild(&props, FieldTable::from(headers), false))
 }
 
-/// The properties to deliver an entry with.
-pub fn delivered_properties(queue: &Queue, e: &Entry) -> Bytes {
-    if e.delivery_count > 0 && queue.args.counts_deliveries {
+/// The properties to deliver an entry with: `x-delivery-count` once it was delivered before,
+/// and on every `basic.get` from a quorum queue (RabbitMQ 3.10.8 adds it there even at 0).
+pub fn delivered_properties(queue: &Queue, e: &Entry, get: bool) -> Bytes {
+    if queue.args.counts_deliveries && (e.delivery_count > 0 || (get && queue.args.quorum)) {
         with_delivery_count(&e.msg.properties, e.delivery_count)
     } else {
         e.msg.properties.clone()
