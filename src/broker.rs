@@ -218,7 +218,21 @@ async fn memory_monitor(state: Arc<BrokerState>, limit: u64) {
 
 async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
     let mut backoff = Duration::from_millis(5);
+    // RabbitMQ's `connection_max`: a throttle on accepting, not a refusal (3.10.8, observed:
+    // past the limit a client's TCP connect completes in the listen backlog, and it gets
+    // connection.start once another connection has closed).
+    let slots = match state.config.connection_max {
+        0 => None,
+        n => Some(Arc::new(tokio::sync::Semaphore::new(n as usize))),
+    };
     loop {
+        let slot = match &slots {
+            None => None,
+            Some(s) => tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                p = s.clone().acquire_owned() => p.ok(),
+            },
+        };
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
             r = listener.accept() => r,
@@ -232,6 +246,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
                     state.open_connections.fetch_add(1, Ordering::Relaxed);
                     connection::serve(socket, peer, state.clone()).await;
                     state.open_connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(slot);
                 });
             }
             Err(e) => {

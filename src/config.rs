@@ -35,6 +35,9 @@ pub struct Config {
     pub cluster_name: String,
     /// Seconds a client has to complete the handshake (RabbitMQ's `handshake_timeout`).
     pub handshake_timeout: u64,
+    /// Connections served at once (RabbitMQ's `connection_max`; 0: no limit). Past it the
+    /// broker stops accepting until a connection closes, as RabbitMQ does.
+    pub connection_max: u32,
     /// Milliseconds a delivery may stay unacknowledged before its channel is closed with 406
     /// and its messages requeued (RabbitMQ's `consumer_timeout`, default 30 minutes; 0: never).
     /// Queues (`x-consumer-timeout`) and consumers (the same `basic.consume` argument) may set
@@ -237,6 +240,7 @@ impl Default for Config {
             cluster_name: "warren@localhost".into(),
             handshake_timeout: 10,
             consumer_timeout: 1_800_000,
+            connection_max: 0,
             storage: Storage::default(),
             memory: Memory::default(),
             management: Management::default(),

@@ -380,3 +380,21 @@ async fn handshakes_in_progress_are_bounded() {
     .await;
     assert!(served);
 }
+
+/// `connection_max`, as RabbitMQ 3.10.8 applies it: no refusal, the next client waits (its TCP
+/// connect completes in the backlog, no connection.start) until a connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_max_holds_new_clients_until_one_closes() {
+    let mut config = warren::Config::for_tests();
+    config.connection_max = 2;
+    let b = start_with(config).await;
+    let first = Raw::open(&b).await;
+    let _second = Raw::open(&b).await;
+    let mut third = Raw::connect(&b).await;
+    third.send(b"AMQP\x00\x00\x09\x01").await;
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(500), third.next()).await;
+    assert!(waited.is_err(), "served past connection_max: {waited:?}");
+    drop(first);
+    // Once the first is gone the third gets connection.start.
+    third.expect_method(0, 10, 10).await;
+}
