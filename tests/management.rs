@@ -146,6 +146,18 @@ async fn queue_depths_counts_and_purge() {
     let (_, vhosts) = http(addr, "GET", "/api/vhosts", GUEST).await;
     assert_eq!(vhosts[0]["name"], "/");
     assert_eq!(vhosts[0]["messages"], 1);
+    ch.queue_declare(
+        "qq".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        table(&[("x-queue-type", s("quorum"))]),
+    )
+    .await
+    .unwrap();
+    let (_, qq) = http(addr, "GET", "/api/queues/%2F/qq", GUEST).await;
+    assert_eq!(qq["type"], "quorum");
 }
 
 #[tokio::test]
