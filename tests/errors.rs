@@ -369,19 +369,21 @@ async fn client_connection_close_sequence() {
     let b = start().await;
     let mut r = Raw::open(&b).await;
     r.open_channel(1).await;
-    r.send(&method_frame(
-        1,
-        AMQPClass::Queue(qu::AMQPMethod::Declare(qu::Declare {
-            queue: "closing".into(),
-            passive: false,
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: Default::default(),
-        })),
-    ))
-    .await;
+    let declare = |name: &str| {
+        method_frame(
+            1,
+            AMQPClass::Queue(qu::AMQPMethod::Declare(qu::Declare {
+                queue: name.into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: Default::default(),
+            })),
+        )
+    };
+    r.send(&declare("closing")).await;
     r.expect_method(1, 50, 11).await;
     r.send(&method_frame(
         1,
@@ -411,18 +413,7 @@ async fn client_connection_close_sequence() {
         })),
     ));
     // Ignored: it comes after the close.
-    bytes.extend_from_slice(&method_frame(
-        1,
-        AMQPClass::Queue(qu::AMQPMethod::Declare(qu::Declare {
-            queue: "after-close".into(),
-            passive: false,
-            durable: false,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: Default::default(),
-        })),
-    ));
+    bytes.extend_from_slice(&declare("after-close"));
     r.send(&bytes).await;
     loop {
         match r.next().await {

@@ -94,26 +94,7 @@ async fn bad_password_raw_reply() {
     let mut r = Raw::connect(&b).await;
     r.send(b"AMQP\x00\x00\x09\x01").await;
     r.expect_method(0, 10, 10).await;
-    let mut caps = amq_protocol::types::FieldTable::default();
-    caps.insert(
-        "authentication_failure_close".into(),
-        amq_protocol::types::AMQPValue::Boolean(true),
-    );
-    let mut props = amq_protocol::types::FieldTable::default();
-    props.insert(
-        "capabilities".into(),
-        amq_protocol::types::AMQPValue::FieldTable(caps),
-    );
-    r.send(&method_frame(
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0nope".into(),
-            locale: "en_US".into(),
-        })),
-    ))
-    .await;
+    r.send(&start_ok("nope")).await;
     let (code, text, class, method) = r.expect_connection_close().await;
     assert_eq!((code, class, method), (403, 0, 0));
     assert_eq!(

@@ -286,27 +286,8 @@ async fn login(b: &warren::Broker, password: &str) -> (bool, std::time::Duration
     let mut r = Raw::connect(b).await;
     r.send(b"AMQP\x00\x00\x09\x01").await;
     r.expect_method(0, 10, 10).await;
-    let mut caps = amq_protocol::types::FieldTable::default();
-    caps.insert(
-        "authentication_failure_close".into(),
-        amq_protocol::types::AMQPValue::Boolean(true),
-    );
-    let mut props = amq_protocol::types::FieldTable::default();
-    props.insert(
-        "capabilities".into(),
-        amq_protocol::types::AMQPValue::FieldTable(caps),
-    );
     let t0 = std::time::Instant::now();
-    r.send(&method_frame(
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: format!("\0guest\0{password}").as_str().into(),
-            locale: "en_US".into(),
-        })),
-    ))
-    .await;
+    r.send(&start_ok(password)).await;
     let ok = match r.next().await {
         Reply::Frame(amq_protocol::frame::AMQPFrame::Method(
             0,

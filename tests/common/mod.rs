@@ -119,6 +119,29 @@ pub fn raw_header(channel: u16, body_size: u64) -> Vec<u8> {
     raw_frame(2, channel, &p)
 }
 
+/// `connection.start-ok`: PLAIN `guest` with `password`, announcing the capabilities
+/// `authentication_failure_close` and `connection.blocked`.
+pub fn start_ok(password: &str) -> Vec<u8> {
+    let mut caps = amq_protocol::types::FieldTable::default();
+    for cap in ["authentication_failure_close", "connection.blocked"] {
+        caps.insert(cap.into(), amq_protocol::types::AMQPValue::Boolean(true));
+    }
+    let mut props = amq_protocol::types::FieldTable::default();
+    props.insert(
+        "capabilities".into(),
+        amq_protocol::types::AMQPValue::FieldTable(caps),
+    );
+    method_frame(
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
+            client_properties: props,
+            mechanism: "PLAIN".into(),
+            response: format!("\0guest\0{password}").as_str().into(),
+            locale: "en_US".into(),
+        })),
+    )
+}
+
 /// Encode a shortstr.
 pub fn shortstr(s: &[u8]) -> Vec<u8> {
     let mut v = vec![s.len() as u8];
@@ -161,30 +184,7 @@ impl Raw {
     pub async fn start(&mut self, tune: Tune) {
         self.send(b"AMQP\x00\x00\x09\x01").await;
         self.expect_method(0, 10, 10).await;
-        let mut caps = amq_protocol::types::FieldTable::default();
-        caps.insert(
-            "authentication_failure_close".into(),
-            amq_protocol::types::AMQPValue::Boolean(true),
-        );
-        caps.insert(
-            "connection.blocked".into(),
-            amq_protocol::types::AMQPValue::Boolean(true),
-        );
-        let mut props = amq_protocol::types::FieldTable::default();
-        props.insert(
-            "capabilities".into(),
-            amq_protocol::types::AMQPValue::FieldTable(caps),
-        );
-        self.send(&method_frame(
-            0,
-            AMQPClass::Connection(conn::AMQPMethod::StartOk(conn::StartOk {
-                client_properties: props,
-                mechanism: "PLAIN".into(),
-                response: "\0guest\0guest".into(),
-                locale: "en_US".into(),
-            })),
-        ))
-        .await;
+        self.send(&start_ok("guest")).await;
         self.expect_method(0, 10, 30).await;
         self.send(&method_frame(
             0,
@@ -300,22 +300,26 @@ impl Raw {
 
     /// Expect `channel.close` on `ch`, answer close-ok; returns (code, text, class, method).
     pub async fn expect_channel_close(&mut self, ch: u16) -> (u16, String, u16, u16) {
-        match self.expect_method(ch, 20, 40).await {
-            AMQPClass::Channel(chan::AMQPMethod::Close(c)) => {
-                self.send(&method_frame(
-                    ch,
-                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                ))
-                .await;
-                (
-                    c.reply_code,
-                    c.reply_text.to_string(),
-                    c.class_id,
-                    c.method_id,
-                )
-            }
-            _ => unreachable!(),
-        }
+        let m = self.expect_method(ch, 20, 40).await;
+        self.channel_close_ok(ch, m).await
+    }
+
+    /// Answer a `channel.close` with close-ok; returns its (code, text, class, method).
+    async fn channel_close_ok(&mut self, ch: u16, m: AMQPClass) -> (u16, String, u16, u16) {
+        let AMQPClass::Channel(chan::AMQPMethod::Close(c)) = m else {
+            unreachable!("a channel.close")
+        };
+        self.send(&method_frame(
+            ch,
+            AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+        ))
+        .await;
+        (
+            c.reply_code,
+            c.reply_text.to_string(),
+            c.class_id,
+            c.method_id,
+        )
     }
 
     /// Skip frames (deliveries, content) until a method `class_id`/`method_id` on `ch`.
@@ -337,22 +341,8 @@ impl Raw {
 
     /// Like [`Raw::expect_channel_close`], skipping the frames that come before it.
     pub async fn wait_channel_close(&mut self, ch: u16) -> (u16, String, u16, u16) {
-        match self.wait_method(ch, 20, 40).await {
-            AMQPClass::Channel(chan::AMQPMethod::Close(c)) => {
-                self.send(&method_frame(
-                    ch,
-                    AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                ))
-                .await;
-                (
-                    c.reply_code,
-                    c.reply_text.to_string(),
-                    c.class_id,
-                    c.method_id,
-                )
-            }
-            _ => unreachable!(),
-        }
+        let m = self.wait_method(ch, 20, 40).await;
+        self.channel_close_ok(ch, m).await
     }
 
     /// Expect the server to close the socket (possibly after frames we ignore).
