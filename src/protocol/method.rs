@@ -131,8 +131,10 @@ pub fn decode(class_id: u16, method_id: u16, payload: &Bytes) -> Result<Method, 
     match parse_class(&payload[..]) {
         Ok(([], m)) => {
             // basic.qos: amq-protocol drops prefetch_size; RabbitMQ refuses anything but 0.
-            if (class_id, method_id) == (60, 10) {
-                let size = u32::from_be_bytes([args[0], args[1], args[2], args[3]]);
+            if (class_id, method_id) == (60, 10)
+                && let Some(&[a, b, c, d]) = args.get(0..4)
+            {
+                let size = u32::from_be_bytes([a, b, c, d]);
                 if size != 0 {
                     return Err(DecodeError::Invalid(
                         AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).on(60, 10),

@@ -58,9 +58,27 @@ pub fn check_container(buf: &[u8], pos: usize, table: bool) -> Result<usize, Tab
         let size = match ty {
             b't' | b'b' | b'B' => 1,
             b's' | b'U' | b'u' => 2,
-            b'I' | b'i' | b'f' => 4,
+            b'I' | b'i' => 4,
+            // Infinities and NaN are not Erlang floats: RabbitMQ cannot decode them, and
+            // they would not survive Warren's definitions file (JSON has no such numbers).
+            b'f' => {
+                let b = buf.get(pos..pos + 4).ok_or(TableError::Malformed)?;
+                if !f32::from_be_bytes([b[0], b[1], b[2], b[3]]).is_finite() {
+                    return Err(TableError::Malformed);
+                }
+                4
+            }
+            b'd' => {
+                let b = buf.get(pos..pos + 8).ok_or(TableError::Malformed)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                if !f64::from_be_bytes(a).is_finite() {
+                    return Err(TableError::Malformed);
+                }
+                8
+            }
             b'D' => 5,
-            b'L' | b'l' | b'd' | b'T' => 8,
+            b'L' | b'l' | b'T' => 8,
             b'V' => 0,
             b'S' | b'x' => 4 + u32_at(buf, pos)?,
             b'F' | b'A' => {
@@ -278,6 +296,27 @@ mod tests {
             check_container(&[0, 0], 0, true),
             Err(TableError::Malformed)
         );
+    }
+
+    /// A durable queue declared with an infinite float argument made the next start fail (its
+    /// definitions file held `null`): found by the `definitions` fuzz target.
+    #[test]
+    fn non_finite_floats_are_refused() {
+        for v in [
+            AMQPValue::Float(f32::INFINITY),
+            AMQPValue::Float(f32::NAN),
+            AMQPValue::Double(f64::NEG_INFINITY),
+        ] {
+            let mut t = FieldTable::default();
+            t.insert("k".into(), v);
+            assert_eq!(
+                check_container(&encode(&t), 0, true),
+                Err(TableError::Malformed)
+            );
+        }
+        let mut t = FieldTable::default();
+        t.insert("k".into(), AMQPValue::Double(1e300));
+        assert!(check_container(&encode(&t), 0, true).is_ok());
     }
 
     #[test]

@@ -29,12 +29,39 @@ pub fn vhost_dir(data_dir: &Path, vhost: &str) -> PathBuf {
         .join(if hex.is_empty() { "empty".into() } else { hex })
 }
 
-/// Load `definitions.json` (missing = empty).
+/// Load `definitions.json` (missing = empty). A file Warren could not write again (a float
+/// argument out of range, which JSON would turn into `null`) is refused.
 pub fn load_definitions(dir: &Path) -> io::Result<Definitions> {
-    match std::fs::read(dir.join("definitions.json")) {
-        Ok(b) => serde_json::from_slice(&b).map_err(io::Error::other),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Definitions::default()),
-        Err(e) => Err(e),
+    let defs: Definitions = match std::fs::read(dir.join("definitions.json")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(io::Error::other)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Definitions::default()),
+        Err(e) => return Err(e),
+    };
+    let tables = defs
+        .exchanges
+        .iter()
+        .map(|x| &x.arguments)
+        .chain(defs.queues.iter().map(|q| &q.arguments))
+        .chain(defs.bindings.iter().map(|b| &b.arguments));
+    for t in tables {
+        if !t.inner().values().all(finite) {
+            return Err(io::Error::other(
+                "definitions.json: an argument holds a float that is not finite",
+            ));
+        }
+    }
+    Ok(defs)
+}
+
+/// Whether every float in `v` is finite (tables from JSON nest at most serde_json's 128).
+fn finite(v: &amq_protocol::types::AMQPValue) -> bool {
+    use amq_protocol::types::AMQPValue;
+    match v {
+        AMQPValue::Float(f) => f.is_finite(),
+        AMQPValue::Double(d) => d.is_finite(),
+        AMQPValue::FieldArray(a) => a.as_slice().iter().all(finite),
+        AMQPValue::FieldTable(t) => t.inner().values().all(finite),
+        _ => true,
     }
 }
 
