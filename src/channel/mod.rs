@@ -262,14 +262,7 @@ impl Channel {
             (Assembly::Method, _) => Err(unexpected(
                 "expected method frame, got non method frame instead",
             )),
-            (
-                Assembly::Discarding {
-                    header: true,
-                    remaining,
-                },
-                Frame::Header { body_size, .. },
-            ) => {
-                *remaining = *body_size;
+            (Assembly::Discarding { header: true, .. }, Frame::Header { body_size, .. }) => {
                 if *body_size == 0 {
                     self.assembly = Assembly::Method;
                 } else {

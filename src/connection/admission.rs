@@ -1,7 +1,8 @@
 //! Admission: what a client can make the broker spend before it has logged in. Handshakes in
 //! progress are bounded (`limits.max_handshakes`: a semaphore in the broker state; each costs
-//! a task and a small read buffer until `handshake_timeout`); repeated failed logins from one address are
-//! answered more and more slowly ([`LoginFailures`]), while successful logins never wait.
+//! a task and a small read buffer until `handshake_timeout`); repeated failed logins from one
+//! address are answered more and more slowly ([`LoginFailures`]), while successful logins
+//! never wait.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
