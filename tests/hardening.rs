@@ -306,7 +306,8 @@ async fn login(b: &warren::Broker, password: &str) -> (bool, std::time::Duration
 }
 
 /// Repeated failed logins from one address are answered more and more slowly (5 free, then
-/// 200 ms more each); a good login from the same address is not slowed.
+/// 200 ms more each); a good login from the same address is not slowed (the bounds leave room
+/// for a loaded machine: the 8th failure waits at least 600 ms, a 9th would wait 800 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_logins_are_slowed_down_good_ones_are_not() {
     let b = start().await;
@@ -319,7 +320,7 @@ async fn repeated_failed_logins_are_slowed_down_good_ones_are_not() {
     assert!(
         times[..5]
             .iter()
-            .all(|t| *t < std::time::Duration::from_millis(150)),
+            .all(|t| *t < std::time::Duration::from_millis(500)),
         "{times:?}"
     );
     assert!(
@@ -329,7 +330,7 @@ async fn repeated_failed_logins_are_slowed_down_good_ones_are_not() {
     let (ok, t) = login(&b, "guest").await;
     assert!(ok);
     assert!(
-        t < std::time::Duration::from_millis(150),
+        t < std::time::Duration::from_millis(500),
         "good login took {t:?}"
     );
 }
