@@ -272,7 +272,7 @@ async fn a_fanout_dead_letter_cycle_does_not_pin_the_broker() {
         .await
         .unwrap();
         assert!(
-            t0.elapsed() < std::time::Duration::from_secs(2),
+            t0.elapsed() < std::time::Duration::from_secs(5),
             "a round trip took {:?}",
             t0.elapsed()
         );
