@@ -35,6 +35,8 @@ pub struct BrokerState {
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// Recent failed logins per peer address.
     pub login_failures: connection::admission::LoginFailures,
+    /// Refused logins waiting out their delay may take one permit each.
+    pub delayed_refusals: Arc<tokio::sync::Semaphore>,
 }
 
 impl BrokerState {
@@ -102,6 +104,9 @@ impl Broker {
             buffered: AtomicU64::new(0),
             handshakes: Arc::new(tokio::sync::Semaphore::new(config_max_handshakes as usize)),
             login_failures: Default::default(),
+            delayed_refusals: Arc::new(tokio::sync::Semaphore::new(
+                connection::admission::MAX_DELAYED_REFUSALS,
+            )),
         });
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();

@@ -433,3 +433,35 @@ async fn client_connection_close_sequence() {
     assert_eq!(v.queue("closing").unwrap().message_count(), 1000);
     assert!(v.queue("after-close").is_err());
 }
+
+/// A client that sends its last frames and half-closes still gets every reply (the turn that
+/// reads EOF is flushed); found by the `connection` fuzz target, where the login probe lost
+/// its channel.open-ok when the open and the EOF were read in one turn.
+#[tokio::test]
+async fn replies_to_the_frames_before_a_half_close_are_sent() {
+    use amq_protocol::protocol::{AMQPClass, channel as chan, queue as qu};
+    let b = start().await;
+    for _ in 0..20 {
+        let mut r = Raw::open(&b).await;
+        let mut bytes = method_frame(1, AMQPClass::Channel(chan::AMQPMethod::Open(chan::Open {})));
+        bytes.extend_from_slice(&method_frame(
+            1,
+            AMQPClass::Queue(qu::AMQPMethod::Declare(qu::Declare {
+                queue: "".into(),
+                passive: false,
+                durable: false,
+                exclusive: true,
+                auto_delete: false,
+                nowait: false,
+                arguments: Default::default(),
+            })),
+        ));
+        r.send(&bytes).await;
+        tokio::io::AsyncWriteExt::shutdown(&mut r.sock)
+            .await
+            .unwrap();
+        r.expect_method(1, 20, 11).await;
+        r.expect_method(1, 50, 11).await;
+        r.expect_eof().await;
+    }
+}

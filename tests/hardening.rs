@@ -380,3 +380,31 @@ async fn connection_max_holds_new_clients_until_one_closes() {
     // Once the first is gone the third gets connection.start.
     third.expect_method(0, 10, 10).await;
 }
+
+/// Refused logins waiting out their delay do not hold handshake places: with room for 3
+/// handshakes, 5 slowed-down refusals in flight still leave a good client served at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowed_refusals_do_not_hold_handshake_places() {
+    let mut config = warren::Config::for_tests();
+    config.limits.max_handshakes = 3;
+    let b = std::sync::Arc::new(start_with(config).await);
+    for _ in 0..6 {
+        assert!(!login(&b, "wrong").await.0);
+    }
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        let b = b.clone();
+        waiting.push(tokio::spawn(async move { login(&b, "wrong").await }));
+        // One after the other through the handshake (3 places), all five then waiting out
+        // their delays together (the 7th to 11th failures wait 0.4 to 1.2 s).
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (ok, t) = login(&b, "guest").await;
+    assert!(ok, "the good client was turned away");
+    assert!(t < std::time::Duration::from_millis(300), "took {t:?}");
+    for w in waiting {
+        let (ok, t) = w.await.unwrap();
+        assert!(!ok);
+        assert!(t >= std::time::Duration::from_millis(400), "{t:?}");
+    }
+}

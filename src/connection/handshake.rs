@@ -49,6 +49,9 @@ pub(super) struct Handshake {
     /// How long a refused login waits before it is answered (ms; repeated failures from one
     /// address, see `admission`).
     pub refusal_delay_ms: std::sync::atomic::AtomicU64,
+    /// This handshake's place among `limits.max_handshakes`, given back when it ends, or
+    /// before a refused login waits (waiting refusals have their own, smaller bound).
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 pub(super) struct Opened {
@@ -109,7 +112,7 @@ impl Handshake {
         self.outbound.send(b.freeze());
     }
 
-    pub(super) async fn run(self, mut read: OwnedReadHalf) -> Outcome {
+    pub(super) async fn run(mut self, mut read: OwnedReadHalf) -> Outcome {
         let mut header = [0u8; 8];
         if read.read_exact(&mut header).await.is_err() {
             return Outcome::Failed(None);
@@ -134,11 +137,17 @@ impl Handshake {
         }
         let mut reader = reader;
         let negotiated = self.negotiate(&mut reader).await;
+        // The handshake is over: its place goes to the next client, whatever happens now.
+        drop(self.permit.take());
         let delay = self
             .refusal_delay_ms
             .load(std::sync::atomic::Ordering::Relaxed);
-        if delay > 0 {
-            // Repeated failed logins from this address: answer slowly.
+        if delay > 0
+            && let Ok(_waiting) = self.broker.delayed_refusals.clone().try_acquire_owned()
+        {
+            // Repeated failed logins from this address: answer slowly. At most
+            // `admission::MAX_DELAYED_REFUSALS` wait at once (past it, refusals are at once), so
+            // failing logins cannot hold the handshake places other clients need.
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
         match negotiated {

@@ -126,6 +126,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         events: events_tx,
         backlog,
         refusal_delay_ms: Default::default(),
+        permit: Some(permit),
     };
     let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
     let outcome = tokio::select! {
@@ -140,7 +141,6 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         },
         _ = broker.shutdown.cancelled() => handshake::Outcome::Failed(None),
     };
-    drop(permit);
     let (mut reader, client_closed) = match outcome {
         handshake::Outcome::Opened(opened) => {
             let opened = *opened;
@@ -226,8 +226,10 @@ impl Connection {
             let reading = !self.blocked && !self.output_full();
             let flow = tokio::select! {
                 frame = reader.next(), if reading => match frame {
-                    None => return "client closed the socket".into(),
-                    Some(Err(CodecError::Io(e))) => return format!("socket error: {e}"),
+                    // What this turn produced still goes out (a client may half-close
+                    // after its last frames and read the replies).
+                    None => self.stopped("client closed the socket".into()),
+                    Some(Err(CodecError::Io(e))) => self.stopped(format!("socket error: {e}")),
                     Some(first) => {
                         // Once per turn: reading the clock per frame showed in profiles.
                         self.last_recv = Instant::now();
@@ -238,9 +240,11 @@ impl Connection {
                             && self.ctx.out.len() < MAX_TURN_OUTPUT
                         {
                             match reader.next().now_or_never() {
-                                Some(Some(Err(CodecError::Io(e)))) => return format!("socket error: {e}"),
+                                Some(Some(Err(CodecError::Io(e)))) => {
+                                    flow = self.stopped(format!("socket error: {e}"));
+                                }
                                 Some(Some(r)) => flow = self.on_read(r),
-                                Some(None) => return "client closed the socket".into(),
+                                Some(None) => flow = self.stopped("client closed the socket".into()),
                                 None => break,
                             }
                             n += 1;
@@ -678,6 +682,12 @@ impl Connection {
             return None;
         }
         Some((self.last_sent + hb / 2).min(self.last_recv + hb * 2))
+    }
+
+    /// Stop the loop after this turn's output is flushed.
+    fn stopped(&mut self, reason: String) -> Flow {
+        self.stop_reason = Some(reason);
+        Flow::Stop
     }
 
     /// Whether the socket's output backlog is over its limit. Then nothing more is read from
