@@ -114,8 +114,19 @@ fn parse_accepted(what: Parse, data: &[u8]) -> bool {
 mod common;
 
 /// amq-protocol parses it and every float in it is finite (Warren refuses infinities and NaN
-/// on purpose: RabbitMQ cannot decode them, and JSON cannot store them).
+/// on purpose: RabbitMQ cannot decode them, and JSON cannot store them). amq-protocol keeps
+/// the last of duplicate keys, so a non-finite value it dropped is looked for in the bytes: a
+/// `d` or `f` type letter followed by a non-finite number anywhere counts.
 fn parses_with_finite_floats(table: bool, data: &[u8]) -> bool {
+    let raw_non_finite = data.windows(9).any(|w| {
+        (w[0] == b'd' && !f64::from_be_bytes(w[1..9].try_into().unwrap()).is_finite())
+            || (w[0] == b'f' && !f32::from_be_bytes(w[1..5].try_into().unwrap()).is_finite())
+    }) || data
+        .windows(5)
+        .any(|w| w[0] == b'f' && !f32::from_be_bytes(w[1..5].try_into().unwrap()).is_finite());
+    if raw_non_finite {
+        return false;
+    }
     use amq_protocol::types::AMQPValue;
     fn finite(v: &AMQPValue) -> bool {
         match v {
