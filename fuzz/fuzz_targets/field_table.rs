@@ -127,16 +127,7 @@ fn parses_with_finite_floats(table: bool, data: &[u8]) -> bool {
     if raw_non_finite {
         return false;
     }
-    use amq_protocol::types::AMQPValue;
-    fn finite(v: &AMQPValue) -> bool {
-        match v {
-            AMQPValue::Float(f) => f.is_finite(),
-            AMQPValue::Double(d) => d.is_finite(),
-            AMQPValue::FieldArray(a) => a.as_slice().iter().all(finite),
-            AMQPValue::FieldTable(t) => t.inner().values().all(finite),
-            _ => true,
-        }
-    }
+    use warren::store::finite;
     if table {
         parse_field_table(data).is_ok_and(|(_, t)| t.inner().values().all(finite))
     } else {

@@ -54,7 +54,7 @@ pub fn load_definitions(dir: &Path) -> io::Result<Definitions> {
 }
 
 /// Whether every float in `v` is finite (tables from JSON nest at most serde_json's 128).
-fn finite(v: &amq_protocol::types::AMQPValue) -> bool {
+pub fn finite(v: &amq_protocol::types::AMQPValue) -> bool {
     use amq_protocol::types::AMQPValue;
     match v {
         AMQPValue::Float(f) => f.is_finite(),
