@@ -126,6 +126,12 @@ fn exchange(addr: SocketAddr, bytes: &[u8], patience: Duration) -> Vec<u8> {
 fuzz_target!(|data: &[u8]| {
     let mut guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
     let env = guard.get_or_insert_with(|| {
+        // libFuzzer's C main does not ignore SIGPIPE as a Rust binary's does: writing to a
+        // socket the broker closed would kill the process.
+        // SAFETY: setting a signal disposition, before any thread of ours exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
         // A panic in any broker task must not be swallowed by tokio: abort, so libFuzzer
         // keeps the input.
         std::panic::set_hook(Box::new(|info| {
