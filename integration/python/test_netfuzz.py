@@ -19,6 +19,7 @@ import pika
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import amqp_raw as a  # noqa: E402
+from test_hardening import rss_mb, still_serves as serves  # noqa: E402
 
 HOST = "127.0.0.1"
 CONNECTIONS = int(os.environ.get("FUZZ_CONNECTIONS", "5000"))
@@ -108,28 +109,6 @@ def one(port, data):
     finally:
         s.close()
     return True
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def serves(port):
-    conn = pika.BlockingConnection(pika.ConnectionParameters(HOST, port, socket_timeout=5))
-    ch = conn.channel()
-    q = ch.queue_declare("", exclusive=True).method.queue
-    ch.basic_publish("", q, b"ok")
-    got = None
-    for _ in range(50):
-        _, _, got = ch.basic_get(q, auto_ack=True)
-        if got:
-            break
-    conn.close()
-    return got == b"ok"
 
 
 def test_mutated_client_traffic_never_hurts_the_broker(broker, port):
