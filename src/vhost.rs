@@ -123,7 +123,12 @@ impl VHost {
         }
         for q in defs.queues {
             let res = rs("queue", &q.name, name);
-            let args = QueueArgs::parse(&q.arguments, &res).unwrap_or_default();
+            // Arguments stored by a version that accepted them: keep every one that can be
+            // read, and say which failed the current checks.
+            let args = QueueArgs::parse(&q.arguments, &res).unwrap_or_else(|e| {
+                tracing::error!(vhost = %name, queue = %q.name, error = %e.text, "stored queue arguments no longer validate; kept as far as they can be read");
+                QueueArgs::extract(&q.arguments)
+            });
             let expires = args.expires;
             let log = v.store.as_ref().map(|s| s.log.clone());
             let queue = Arc::new(Queue::new(name, Arc::downgrade(&v), q, args, None, log));
@@ -638,7 +643,7 @@ impl VHost {
             if !durable.is_empty() {
                 let rec = crate::store::log::publish_record(0, 0, &durable, &msg);
                 waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
-                msg.store_id = Some(log.append(rec, if waits { synced } else { None }));
+                msg.store_id = log.append(rec, if waits { synced } else { None });
             }
         }
         let msg = Arc::new(msg);

@@ -4,25 +4,28 @@
 //! still holds one of them.
 //!
 //! Segments have no file header: a segment is `NNNNNNNNNNNN.seg` (12-digit number, from 1) in
-//! the log directory, a sequence of records `len u32 | crc32 u32 | payload` (see
-//! src/store/log.rs). Random bytes almost never pass the checksum, so the input has two forms:
+//! the log directory, a sequence of records, each a self-checking 16-byte header (magic,
+//! length, payload crc32, header crc32) and its payload (see src/store/record.rs). Random
+//! bytes almost never pass the checksums, so the input has two forms:
 //!
 //! - byte 0 bit 0 clear, "raw": the rest of the input is segment 1, byte for byte (this is the
 //!   form of segments copied from a real broker, and what finds framing and torn-tail bugs);
 //! - bit 0 set, "framed": the rest is a list of records `hdr u16 | payload`, for which the
-//!   harness writes the length and the right checksum, so the fuzzer works on the payloads:
-//!   `hdr` bit 15 starts the next segment file before the record, bit 14 spoils the checksum,
-//!   bits 0..14 are the payload length. A record cut short by the end of the input is written
-//!   cut short (a torn tail).
+//!   harness writes a valid header, so the fuzzer works on the payloads: `hdr` bit 15 starts
+//!   the next segment file before the record, bit 14 spoils the payload checksum, bit 13
+//!   writes 3 garbage bytes before the record (damage recovery must step over), bits 0..13
+//!   are the payload length. A record cut short by the end of the input is written cut short
+//!   (a torn tail).
 //!
 //! Byte 0 bits 1..3 pick the segment size the writer rolls at.
 #![no_main]
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use warren::message::Message;
 use warren::store::log::{self, Options, SyncPolicy};
+use warren::store::record;
 
 #[path = "common.rs"]
 mod common;
@@ -46,7 +49,7 @@ fn segments(data: &[u8]) -> Vec<Vec<u8>> {
     while p.len() >= 2 {
         let hdr = u16::from_be_bytes([p[0], p[1]]);
         p = &p[2..];
-        let len = (hdr & 0x3fff) as usize;
+        let len = (hdr & 0x1fff) as usize;
         let payload = &p[..len.min(p.len())];
         p = &p[payload.len()..];
         if hdr & 0x8000 != 0 {
@@ -57,8 +60,10 @@ fn segments(data: &[u8]) -> Vec<Vec<u8>> {
             crc ^= 1;
         }
         let seg = segs.last_mut().unwrap();
-        seg.put_u32(len as u32);
-        seg.put_u32(crc);
+        if hdr & 0x2000 != 0 {
+            seg.extend_from_slice(b"\x57\x52\x00");
+        }
+        seg.extend_from_slice(&record::header(len as u32, crc));
         seg.extend_from_slice(payload);
     }
     segs
@@ -107,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
         Bytes::from(vec![b'x'; 300]),
     );
     let rec = log::publish_record(0, 0, &[("fuzz.new", false, 0)], &msg);
-    let loc = log.append(rec, None);
+    let loc = log.append(rec, None).expect("the log takes a publish");
     log.barrier();
     assert!(log.is_written(loc), "append not written after a barrier");
     let again = log.read(loc, 300).expect("read back the appended message");

@@ -285,26 +285,29 @@ def amqp_raw_streams():
 # Message log helpers
 # ------------------------------------------------------------------------------------------
 
+HEADER = 16  # magic u32 | len u32 | crc32(payload) u32 | crc32(header[0:12]) u32
+
+
 def records(segment):
     """(payload, loc offset) of each record of a segment file."""
     out, pos = [], 0
-    while pos + 8 <= len(segment):
-        (n,) = struct.unpack_from(">I", segment, pos)
-        if pos + 8 + n > len(segment):
+    while pos + HEADER <= len(segment):
+        (n,) = struct.unpack_from(">I", segment, pos + 4)
+        if pos + HEADER + n > len(segment):
             break
-        out.append((segment[pos + 8:pos + 8 + n], pos))
-        pos += 8 + n
+        out.append((segment[pos + HEADER:pos + HEADER + n], pos))
+        pos += HEADER + n
     return out
 
 
 def framed(mode_bits, segments):
     """The log_recovery target's framed form: records as `hdr u16 | payload`, the harness
-    writes length and checksum; hdr bit 15 starts the next segment."""
+    writes the record header; hdr bit 15 starts the next segment."""
     out = bytearray([1 | mode_bits])
     for i, recs in enumerate(segments):
         for j, payload in enumerate(recs):
             hdr = len(payload)
-            assert hdr < 0x4000, "record too large for the framed form"
+            assert hdr < 0x2000, "record too large for the framed form"
             if i > 0 and j == 0:
                 hdr |= 0x8000
             out += struct.pack(">H", hdr) + payload
@@ -320,7 +323,7 @@ def split_into_two_segments(recs):
         if i == half:
             seg, off = 2, 0
         new_loc[(1 << 32) | old_off] = (seg << 32) | off
-        off += 8 + len(payload)
+        off += HEADER + len(payload)
     fixed = []
     for payload, _ in recs:
         p = bytearray(payload)

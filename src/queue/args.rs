@@ -216,10 +216,17 @@ impl QueueArgs {
                 })?;
             }
         }
+        Ok(QueueArgs::extract(args))
+    }
+
+    /// Take what each argument says without validating (stored definitions that no longer
+    /// validate: a queue keeps every argument it can still read).
+    pub fn extract(args: &FieldTable) -> QueueArgs {
+        let quorum = args.inner().get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum");
         let get = |k: &str| args.inner().get(k);
         let uint = |k: &str| get(k).and_then(as_int).map(|n| n.max(0) as u64);
         let string = |k: &str| get(k).and_then(crate::args::as_string);
-        Ok(QueueArgs {
+        QueueArgs {
             expires: uint("x-expires"),
             message_ttl: uint("x-message-ttl"),
             dead_letter_exchange: string("x-dead-letter-exchange"),
@@ -245,7 +252,7 @@ impl QueueArgs {
             quorum,
             counts_deliveries: args.inner().contains_key("x-delivery-limit")
                 || get("x-queue-type").and_then(as_str_bytes) == Some(b"quorum"),
-        })
+        }
     }
 }
 

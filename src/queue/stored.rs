@@ -269,8 +269,12 @@ impl Queue {
                     &[(&self.name, delivered, count)],
                     &msg,
                 );
+                // Refused while the disk is full: the message stays where it is.
+                let Some(at) = log.append(rec, None) else {
+                    return moved;
+                };
                 let mut m = (*msg).clone();
-                m.store_id = Some(log.append(rec, None));
+                m.store_id = Some(at);
                 let m = Arc::new(m);
                 if !s.ready.replace(seq, prio, Held::Mem(m.clone()))
                     && let Some(e) = s.unacked.get_mut(&seq)

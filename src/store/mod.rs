@@ -3,6 +3,9 @@
 //! Knows bytes and records, not AMQP semantics; the vhost and queues decide what to store.
 
 pub mod log;
+pub mod record;
+mod recovery;
+mod writer;
 
 use crate::exchange::{BindingDef, ExchangeDef};
 use crate::queue::QueueDef;
@@ -29,12 +32,30 @@ pub fn vhost_dir(data_dir: &Path, vhost: &str) -> PathBuf {
         .join(if hex.is_empty() { "empty".into() } else { hex })
 }
 
-/// Load `definitions.json` (missing = empty). A file Warren could not write again (a float
-/// argument out of range, which JSON would turn into `null`) is refused.
+/// Load `definitions.json` (missing = empty). If it is damaged (or missing after a crash in
+/// the middle of a save), the previous copy, `definitions.prev.json`, is loaded instead: the
+/// last change before the damage is lost, not the vhost. A file Warren could not write again
+/// (a float argument out of range, which JSON would turn into `null`) is refused.
 pub fn load_definitions(dir: &Path) -> io::Result<Definitions> {
-    let defs: Definitions = match std::fs::read(dir.join("definitions.json")) {
+    let main = dir.join("definitions.json");
+    let prev = dir.join("definitions.prev.json");
+    match read_definitions(&main) {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Ok(read_definitions(&prev)?.unwrap_or_default()),
+        Err(e) => match read_definitions(&prev) {
+            Ok(Some(d)) => {
+                tracing::error!(file = %main.display(), error = %e, "damaged definitions; loaded the previous copy (the last change before the damage is lost)");
+                Ok(d)
+            }
+            _ => Err(io::Error::other(format!("{}: {e}", main.display()))),
+        },
+    }
+}
+
+fn read_definitions(path: &Path) -> io::Result<Option<Definitions>> {
+    let defs: Definitions = match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map_err(io::Error::other)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Definitions::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
     let tables = defs
@@ -46,11 +67,11 @@ pub fn load_definitions(dir: &Path) -> io::Result<Definitions> {
     for t in tables {
         if !t.inner().values().all(finite) {
             return Err(io::Error::other(
-                "definitions.json: an argument holds a float that is not finite",
+                "an argument holds a float that is not finite",
             ));
         }
     }
-    Ok(defs)
+    Ok(Some(defs))
 }
 
 /// Whether every float in `v` is finite (tables from JSON nest at most serde_json's 128).
@@ -65,13 +86,60 @@ pub fn finite(v: &amq_protocol::types::AMQPValue) -> bool {
     }
 }
 
-/// Replace `definitions.json` atomically and durably (write, fsync, rename, fsync the dir).
+/// Replace `definitions.json` atomically and durably (write, fsync, rename, fsync the dir),
+/// keeping the copy it replaces as `definitions.prev.json`. At every moment one of the two
+/// holds the latest saved definitions or the ones before.
 pub fn save_definitions(dir: &Path, defs: &Definitions) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join("definitions.json.tmp");
+    let main = dir.join("definitions.json");
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(defs).map_err(io::Error::other)?)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("definitions.json"))?;
+    match std::fs::rename(&main, dir.join("definitions.prev.json")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::rename(&tmp, &main)?;
     std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defs(queues: &[&str]) -> Definitions {
+        let mut d = Definitions::default();
+        for q in queues {
+            d.queues.push(serde_json::from_value(serde_json::json!({
+                "name": q, "durable": true, "exclusive": false, "auto_delete": false, "arguments": {}
+            })).unwrap());
+        }
+        d
+    }
+
+    fn names(d: &Definitions) -> Vec<String> {
+        d.queues.iter().map(|q| q.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_damaged_definitions_file_falls_back_to_the_previous_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert!(load_definitions(dir).unwrap().queues.is_empty());
+        save_definitions(dir, &defs(&["a"])).unwrap();
+        save_definitions(dir, &defs(&["a", "b"])).unwrap();
+        assert_eq!(names(&load_definitions(dir).unwrap()), ["a", "b"]);
+        // Damaged: the previous copy is loaded.
+        std::fs::write(dir.join("definitions.json"), b"{\"exchanges\": [tru").unwrap();
+        assert_eq!(names(&load_definitions(dir).unwrap()), ["a"]);
+        // Missing (a crash between the two renames): the previous copy too.
+        std::fs::remove_file(dir.join("definitions.json")).unwrap();
+        assert_eq!(names(&load_definitions(dir).unwrap()), ["a"]);
+        // Both damaged: refused, naming the file.
+        std::fs::write(dir.join("definitions.json"), b"x").unwrap();
+        std::fs::write(dir.join("definitions.prev.json"), b"y").unwrap();
+        let e = load_definitions(dir).unwrap_err().to_string();
+        assert!(e.contains("definitions.json"), "{e}");
+    }
 }

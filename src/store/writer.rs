@@ -1,0 +1,596 @@
+//! The message log's writer thread: group commit, segment roll and deletion, compaction
+//! requests, and what happens when the disk fails.
+//!
+//! Records arrive in location order (the location was reserved when they were appended) and
+//! wait in `pending` until written. A failed write or sync loses nothing: the file is cut
+//! back to the last synced byte, every record after it goes back to `pending`, publishes
+//! waiting for durability are nacked, and the writer retries with back-off until it succeeds
+//! — records keep their locations, so readers never see a record move. While the writer is
+//! failing, or cannot reserve space ahead of the segment's end, the log refuses new messages
+//! (publishes are nacked at once and stay in memory) but still takes removals, deliveries and
+//! counts: they are small, the reserve holds them, and acking must be able to free space.
+
+use super::log::{Done, Stats, SyncPolicy, segment_of, segment_path};
+use super::record;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub(super) enum Cmd {
+    /// A record and the location reserved for it.
+    Append(Bytes, Option<Done>, u64),
+    /// A deleted queue's messages (locations) no longer count as live.
+    Release(Vec<u64>),
+    /// Flush and sync, then call back (tests, shutdown).
+    Barrier(Done),
+    /// As `Barrier`, then stop the writer (shutdown).
+    Close(Done),
+    /// Report the counters (after everything before it).
+    Stats(mpsc::Sender<Stats>),
+}
+
+/// State shared by the handle and the writer thread.
+pub(super) struct Shared {
+    pub dir: PathBuf,
+    /// Open segment files for reading, by segment.
+    pub files: RwLock<HashMap<u64, Arc<File>>>,
+    /// End of what may be read back (a location): written, and under `sync = "confirm"`
+    /// synced, so a record before it never changes again.
+    pub written: AtomicU64,
+    /// The log refuses new messages: a write or sync is failing, or no space could be
+    /// reserved ahead of the current segment's end.
+    pub refusing: AtomicBool,
+}
+
+impl Shared {
+    pub fn file(&self, seg: u64) -> io::Result<Arc<File>> {
+        if let Some(f) = self.files.read().get(&seg) {
+            return Ok(f.clone());
+        }
+        let mut files = self.files.write();
+        if let Some(f) = files.get(&seg) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(segment_path(&self.dir, seg))?);
+        files.insert(seg, f.clone());
+        Ok(f)
+    }
+}
+
+/// Per-segment counts of (queue, message) pairs: published into the segment, still live.
+#[derive(Default)]
+pub(super) struct Accounting {
+    pub live: BTreeMap<u64, u64>,
+    pub total: BTreeMap<u64, u64>,
+}
+
+impl Accounting {
+    pub fn add(&mut self, seg: u64, pairs: u64, live: u64) {
+        *self.total.entry(seg).or_default() += pairs;
+        *self.live.entry(seg).or_default() += live;
+    }
+
+    fn remove(&mut self, loc: u64, n: u64) {
+        if let Some(l) = self.live.get_mut(&segment_of(loc)) {
+            *l = l.saturating_sub(n);
+        }
+    }
+
+    fn forget_segment(&mut self, seg: u64) {
+        self.live.remove(&seg);
+        self.total.remove(&seg);
+    }
+}
+
+/// Compaction is asked for when the segments behind the head hold at most this fraction
+/// (1/N) of live (queue, message) pairs, and again at most once a second while it holds.
+const COMPACT_RATIO: u64 = 8;
+
+/// Longest wait between two attempts after a failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A write, sync or segment creation that failed; retried at `retry_at`.
+struct Fault {
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+pub(super) struct Writer {
+    pub shared: Arc<Shared>,
+    /// The current segment's file (`None` until it could be opened).
+    pub file: Option<File>,
+    pub current: u64,
+    /// Bytes of the current segment written.
+    pub size: u64,
+    /// Bytes of the current segment known to be on stable storage.
+    pub synced: u64,
+    pub acct: Accounting,
+    pub policy: SyncPolicy,
+    pub interval: Duration,
+    /// Segment files on disk, oldest first.
+    pub segments: VecDeque<u64>,
+    pub compact: tokio::sync::mpsc::UnboundedSender<u64>,
+    pub compact_asked: Option<(u64, Instant)>,
+    /// Records not written yet, in location order.
+    pub pending: VecDeque<(u64, Bytes)>,
+    /// Records written to the current segment since its last sync (`confirm` policy): after
+    /// a failed sync they are written again.
+    pub unsynced: Vec<(u64, Bytes)>,
+    /// Bytes kept allocated beyond the end of the current segment (0: not supported here).
+    pub reserve: u64,
+    /// End of the space allocated for the current segment.
+    pub reserved_to: u64,
+    /// The last attempt to reserve space found the disk full.
+    pub low_space: bool,
+    fault: Option<Fault>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        current: u64,
+        size: u64,
+        acct: Accounting,
+        policy: SyncPolicy,
+        interval: Duration,
+        segments: VecDeque<u64>,
+        compact: tokio::sync::mpsc::UnboundedSender<u64>,
+        reserve: u64,
+    ) -> Writer {
+        Writer {
+            shared,
+            file: None,
+            current,
+            size,
+            synced: size,
+            acct,
+            policy,
+            interval,
+            segments,
+            compact,
+            compact_asked: None,
+            pending: VecDeque::new(),
+            unsynced: Vec::new(),
+            reserve,
+            reserved_to: 0,
+            low_space: false,
+            fault: None,
+        }
+    }
+
+    /// Open the current segment for appending (at start).
+    pub fn open_current(&mut self) -> io::Result<()> {
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.shared.dir, self.current))?;
+        self.file = Some(f);
+        self.reserved_to = self.size;
+        self.ensure_reserve();
+        self.update_refusing();
+        Ok(())
+    }
+
+    fn failing(&self) -> bool {
+        self.fault.is_some()
+    }
+
+    fn update_refusing(&self) {
+        self.shared
+            .refusing
+            .store(self.failing() || self.low_space, Ordering::Release);
+    }
+
+    fn fail(&mut self, what: &str, e: io::Error) {
+        let now = Instant::now();
+        match &mut self.fault {
+            Some(f) => {
+                f.backoff = (f.backoff * 2).min(MAX_BACKOFF);
+                f.retry_at = now + f.backoff;
+            }
+            None => {
+                tracing::error!(error = %e, "message store {what} failed: persistent publishes are nacked until it succeeds again");
+                let backoff = Duration::from_millis(10);
+                self.fault = Some(Fault {
+                    backoff,
+                    retry_at: now + backoff,
+                });
+            }
+        }
+        self.update_refusing();
+    }
+
+    fn recovered(&mut self) {
+        if self.fault.take().is_some() {
+            tracing::info!("message store writes succeed again");
+        }
+        self.update_refusing();
+    }
+
+    pub fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut last_sync = Instant::now();
+        let mut waiting: Vec<Done> = Vec::new();
+        loop {
+            let deadline = match (&self.fault, self.policy) {
+                (Some(f), _) => Some(f.retry_at),
+                _ if self.low_space => Some(Instant::now() + MAX_BACKOFF),
+                (None, SyncPolicy::Interval) if self.size > self.synced => {
+                    Some(last_sync + self.interval)
+                }
+                _ => None,
+            };
+            let first = match deadline {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(c) => Some(c),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                },
+            };
+            let mut barrier = Vec::new();
+            let mut close = None;
+            let mut cmds: Vec<Cmd> = first.into_iter().collect();
+            while let Ok(c) = rx.try_recv() {
+                cmds.push(c);
+                if cmds.len() >= 65536 {
+                    break;
+                }
+            }
+            for c in cmds {
+                match c {
+                    Cmd::Append(rec, done, loc) => {
+                        self.account(&rec, loc);
+                        self.pending.push_back((loc, rec));
+                        if let Some(d) = done {
+                            waiting.push(d);
+                        }
+                    }
+                    Cmd::Release(locs) => {
+                        for loc in locs {
+                            self.acct.remove(loc, 1);
+                        }
+                    }
+                    Cmd::Barrier(d) => barrier.push(d),
+                    Cmd::Stats(tx) => {
+                        let _ = tx.send(Stats {
+                            segments: self.segments.len() as u64,
+                            live: self.acct.live.values().sum(),
+                            total: self.acct.total.values().sum(),
+                            pending: self.pending.len() as u64,
+                            refusing: self.shared.refusing.load(Ordering::Acquire),
+                        });
+                    }
+                    Cmd::Close(d) => {
+                        close = Some(d);
+                        break;
+                    }
+                }
+            }
+            let retry_due = self
+                .fault
+                .as_ref()
+                .is_none_or(|f| Instant::now() >= f.retry_at);
+            let asked = !barrier.is_empty() || close.is_some();
+            let ok;
+            if retry_due || asked {
+                let mut wrote = self.write_pending();
+                let sync_now = match self.policy {
+                    SyncPolicy::Confirm => true,
+                    SyncPolicy::Interval => last_sync.elapsed() >= self.interval || asked,
+                    SyncPolicy::Never => false,
+                };
+                if wrote && sync_now && self.size > self.synced {
+                    wrote = self.sync();
+                    last_sync = Instant::now();
+                }
+                if self.low_space {
+                    self.ensure_reserve();
+                }
+                if wrote && self.pending.is_empty() {
+                    self.recovered();
+                }
+                ok = wrote;
+            } else {
+                ok = false;
+            }
+            let written = self.pending.is_empty();
+            let durable = written && (self.policy == SyncPolicy::Never || self.size == self.synced);
+            // Deleting a segment must not run ahead of the sync of a compaction move that
+            // superseded its messages; it is done before barriers return, so no file changes
+            // after a barrier but appends.
+            if durable || (self.policy == SyncPolicy::Confirm && !self.moves_in_flight()) {
+                self.reclaim();
+                if close.is_none() && durable {
+                    self.maybe_compact();
+                }
+            }
+            // Confirm policy: callbacks only after the sync; the others once written. A
+            // failure nacks every publish waiting (its record stays queued and is written when
+            // the disk allows, which is harmless: its message is still in its queues).
+            let settled = if self.policy == SyncPolicy::Confirm {
+                durable
+            } else {
+                written
+            };
+            if settled {
+                for d in waiting.drain(..) {
+                    d(true);
+                }
+            } else if !ok || self.failing() {
+                for d in waiting.drain(..) {
+                    d(false);
+                }
+            }
+            for d in barrier {
+                d(true);
+            }
+            if let Some(d) = close {
+                for d in waiting.drain(..) {
+                    d(settled);
+                }
+                d(true);
+                return;
+            }
+        }
+    }
+
+    /// Whether a compaction move (a publish record superseding an older location) is not yet
+    /// on stable storage.
+    fn moves_in_flight(&self) -> bool {
+        self.pending
+            .iter()
+            .chain(self.unsynced.iter())
+            .any(|(_, r)| record::publish_prefix(r).is_some_and(|(_, from)| from != 0))
+    }
+
+    /// Write the pending records, rolling segments as their locations say. Returns false
+    /// (and records the fault) if a write or a segment creation failed.
+    fn write_pending(&mut self) -> bool {
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(&(loc, _)) = self.pending.front() {
+            let seg = segment_of(loc);
+            if seg != self.current || self.file.is_none() {
+                if seg != self.current && self.size > self.synced && !self.sync() {
+                    return false;
+                }
+                if let Err(e) = self.open_segment(seg) {
+                    self.fail("creating a segment", e);
+                    return false;
+                }
+            }
+            let off = loc & 0xffff_ffff;
+            if off != self.size {
+                // Locations are reserved in order and nothing is dropped: a gap is a bug.
+                // Writing on would put records where no reader looks for them.
+                self.fail(
+                    "write",
+                    io::Error::other(format!(
+                        "record for offset {off} of segment {seg}, but the segment ends at {}",
+                        self.size
+                    )),
+                );
+                return false;
+            }
+            // One write for the contiguous records of this segment (bounded).
+            buf.clear();
+            let mut n = 0;
+            for (l, r) in self.pending.iter() {
+                if segment_of(*l) != seg || (n > 0 && buf.len() + r.len() > 8 << 20) {
+                    break;
+                }
+                buf.extend_from_slice(r);
+                n += 1;
+            }
+            let Some(file) = self.file.as_mut() else {
+                return false;
+            };
+            if let Err(e) = file.write_all(&buf) {
+                // Cut what part of it reached the file: the records go again, at the same
+                // offsets.
+                let _ = file.set_len(self.size);
+                self.fail("write", e);
+                return false;
+            }
+            self.size += buf.len() as u64;
+            for _ in 0..n {
+                let Some(r) = self.pending.pop_front() else {
+                    break;
+                };
+                if self.policy == SyncPolicy::Confirm {
+                    self.unsynced.push(r);
+                }
+            }
+            if self.policy != SyncPolicy::Confirm {
+                self.publish_written(self.size);
+            }
+            if self.reserve > 0 && self.size + self.reserve / 2 > self.reserved_to {
+                self.ensure_reserve();
+            }
+        }
+        true
+    }
+
+    fn publish_written(&self, upto: u64) {
+        self.shared
+            .written
+            .store(self.current << 32 | upto, Ordering::Release);
+    }
+
+    /// `fdatasync` the current segment. On failure under `confirm`, the file is cut back to
+    /// the last synced byte and the records after it are queued again (the page cache may
+    /// have dropped them: they are written again from memory, never trusted).
+    fn sync(&mut self) -> bool {
+        let Some(file) = self.file.as_ref() else {
+            return false;
+        };
+        if self.policy == SyncPolicy::Never {
+            return true;
+        }
+        match file.sync_data() {
+            Ok(()) => {
+                self.synced = self.size;
+                self.unsynced.clear();
+                self.publish_written(self.size);
+                true
+            }
+            Err(e) => {
+                if self.policy == SyncPolicy::Confirm {
+                    let _ = file.set_len(self.synced);
+                    self.size = self.synced;
+                    for r in self.unsynced.drain(..).rev() {
+                        self.pending.push_front(r);
+                    }
+                }
+                self.fail("fdatasync", e);
+                false
+            }
+        }
+    }
+
+    /// Start segment `seg` (empty). The directory is synced so the file survives a crash.
+    fn open_segment(&mut self, seg: u64) -> io::Result<()> {
+        if let Some(f) = self.file.take() {
+            // Give back the space reserved beyond the old segment's end.
+            if self.reserved_to > self.size {
+                let _ = f.set_len(self.size);
+            }
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(segment_path(&self.shared.dir, seg))?;
+        if f.metadata()?.len() > 0 {
+            f.set_len(0)?;
+        }
+        if self.policy != SyncPolicy::Never {
+            File::open(&self.shared.dir)?.sync_all()?;
+        }
+        if self.segments.back() != Some(&seg) {
+            self.segments.push_back(seg);
+        }
+        self.file = Some(f);
+        self.current = seg;
+        self.size = 0;
+        self.synced = 0;
+        self.reserved_to = 0;
+        self.ensure_reserve();
+        Ok(())
+    }
+
+    /// Keep `reserve` bytes allocated beyond the current end, so removals can be written when
+    /// the disk fills up. Failing for lack of space sets `low_space` (new messages refused).
+    fn ensure_reserve(&mut self) {
+        if self.reserve == 0 {
+            return;
+        }
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        let want = 2 * self.reserve;
+        match fallocate_keep_size(file, self.size, want) {
+            Ok(()) => {
+                self.reserved_to = self.size + want;
+                if self.low_space {
+                    tracing::info!("message store: disk space available again");
+                }
+                self.low_space = false;
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) => {
+                if !self.low_space {
+                    tracing::warn!(
+                        "message store: no space left to reserve; new messages are refused until there is"
+                    );
+                }
+                self.low_space = true;
+            }
+            Err(_) => {
+                // Not supported by this filesystem: no reserve (writes may then fail).
+                self.reserve = 0;
+                self.low_space = false;
+            }
+        }
+        self.update_refusing();
+    }
+
+    /// Keep the per-segment counts from the records appended (fixed prefix only).
+    fn account(&mut self, rec: &Bytes, loc: u64) {
+        if let Some((n, from)) = record::publish_prefix(rec) {
+            self.acct.add(segment_of(loc), n, n);
+            if from != 0 {
+                self.acct.remove(from, n);
+            }
+        } else if let Some(at) = record::remove_prefix(rec) {
+            self.acct.remove(at, 1);
+        }
+    }
+
+    /// Delete the oldest segments while they hold no live message.
+    fn reclaim(&mut self) {
+        while let Some(&seg) = self.segments.front() {
+            if seg >= self.current || self.acct.live.get(&seg).copied().unwrap_or(0) > 0 {
+                return;
+            }
+            self.shared.files.write().remove(&seg);
+            let _ = std::fs::remove_file(segment_path(&self.shared.dir, seg));
+            self.acct.forget_segment(seg);
+            self.segments.pop_front();
+        }
+    }
+
+    /// Ask for the oldest segment to be compacted when the segments behind the head are
+    /// mostly dead (see [`COMPACT_RATIO`]).
+    fn maybe_compact(&mut self) {
+        let Some(&front) = self.segments.front() else {
+            return;
+        };
+        if front >= self.current || self.shared.refusing.load(Ordering::Acquire) {
+            return;
+        }
+        let (mut live, mut total) = (0u64, 0u64);
+        for seg in self.segments.iter().filter(|s| **s < self.current) {
+            live += self.acct.live.get(seg).copied().unwrap_or(0);
+            total += self.acct.total.get(seg).copied().unwrap_or(0);
+        }
+        if live == 0 || live * COMPACT_RATIO > total {
+            return;
+        }
+        if let Some((seg, at)) = self.compact_asked
+            && seg == front
+            && at.elapsed() < Duration::from_secs(1)
+        {
+            return;
+        }
+        self.compact_asked = Some((front, Instant::now()));
+        let _ = self.compact.send(front);
+    }
+}
+
+/// `fallocate(FALLOC_FL_KEEP_SIZE)`: allocate blocks without changing the file's length.
+fn fallocate_keep_size(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open file descriptor; the call reads no memory of ours.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
