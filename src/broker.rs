@@ -23,8 +23,11 @@ pub struct BrokerState {
     pub vhosts: DashMap<String, Arc<VHost>>,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
-    /// The memory alarm: true while messages in memory exceed `memory.high_watermark`.
-    pub memory_alarm: tokio::sync::watch::Sender<bool>,
+    /// Resource alarms in effect: memory (messages in memory above `memory.high_watermark`)
+    /// and disk (free space below `disk.free_limit`).
+    pub alarms: tokio::sync::watch::Sender<Alarms>,
+    /// Free bytes on the data directory's filesystem at the last check (`u64::MAX`: unknown).
+    pub disk_free: AtomicU64,
     next_connection_id: AtomicU64,
     /// Open connections (handshake done or not).
     pub(crate) open_connections: AtomicU64,
@@ -39,7 +42,43 @@ pub struct BrokerState {
     pub delayed_refusals: Arc<tokio::sync::Semaphore>,
 }
 
+/// Resource alarms in effect (RabbitMQ's memory and disk alarms).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Alarms {
+    /// The memory alarm.
+    pub memory: bool,
+    /// The disk alarm.
+    pub disk: bool,
+}
+
+impl Alarms {
+    /// Whether any alarm is in effect (publishing connections are blocked).
+    pub fn any(&self) -> bool {
+        self.memory || self.disk
+    }
+
+    /// The reason `connection.blocked` gives (recorded from RabbitMQ 3.10.8: "low on memory",
+    /// "low on disk", and "low on disk & memory" when both hold).
+    pub fn reason(&self) -> String {
+        match (self.memory, self.disk) {
+            (true, true) => "low on disk & memory".into(),
+            (false, true) => "low on disk".into(),
+            _ => "low on memory".into(),
+        }
+    }
+}
+
 impl BrokerState {
+    /// Set one alarm; returns whether it changed.
+    fn set_alarm(&self, set: impl Fn(&mut Alarms) -> &mut bool, on: bool) -> bool {
+        self.alarms.send_if_modified(|a| {
+            let flag = set(a);
+            let changed = *flag != on;
+            *flag = on;
+            changed
+        })
+    }
+
     /// Open connections.
     pub fn connections(&self) -> u64 {
         self.open_connections.load(Ordering::Relaxed)
@@ -98,7 +137,8 @@ impl Broker {
             config: Arc::new(config),
             vhosts,
             shutdown: CancellationToken::new(),
-            memory_alarm: tokio::sync::watch::Sender::new(false),
+            alarms: tokio::sync::watch::Sender::new(Alarms::default()),
+            disk_free: AtomicU64::new(u64::MAX),
             next_connection_id: AtomicU64::new(0),
             open_connections: AtomicU64::new(0),
             buffered: AtomicU64::new(0),
@@ -112,6 +152,10 @@ impl Broker {
         let limit = state.config.memory.limit();
         if limit > 0 {
             tracker.spawn(memory_monitor(state.clone(), limit));
+        }
+        let disk_limit = state.config.disk.limit();
+        if state.config.storage.mode == StorageMode::Disk && disk_limit > 0 {
+            tracker.spawn(disk_monitor(state.clone(), disk_limit));
         }
         tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
         let mut management_addr = None;
@@ -208,11 +252,7 @@ async fn memory_monitor(state: Arc<BrokerState>, limit: u64) {
         // allocator (the library in other programs, tests).
         let used = messages.max(heap_allocated());
         let on = used > limit;
-        let changed = state.memory_alarm.send_if_modified(|cur| {
-            let changed = *cur != on;
-            *cur = on;
-            changed
-        });
+        let changed = state.set_alarm(|a| &mut a.memory, on);
         if changed && on {
             warn!(
                 used,
@@ -223,6 +263,53 @@ async fn memory_monitor(state: Arc<BrokerState>, limit: u64) {
             info!(used, limit, "memory alarm cleared");
         }
     }
+}
+
+/// Every `disk.check_interval_ms`, read the free space of the data directory's filesystem
+/// and raise or clear the disk alarm against `disk.free_limit` (RabbitMQ's disk alarm).
+async fn disk_monitor(state: Arc<BrokerState>, limit: u64) {
+    let every = Duration::from_millis(state.config.disk.check_interval_ms.max(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let dir = state.config.data_dir.clone();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let free = match disk_free(&dir) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, dir = %dir.display(), "cannot read free disk space");
+                continue;
+            }
+        };
+        state.disk_free.store(free, Ordering::Relaxed);
+        let on = free < limit;
+        if state.set_alarm(|a| &mut a.disk, on) {
+            if on {
+                warn!(
+                    free,
+                    limit,
+                    "disk alarm set: free disk space below disk.free_limit; publishing connections are blocked"
+                );
+            } else {
+                info!(free, limit, "disk alarm cleared");
+            }
+        }
+    }
+}
+
+/// Free bytes available to the broker on the filesystem holding `dir` (`statvfs`).
+pub fn disk_free(dir: &std::path::Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a NUL-terminated path and a zeroed statvfs the call fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Bytes allocated on the heap by jemalloc (0 if its statistics cannot be read).
@@ -277,5 +364,20 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Alarms;
+
+    #[test]
+    fn blocked_reasons_are_rabbitmqs() {
+        // Recorded from RabbitMQ 3.10.8 (pika's blocked callback, alarms set with rabbitmqctl).
+        let a = |memory, disk| Alarms { memory, disk }.reason();
+        assert_eq!(a(true, false), "low on memory");
+        assert_eq!(a(false, true), "low on disk");
+        assert_eq!(a(true, true), "low on disk & memory");
+        assert!(!Alarms::default().any());
     }
 }

@@ -47,6 +47,8 @@ pub struct Config {
     pub storage: Storage,
     /// The memory alarm.
     pub memory: Memory,
+    /// The disk alarm.
+    pub disk: Disk,
     /// The management HTTP API.
     pub management: Management,
 }
@@ -100,6 +102,40 @@ impl Memory {
             return self.high_watermark_bytes;
         }
         (physical_memory() as f64 * self.high_watermark) as u64
+    }
+}
+
+/// The disk alarm (RabbitMQ's `disk_free_limit`): while the filesystem holding `data_dir` has
+/// less free space than this, every connection that publishes is blocked until it clears.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Disk {
+    /// Free bytes below which the alarm is raised (RabbitMQ's `disk_free_limit.absolute`,
+    /// default 50 MB; 0: no alarm).
+    pub free_limit: u64,
+    /// When above 0, a multiple of physical memory instead (`disk_free_limit.relative`).
+    pub free_limit_relative: f64,
+    /// How often free space is checked, in milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            free_limit: 50_000_000,
+            free_limit_relative: 0.0,
+            check_interval_ms: 1000,
+        }
+    }
+}
+
+impl Disk {
+    /// The limit in bytes (0: no alarm).
+    pub fn limit(&self) -> u64 {
+        if self.free_limit_relative > 0.0 {
+            return (physical_memory() as f64 * self.free_limit_relative) as u64;
+        }
+        self.free_limit
     }
 }
 
@@ -243,6 +279,7 @@ impl Default for Config {
             connection_max: 0,
             storage: Storage::default(),
             memory: Memory::default(),
+            disk: Disk::default(),
             management: Management::default(),
         }
     }

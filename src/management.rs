@@ -36,6 +36,9 @@ pub fn router(state: Shared) -> Router {
         .route("/api/queues/{vhost}/{name}/contents", delete(purge))
         .route("/api/exchanges", get(all_exchanges))
         .route("/api/exchanges/{vhost}", get(vhost_exchanges))
+        .route("/api/nodes", get(nodes))
+        .route("/api/health/checks/alarms", get(alarms_check))
+        .route("/api/health/checks/local-alarms", get(local_alarms_check))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -238,6 +241,52 @@ async fn overview(State(state): State<Shared>, axum::Extension(user): Caller) ->
         },
     }))
     .into_response()
+}
+
+/// The node (one): its resource alarms and the figures behind them.
+async fn nodes(State(state): State<Shared>) -> Response {
+    let alarms = *state.alarms.borrow();
+    let disk_free = state.disk_free.load(std::sync::atomic::Ordering::Relaxed);
+    axum::Json(json!([{
+        "name": state.config.cluster_name,
+        "type": "disc",
+        "running": true,
+        "mem_alarm": alarms.memory,
+        "mem_limit": state.config.memory.limit(),
+        "mem_used": crate::broker::heap_allocated(),
+        "disk_free_alarm": alarms.disk,
+        "disk_free": if disk_free == u64::MAX { Value::Null } else { json!(disk_free) },
+        "disk_free_limit": state.config.disk.limit(),
+    }]))
+    .into_response()
+}
+
+/// RabbitMQ's alarm health checks: 200 `{"status":"ok"}`, or 503 with the alarms in effect
+/// (recorded from 3.10.8: resources "disk space" then "memory").
+fn alarms_response(state: &BrokerState, reason: &str) -> Response {
+    let alarms = *state.alarms.borrow();
+    if !alarms.any() {
+        return axum::Json(json!({"status": "ok"})).into_response();
+    }
+    let node = &state.config.cluster_name;
+    let list: Vec<Value> = [("disk space", alarms.disk), ("memory", alarms.memory)]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(resource, _)| json!({"node": node, "resource": resource}))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"status": "failed", "reason": reason, "alarms": list})),
+    )
+        .into_response()
+}
+
+async fn alarms_check(State(state): State<Shared>) -> Response {
+    alarms_response(&state, "There are alarms in effect in the cluster")
+}
+
+async fn local_alarms_check(State(state): State<Shared>) -> Response {
+    alarms_response(&state, "There are alarms in effect on the node")
 }
 
 async fn vhosts(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {

@@ -35,7 +35,7 @@ async fn publishing_during_a_memory_alarm_blocks_the_connection_until_it_clears(
     }
     assert!(
         eventually(Duration::from_secs(5), || async {
-            *b.state().memory_alarm.borrow()
+            b.state().alarms.borrow().memory
         })
         .await,
         "1 MiB queued, watermark 256 KiB: the alarm is raised"
@@ -80,7 +80,7 @@ async fn uncommitted_transactions_and_partial_bodies_count_toward_the_alarm() {
         let b = &b;
         async move {
             eventually(Duration::from_secs(5), || async {
-                *b.state().memory_alarm.borrow() == on
+                b.state().alarms.borrow().memory == on
             })
             .await
         }

@@ -304,3 +304,207 @@ async fn every_kind_of_damage_costs_only_the_records_it_touches() {
     )
     .await;
 }
+
+/// A small, real filesystem: a tmpfs mounted for the test (root only; `None` and a note on
+/// stderr where mounting is not permitted). Unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(bytes: u64) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn declare_durable(ch: &Channel, q: &str) {
+    ch.queue_declare(
+        ss(q),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+async fn publish_confirmed(ch: &Channel, q: &str, i: usize, size: usize) -> bool {
+    let mut b = body(i);
+    b.resize(size, b'.');
+    ch.basic_publish(ss(""), ss(q), Default::default(), &b, persistent())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .is_ack()
+}
+
+/// A full disk (a 4 MiB tmpfs, the disk alarm off): publishing with confirms until it is full
+/// gets nacks, never a false ack; consumers keep draining and their acks free the space; then
+/// confirms resume without a restart, and after a restart exactly the confirmed messages that
+/// were not consumed are there.
+#[tokio::test]
+async fn a_full_disk_nacks_drains_frees_space_and_recovers_without_a_restart() {
+    let Some(fs) = Tmpfs::mount(4 << 20) else {
+        return;
+    };
+    let mut cfg = disk_config(fs.path(), 256 * 1024);
+    cfg.disk.free_limit = 0;
+    let b = start_with(cfg.clone()).await;
+    let log = b.state().vhost("/").unwrap().log().unwrap().clone();
+    let (_c, ch) = channel(&b).await;
+    declare_durable(&ch, "q").await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let mut acked = 0;
+    let mut i = 0;
+    while i < 2000 && publish_confirmed(&ch, "q", i, 8000).await {
+        acked += 1;
+        i += 1;
+    }
+    assert!(i < 2000, "4 MiB cannot hold 16 MB: publishes are nacked");
+    assert!(acked > 100, "most of the disk was used first ({acked})");
+    // Full: every further publish is nacked at once.
+    for k in 0..20 {
+        assert!(!publish_confirmed(&ch, "q", 5000 + k, 8000).await);
+    }
+    assert!(log.stats().unwrap().refusing);
+    // A consumer drains everything (the nacked messages were still queued, in memory) and
+    // acks: removal records go to the reserved space, and whole segments are deleted.
+    let c2 = lapin_connect(&b).await;
+    let consumer_ch = c2.create_channel().await.unwrap();
+    let mut got = 0;
+    while let Some(m) = consumer_ch
+        .basic_get(ss("q"), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        m.ack(BasicAckOptions::default()).await.unwrap();
+        got += 1;
+    }
+    assert_eq!(got, acked + 1 + 20, "every message queued was delivered");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !log.stats().unwrap().refusing
+        })
+        .await,
+        "acking everything frees the space: the log takes messages again"
+    );
+    // Confirms resume, no restart needed.
+    for k in 0..10 {
+        assert!(publish_confirmed(&ch, "q", 7000 + k, 8000).await, "#{k}");
+    }
+    drop(ch);
+    drop(consumer_ch);
+    b.shutdown(Duration::from_secs(2)).await;
+    let b = start_with(cfg).await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(drain(&ch, "q").await, (7000..7010).collect::<Vec<_>>());
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+/// The disk alarm: free space below `disk.free_limit` blocks publishing connections
+/// (`connection.blocked` "low on disk"), shows in the management API's alarm health check and
+/// node, lets consumers go on, and clears when space is freed.
+#[tokio::test]
+async fn low_free_space_raises_the_disk_alarm_until_space_is_freed() {
+    use amq_protocol::protocol::AMQPClass;
+    use amq_protocol::protocol::connection as conn;
+    let Some(fs) = Tmpfs::mount(8 << 20) else {
+        return;
+    };
+    let mut cfg = disk_config(fs.path(), 1 << 20);
+    cfg.disk.free_limit = 4 << 20;
+    cfg.disk.check_interval_ms = 20;
+    cfg.management.enabled = true;
+    cfg.management.bind = "127.0.0.1".into();
+    cfg.management.port = 0;
+    let b = start_with(cfg).await;
+    let mgmt = b.management_addr().unwrap();
+    let guest = Some("guest:guest");
+    assert_eq!(
+        http(mgmt, "GET", "/api/health/checks/alarms", guest).await,
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    let (_c, ch) = channel(&b).await;
+    declare_durable(&ch, "q").await;
+    ch.basic_publish(ss(""), ss("q"), Default::default(), b"before", persistent())
+        .await
+        .unwrap();
+    // Something else fills the disk past the limit.
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 5 << 20]).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.state().alarms.borrow().disk
+        })
+        .await
+    );
+    let (status, body) = http(mgmt, "GET", "/api/health/checks/alarms", guest).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["reason"], "There are alarms in effect in the cluster");
+    // Recorded from RabbitMQ 3.10.8 (`rabbitmqctl set_disk_free_limit` above free space).
+    assert_eq!(body["alarms"][0]["resource"], "disk space");
+    assert_eq!(body["alarms"].as_array().unwrap().len(), 1);
+    let (_, nodes) = http(mgmt, "GET", "/api/nodes", guest).await;
+    assert_eq!(nodes[0]["disk_free_alarm"], true);
+    assert_eq!(nodes[0]["disk_free_limit"], 4 << 20);
+    assert!(nodes[0]["disk_free"].as_u64().unwrap() < 4 << 20);
+    // A connection that publishes is blocked with RabbitMQ's reason.
+    let mut p = Raw::open(&b).await;
+    p.open_channel(1).await;
+    p.publish(1, "", "q", 0, b"trigger").await;
+    match p.expect_method(0, 10, 60).await {
+        AMQPClass::Connection(conn::AMQPMethod::Blocked(m)) => {
+            assert_eq!(m.reason.as_str(), "low on disk")
+        }
+        other => panic!("{other:?}"),
+    }
+    p.publish(1, "", "q", 0, b"held back").await;
+    // Consumers go on.
+    let m = ch
+        .basic_get(ss("q"), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("the consumer is not blocked");
+    assert_eq!(m.delivery.data, b"before");
+    let q = b.state().vhost("/").unwrap().queue("q").unwrap();
+    assert_eq!(q.message_count(), 1, "the held-back publish was not read");
+    // Space comes back: the alarm clears and the connection is unblocked.
+    std::fs::remove_file(&filler).unwrap();
+    p.expect_method(0, 10, 61).await;
+    assert!(eventually(Duration::from_secs(5), || async { q.message_count() == 2 }).await);
+    assert_eq!(
+        http(mgmt, "GET", "/api/health/checks/alarms", guest)
+            .await
+            .0,
+        200
+    );
+    b.shutdown(Duration::from_secs(2)).await;
+}

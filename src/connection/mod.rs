@@ -155,7 +155,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
                 last_sent: Instant::now(),
                 stop_reason: None,
                 client_closed: false,
-                alarm: broker.memory_alarm.subscribe(),
+                alarm: broker.alarms.subscribe(),
                 blocked: false,
                 sent_blocked: false,
             };
@@ -196,8 +196,8 @@ struct Connection {
     stop_reason: Option<String>,
     /// The client sent `connection.close` (and was answered close-ok).
     client_closed: bool,
-    /// The broker's memory alarm.
-    alarm: tokio::sync::watch::Receiver<bool>,
+    /// The broker's resource alarms.
+    alarm: tokio::sync::watch::Receiver<crate::broker::Alarms>,
     /// Not reading from the socket: the connection published during a memory alarm.
     blocked: bool,
     /// `connection.blocked` was sent (so `connection.unblocked` is owed).
@@ -265,7 +265,7 @@ impl Connection {
                     Flow::Continue
                 }
                 changed = self.alarm.changed(), if self.blocked => {
-                    if changed.is_err() || !*self.alarm.borrow_and_update() {
+                    if changed.is_err() || !self.alarm.borrow_and_update().any() {
                         self.unblock();
                     }
                     Flow::Continue
@@ -292,7 +292,7 @@ impl Connection {
                 }
             };
             if std::mem::take(&mut self.ctx.published)
-                && *self.alarm.borrow()
+                && self.alarm.borrow().any()
                 && self.closing_since.is_none()
             {
                 self.block();
@@ -704,23 +704,23 @@ impl Connection {
         true
     }
 
-    /// Stop reading from the socket until the memory alarm clears (RabbitMQ blocks a
-    /// connection when it publishes during an alarm; its heartbeat monitor pauses meanwhile).
+    /// Stop reading from the socket until the alarms clear (RabbitMQ blocks a connection
+    /// when it publishes during a memory or disk alarm; its heartbeat monitor pauses meanwhile).
     fn block(&mut self) {
         self.blocked = true;
-        self.alarm.borrow_and_update();
+        let reason = self.alarm.borrow_and_update().reason();
         if self.ctx.blocked_notify {
             self.ctx.send_method(
                 0,
                 AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::Blocked(
                     amq_protocol::protocol::connection::Blocked {
-                        reason: "low on memory".into(),
+                        reason: reason.as_str().into(),
                     },
                 )),
             );
             self.sent_blocked = true;
         }
-        info!(conn = self.ctx.id, "connection blocked: memory alarm");
+        info!(conn = self.ctx.id, %reason, "connection blocked: resource alarm");
     }
 
     fn unblock(&mut self) {

@@ -299,10 +299,13 @@ struct Candidate {
     size: u32,
 }
 
-/// Retries paging out while a queue's newest records are on their way to disk.
+/// Retries paging out while a queue's newest records are on their way to disk: every 5 ms,
+/// backing off to once a second while nothing can be paged (a disk that fails writes).
 async fn page_task(queue: Weak<Queue>) {
+    let mut delay = Duration::from_millis(5);
+    let mut last = u64::MAX;
     loop {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(delay).await;
         let Some(q) = queue.upgrade() else { return };
         let Some(log) = &q.log else { return };
         let mut s = q.state.lock();
@@ -313,5 +316,12 @@ async fn page_task(queue: Weak<Queue>) {
             s.page_retry = false;
             return;
         }
+        let now = s.ready.memory();
+        delay = if now < last {
+            Duration::from_millis(5)
+        } else {
+            (delay * 2).min(Duration::from_secs(1))
+        };
+        last = now;
     }
 }

@@ -395,3 +395,34 @@ pub fn table(kv: &[(&str, amq_protocol::types::AMQPValue)]) -> amq_protocol::typ
 pub fn s(v: &str) -> amq_protocol::types::AMQPValue {
     amq_protocol::types::AMQPValue::LongString(v.into())
 }
+
+/// One HTTP/1.1 request to the management API (basic auth as `user:password`): the status
+/// and the JSON body (`Null` if none).
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(u) = user {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(u);
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
