@@ -457,8 +457,13 @@ async fn queues_larger_than_their_memory_budget_page_out_to_the_log() {
             d.ack(BasicAckOptions::default()).await.unwrap();
         }
     }
-    // A round trip: the broker has handled the acks (and refilled the prefetch window).
-    declare(&ch, "deep", FieldTable::default()).await;
+    // The broker has handled the acks and refilled the prefetch window (paged-out messages
+    // are read ahead by a blocking task, so this takes a moment).
+    assert!(
+        eventually(Duration::from_secs(10), || async { q.stats().1 == 100 }).await,
+        "{:?}",
+        q.stats()
+    );
     // The last one and the 99 prefetched after it stay unacked across the restart: they come
     // back redelivered.
     drop((_c, ch, consumer, q, v));

@@ -105,6 +105,8 @@ struct State {
     dead: Vec<(Queued, Reason)>,
     /// A task retries paging out (records not written yet when last tried).
     page_retry: bool,
+    /// A read-ahead of paged-out messages is in flight (off the async workers).
+    reading: bool,
     /// Queue order (location of the original publish record) of the messages compaction
     /// moved, by sequence number: a moved message's record keeps it for recovery.
     moved_order: HashMap<u64, u64>,
@@ -166,6 +168,7 @@ impl Queue {
                 last_used: Some(Instant::now()),
                 dead: Vec::new(),
                 page_retry: false,
+                reading: false,
                 moved_order: HashMap::new(),
                 timer_at: u64::MAX,
                 timer_running: false,
@@ -362,6 +365,11 @@ impl Queue {
     fn dispatch_locked(self: &Arc<Self>, s: &mut State) {
         while !s.ready.is_empty() && !s.consumers.is_empty() {
             self.expire_head(s, 0);
+            // A paged-out head is read by a blocking task, never under this lock on an async
+            // worker; delivery resumes when it is back in memory.
+            if self.read_ahead(s) {
+                break;
+            }
             let Some(i) = pick_consumer(s, self.args.single_active_consumer) else {
                 break;
             };
@@ -448,7 +456,24 @@ impl Queue {
         while got.is_none()
             && let Some(q) = s.ready.pop()
         {
-            got = self.load(q);
+            got = match q.held {
+                Held::Mem(_) => self.load(q),
+                Held::Disk { .. } => {
+                    // Paged out (no read-ahead got to it yet): read without the lock, and
+                    // have the next ones read ahead meanwhile.
+                    self.read_ahead(&mut s);
+                    drop(s);
+                    let e = self.load(q);
+                    s = self.state.lock();
+                    if self.is_deleted() {
+                        if let (Some(log), Some(e)) = (&self.log, &e) {
+                            log.release(e.msg.store_id.into_iter().collect());
+                        }
+                        return None;
+                    }
+                    e
+                }
+            };
         }
         if let Some(e) = &got {
             if no_ack {

@@ -225,6 +225,60 @@ impl Ready {
         pending
     }
 
+    /// The paged-out entries among the next `n` to deliver (at most `bytes` of bodies, at
+    /// least one), in delivery order.
+    pub fn paged_out_head(&self, n: usize, bytes: u64) -> Vec<super::stored::Paged> {
+        let mut out = Vec::new();
+        let mut total = 0u64;
+        let order = self
+            .levels
+            .values()
+            .rev()
+            .chain(std::iter::once(&self.fifo));
+        for e in order.flat_map(|f| f.q.iter()).take(n) {
+            if let Held::Disk {
+                loc,
+                size,
+                priority,
+            } = e.held
+            {
+                if !out.is_empty() && total + size as u64 > bytes {
+                    break;
+                }
+                total += size as u64;
+                out.push(super::stored::Paged {
+                    seq: e.seq,
+                    priority,
+                    loc,
+                    size,
+                });
+            }
+        }
+        out
+    }
+
+    /// Take out the message with sequence number `seq` and priority `priority`.
+    pub fn remove(&mut self, seq: u64, priority: u8) -> Option<Queued> {
+        let level = self.level_of(priority);
+        let f = if level == 0 {
+            &mut self.fifo
+        } else {
+            self.levels.get_mut(&level)?
+        };
+        let i = f.q.binary_search_by_key(&seq, |e| e.seq).ok()?;
+        let e = f.q.remove(i)?;
+        if i < f.paged {
+            f.paged -= 1;
+        }
+        if level != 0 && f.q.is_empty() {
+            self.levels.remove(&level);
+        }
+        self.len -= 1;
+        self.bytes -= e.held.size() as u64;
+        self.mem -= mem_cost(&e);
+        Some(e)
+    }
+
     /// Drop everything; returns how many.
     pub fn clear(&mut self) -> usize {
         let n = self.len;

@@ -125,6 +125,69 @@ impl Queue {
         })
     }
 
+    /// If the head of the queue is paged out, make sure a read-ahead is on its way: a blocking
+    /// task reads the next paged-out messages (up to [`READ_AHEAD`] of them, or
+    /// [`READ_AHEAD_BYTES`]) without holding the lock, puts them back in memory and resumes
+    /// delivery. Returns true if the head is paged out (the caller waits for the task).
+    /// Without a runtime (unit tests) it reads in place.
+    pub(super) fn read_ahead(self: &Arc<Self>, s: &mut State) -> bool {
+        if !matches!(s.ready.front().map(|e| &e.held), Some(Held::Disk { .. })) {
+            return false;
+        }
+        if s.reading {
+            return true;
+        }
+        let Some(log) = self.log.clone() else {
+            return false;
+        };
+        let want = s.ready.paged_out_head(READ_AHEAD, READ_AHEAD_BYTES);
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            let read = read_all(&log, &want);
+            self.put_back(s, read);
+            return false;
+        };
+        s.reading = true;
+        let queue = Arc::downgrade(self);
+        rt.spawn_blocking(move || {
+            let read = read_all(&log, &want);
+            let Some(q) = queue.upgrade() else { return };
+            let mut s = q.state.lock();
+            s.reading = false;
+            if q.is_deleted() {
+                return;
+            }
+            q.put_back(&mut s, read);
+            q.dispatch_locked(&mut s);
+            q.finish(s);
+        });
+        true
+    }
+
+    /// Put messages read ahead back in memory, where their entries are still paged out. One
+    /// that could not be read is dropped from the queue (logged), never served.
+    fn put_back(&self, s: &mut State, read: Vec<(Paged, std::io::Result<Message>)>) {
+        for (p, r) in read {
+            let still = s
+                .ready
+                .get_mut(p.seq, p.priority)
+                .is_some_and(|e| matches!(e.held, Held::Disk { loc, .. } if loc == p.loc));
+            if !still {
+                continue;
+            }
+            match r {
+                Ok(m) => {
+                    s.ready.replace(p.seq, p.priority, Held::Mem(Arc::new(m)));
+                }
+                Err(e) => {
+                    tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
+                    if s.ready.remove(p.seq, p.priority).is_some() {
+                        self.forget_id(Some(p.loc));
+                    }
+                }
+            }
+        }
+    }
+
     /// Page out past the memory budget (durable queues); a task retries while records are
     /// still on their way to disk.
     pub(super) fn page(self: &Arc<Self>, s: &mut State) {
@@ -287,6 +350,28 @@ impl Queue {
         }
         moved
     }
+}
+
+/// Paged-out messages one read-ahead brings back at most.
+pub(super) const READ_AHEAD: usize = 256;
+
+/// Bytes one read-ahead brings back at most (at least one message).
+pub(super) const READ_AHEAD_BYTES: u64 = 4 << 20;
+
+/// A paged-out entry to read back.
+#[derive(Debug, Clone, Copy)]
+pub struct Paged {
+    pub seq: u64,
+    pub priority: u8,
+    pub loc: u64,
+    pub size: u32,
+}
+
+fn read_all(
+    log: &crate::store::log::Log,
+    want: &[Paged],
+) -> Vec<(Paged, std::io::Result<Message>)> {
+    want.iter().map(|p| (*p, log.read(p.loc, p.size))).collect()
 }
 
 /// A message compaction may move (see [`Queue::compact`]).
