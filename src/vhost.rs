@@ -31,8 +31,56 @@ pub struct VHostStore {
     pub dir: std::path::PathBuf,
     /// The message log.
     pub log: Arc<crate::store::log::Log>,
-    /// Serializes definition snapshots so an older one never overwrites a newer one.
-    defs: parking_lot::Mutex<()>,
+    /// Held while the durable topology changes, so changes reach the definitions journal in
+    /// the order they happen (see [`VHost::topology`]).
+    defs: parking_lot::Mutex<DefsState>,
+}
+
+/// Bookkeeping of the definitions journal.
+#[derive(Default)]
+struct DefsState {
+    /// Bytes appended to the journal since the last snapshot.
+    journal_bytes: u64,
+    /// Size of the last snapshot.
+    snapshot_bytes: u64,
+}
+
+/// The journal grows to at least this before a snapshot replaces it.
+const MIN_JOURNAL_BYTES: u64 = 1 << 20;
+
+/// A durable topology change in progress: holds the vhost's definitions lock, records each
+/// change in the journal, and writes a snapshot when the journal has outgrown the last one
+/// (when dropped: after every map entry the change held is released).
+pub struct Topology<'a> {
+    vhost: &'a VHost,
+    state: Option<parking_lot::MutexGuard<'a, DefsState>>,
+}
+
+impl Topology<'_> {
+    /// Record a change (a channel send: the writer thread writes and syncs it).
+    fn record(&mut self, c: crate::store::journal::Change) {
+        let (Some(store), Some(state)) = (&self.vhost.store, self.state.as_mut()) else {
+            return;
+        };
+        let rec = crate::store::journal::encode(&c);
+        state.journal_bytes += rec.len() as u64;
+        store.log.define(rec);
+    }
+}
+
+impl Drop for Topology<'_> {
+    fn drop(&mut self) {
+        let (Some(store), Some(state)) = (&self.vhost.store, self.state.as_mut()) else {
+            return;
+        };
+        if state.journal_bytes <= MIN_JOURNAL_BYTES.max(2 * state.snapshot_bytes) {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(&self.vhost.durable_definitions()).unwrap_or_default();
+        state.snapshot_bytes = json.len() as u64;
+        state.journal_bytes = 0;
+        store.log.snapshot(json.into());
+    }
 }
 
 /// The exchanges every vhost has.
@@ -95,6 +143,20 @@ impl VHost {
     ) -> std::io::Result<(Arc<VHost>, usize)> {
         let dir = crate::store::vhost_dir(data_dir, name);
         let defs = crate::store::load_definitions(&dir)?;
+        // The journal's changes since the snapshot; folded into a new snapshot at once, so
+        // the journal starts empty.
+        let replayed = crate::store::journal::replay(&dir, defs)?;
+        if replayed.damaged > 0 {
+            tracing::warn!(vhost = %name, records = replayed.damaged, "skipped damaged definitions journal records");
+        }
+        let defs = replayed.defs;
+        let journal = dir.join(crate::store::journal::FILE);
+        if replayed.changes > 0 || replayed.damaged > 0 {
+            crate::store::save_definitions(&dir, &defs)?;
+            std::fs::remove_file(&journal)?;
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        let snapshot_bytes = std::fs::metadata(dir.join("definitions.json")).map_or(0, |m| m.len());
         let durable: std::collections::HashSet<&str> =
             defs.queues.iter().map(|q| q.name.as_str()).collect();
         let opened = crate::store::log::open(
@@ -104,6 +166,7 @@ impl VHost {
                 interval: Duration::from_millis(storage.sync_interval_ms.max(1)),
                 queue_memory: storage.queue_memory_bytes,
                 segment_size: storage.segment_bytes,
+                journal_dir: Some(dir.clone()),
             },
             &|q| durable.contains(q),
         )?;
@@ -114,7 +177,10 @@ impl VHost {
         let store = VHostStore {
             dir,
             log: Arc::new(opened.log),
-            defs: parking_lot::Mutex::new(()),
+            defs: parking_lot::Mutex::new(DefsState {
+                journal_bytes: 0,
+                snapshot_bytes,
+            }),
         };
         let v = Arc::new(VHost::with_store(name, Some(store)));
         for x in defs.exchanges {
@@ -142,7 +208,9 @@ impl VHost {
             v.queues.insert(queue.def.name.clone(), queue);
         }
         for b in defs.bindings {
-            if let Ok(x) = v.exchange(&b.source) {
+            if let Ok(x) = v.exchange(&b.source)
+                && v.destination_exists(&b.destination)
+            {
                 let _ = x.bind(b);
             }
         }
@@ -157,10 +225,8 @@ impl VHost {
         Ok((v, n))
     }
 
-    /// Write the durable definitions, if anything durable changed.
-    fn persist(&self) {
-        let Some(store) = &self.store else { return };
-        let _guard = store.defs.lock();
+    /// The durable topology as it is now (a snapshot).
+    fn durable_definitions(&self) -> crate::store::Definitions {
         let mut defs = crate::store::Definitions::default();
         for x in self.exchanges.iter() {
             if x.def.durable && !PREDECLARED.iter().any(|(n, _)| *n == x.def.name) {
@@ -172,25 +238,54 @@ impl VHost {
                 defs.queues.push(q.def.clone());
             }
         }
-        let durable_dest = |d: &Destination| match d {
-            Destination::Queue(n) => self.queues.get(n.as_ref()).is_some_and(|q| q.log.is_some()),
-            Destination::Exchange(n) => self
-                .exchanges
-                .get(n.as_ref())
-                .is_some_and(|x| x.def.durable),
-        };
         for x in self.exchanges.iter() {
             if x.def.durable {
                 defs.bindings.extend(
                     x.bindings()
                         .into_iter()
-                        .filter(|b| durable_dest(&b.destination)),
+                        .filter(|b| self.is_durable_destination(&b.destination)),
                 );
             }
         }
-        if let Err(e) = crate::store::save_definitions(&store.dir, &defs) {
-            tracing::error!(vhost = %self.name, error = %e, "cannot write definitions");
+        defs
+    }
+
+    fn is_durable_destination(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Queue(n) => self.queues.get(n.as_ref()).is_some_and(|q| q.log.is_some()),
+            Destination::Exchange(n) => self
+                .exchanges
+                .get(n.as_ref())
+                .is_some_and(|x| x.def.durable),
         }
+    }
+
+    fn destination_exists(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Queue(n) => self.queues.contains_key(n.as_ref()),
+            Destination::Exchange(n) => self.exchanges.contains_key(n.as_ref()),
+        }
+    }
+
+    /// Begin a topology change: takes the definitions lock of a durable vhost (no-op in
+    /// memory mode). Take it before any map entry the change touches.
+    pub fn topology(&self) -> Topology<'_> {
+        Topology {
+            vhost: self,
+            state: self.store.as_ref().map(|s| s.defs.lock()),
+        }
+    }
+
+    /// The sequence number of the last definitions change and a receiver of how far the
+    /// journal is synced, if that change is not synced yet: a connection that changed the
+    /// topology waits for it before sending its replies (declare-ok means durable).
+    pub fn definitions_pending(
+        &self,
+    ) -> Option<(
+        u64,
+        tokio::sync::watch::Receiver<crate::store::log::DefsSynced>,
+    )> {
+        self.store.as_ref()?.log.definitions_pending()
     }
 
     /// The log, when this vhost is durable.
@@ -247,6 +342,7 @@ impl VHost {
         if def.name.is_empty() {
             return Err(default_exchange_error());
         }
+        let mut t = self.topology();
         if let Some(ae) = def.arguments.inner().get("alternate-exchange")
             && crate::args::as_str_bytes(ae).is_none()
         {
@@ -285,11 +381,12 @@ impl VHost {
                         def.name
                     )));
                 }
-                let durable = def.durable;
-                v.insert(Arc::new(Exchange::new(def)));
-                if durable {
-                    self.persist();
+                if def.durable {
+                    t.record(crate::store::journal::Change::PutExchange {
+                        exchange: def.clone(),
+                    });
                 }
+                v.insert(Arc::new(Exchange::new(def)));
                 Ok(())
             }
         }
@@ -306,6 +403,7 @@ impl VHost {
                 self.rs("exchange", name)
             )));
         }
+        let mut t = self.topology();
         let Some(x) = self.exchanges.get(name).map(|x| x.clone()) else {
             // RabbitMQ 3.10: deleting a missing exchange is not an error.
             return Ok(());
@@ -323,24 +421,25 @@ impl VHost {
             )));
         }
         self.exchanges.remove(name);
-        self.remove_destination(&Destination::Exchange(name.into()));
         if x.def.durable {
-            self.persist();
+            t.record(crate::store::journal::Change::DelExchange { name: name.into() });
         }
+        self.remove_destination(&mut t, &Destination::Exchange(name.into()));
         Ok(())
     }
 
     /// Remove every binding to `dest`, auto-deleting source exchanges left without bindings.
-    fn remove_destination(&self, dest: &Destination) {
+    /// (The journal's record of the destination's deletion removes these bindings too.)
+    fn remove_destination(&self, t: &mut Topology<'_>, dest: &Destination) {
         let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
         for x in sources {
             if x.unbind_destination(dest) > 0 {
-                self.maybe_auto_delete(&x);
+                self.maybe_auto_delete(t, &x);
             }
         }
     }
 
-    fn maybe_auto_delete(&self, x: &Arc<Exchange>) {
+    fn maybe_auto_delete(&self, t: &mut Topology<'_>, x: &Arc<Exchange>) {
         if x.def.auto_delete && x.binding_count() == 0 {
             let name = x.def.name.clone();
             if self
@@ -348,17 +447,25 @@ impl VHost {
                 .remove_if(&name, |_, cur| Arc::ptr_eq(cur, x))
                 .is_some()
             {
-                self.remove_destination(&Destination::Exchange(name.into()));
+                if x.def.durable {
+                    t.record(crate::store::journal::Change::DelExchange { name: name.clone() });
+                }
+                self.remove_destination(t, &Destination::Exchange(name.into()));
             }
         }
     }
 
     /// `queue.bind` / `exchange.bind`.
     pub fn bind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
+        let mut t = self.topology();
         let x = self.binding_source(&b, conn)?;
         x.validate_binding(&b.arguments)?;
-        if x.bind(b)? && x.def.durable {
-            self.persist();
+        let durable = x.def.durable && self.is_durable_destination(&b.destination);
+        let rec = durable.then(|| b.clone());
+        if x.bind(b)?
+            && let Some(binding) = rec
+        {
+            t.record(crate::store::journal::Change::PutBinding { binding });
         }
         Ok(())
     }
@@ -372,6 +479,7 @@ impl VHost {
         {
             return Err(default_exchange_error());
         }
+        let mut t = self.topology();
         let Ok(x) = self.exchange(&b.source) else {
             return Ok(());
         };
@@ -383,10 +491,10 @@ impl VHost {
             r => r?,
         }
         if x.unbind(&b) {
-            self.maybe_auto_delete(&x);
             if x.def.durable {
-                self.persist();
+                t.record(crate::store::journal::Change::DelBinding { binding: b });
             }
+            self.maybe_auto_delete(&mut t, &x);
         }
         Ok(())
     }
@@ -430,6 +538,7 @@ impl VHost {
             });
         }
         let args = QueueArgs::parse(&def.arguments, &res)?;
+        let mut t = self.topology();
         match self.queues.entry(def.name.clone()) {
             Entry::Occupied(e) => {
                 let q = e.get().clone();
@@ -462,6 +571,10 @@ impl VHost {
                     (true, Some(l)) => Some(l.clone()),
                     _ => None,
                 };
+                if log.is_some() {
+                    // Before the queue is visible: nothing routed to it is synced before it.
+                    t.record(crate::store::journal::Change::PutQueue { queue: def.clone() });
+                }
                 let q = Arc::new(Queue::new(
                     &self.name,
                     Arc::downgrade(self),
@@ -471,9 +584,6 @@ impl VHost {
                     log,
                 ));
                 v.insert(q.clone());
-                if q.log.is_some() {
-                    self.persist();
-                }
                 if let Some(ms) = expires {
                     spawn_expiry(
                         Arc::downgrade(self),
@@ -520,6 +630,7 @@ impl VHost {
 
     /// Remove a queue and its bindings; returns its message count.
     pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        let mut t = self.topology();
         if self
             .queues
             .remove_if(q.name.as_ref(), |_, cur| Arc::ptr_eq(cur, q))
@@ -527,11 +638,13 @@ impl VHost {
         {
             return 0;
         }
-        self.remove_destination(&Destination::Queue(q.name.clone()));
         if let Some(log) = &q.log {
+            t.record(crate::store::journal::Change::DelQueue {
+                name: q.name.to_string(),
+            });
             log.append(crate::store::log::queue_deleted_record(&q.name), None);
-            self.persist();
         }
+        self.remove_destination(&mut t, &Destination::Queue(q.name.clone()));
         // Consumers learn it (basic.cancel from the server, RabbitMQ's consumer_cancel_notify).
         for c in q.consumers() {
             let _ = c.events.send(crate::queue::consumer::ConnEvent::Cancelled {

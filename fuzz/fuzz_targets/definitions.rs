@@ -1,12 +1,16 @@
-//! `definitions.json` as found on disk: `store::load_definitions` must never panic, and what
-//! it loads must survive `save_definitions` and load again (the broker rewrites the file on
-//! every durable declare or delete, and must be able to start from what it wrote).
+//! Durable definitions as found on disk: `definitions.json` and the definitions journal.
+//! `store::load_definitions` and `store::journal::replay` must never panic, and what they
+//! load must survive `save_definitions` and load again (the broker folds the journal into a
+//! new snapshot at start, and must be able to start from what it wrote).
 //!
-//! Input: the file's bytes.
+//! Input: the bytes of `definitions.json`; or, after a leading `J`, a list of journal changes,
+//! each `len u16 | JSON`, which the harness frames as journal records (valid headers, so the
+//! fuzzer works on the JSON), replayed over an empty snapshot; a length past the end of the
+//! input is written cut short (a torn tail).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use warren::store::{load_definitions, save_definitions};
+use warren::store::{journal, load_definitions, record, save_definitions};
 
 #[path = "common.rs"]
 mod common;
@@ -15,9 +19,33 @@ fuzz_target!(|data: &[u8]| {
     let tmp = common::scratch_dir("definitions");
     let (dir, out) = (tmp.path().join("in"), tmp.path().join("out"));
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("definitions.json"), data).unwrap();
-    let Ok(defs) = load_definitions(&dir) else {
-        return;
+    let defs = if let Some(rest) = data.strip_prefix(b"J") {
+        let mut j = Vec::new();
+        let mut p = rest;
+        while p.len() >= 2 {
+            let n = u16::from_be_bytes([p[0], p[1]]) as usize;
+            p = &p[2..];
+            let json = &p[..n.min(p.len())];
+            p = &p[json.len()..];
+            let mut rec = record::framed(json);
+            if json.len() < n {
+                // Cut short: the header promises more than the file holds.
+                rec = record::header(n as u32, 0).to_vec();
+                rec.extend_from_slice(json);
+            }
+            j.extend_from_slice(&rec);
+        }
+        std::fs::write(dir.join(journal::FILE), &j).unwrap();
+        let Ok(r) = journal::replay(&dir, Default::default()) else {
+            return;
+        };
+        r.defs
+    } else {
+        std::fs::write(dir.join("definitions.json"), data).unwrap();
+        let Ok(defs) = load_definitions(&dir) else {
+            return;
+        };
+        defs
     };
     let first = serde_json::to_string(&defs).expect("loaded definitions serialize");
     save_definitions(&out, &defs).expect("save definitions");

@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
         interval: Duration::from_millis(1),
         queue_memory: 0,
         segment_size: SEGMENT_SIZES[(mode as usize >> 1) & 3],
+        journal_dir: None,
     };
     // Queues whose names end in '!' were deleted (their messages are dropped at recovery).
     let opened = match log::open(&dir, opts, &|q: &str| !q.ends_with('!')) {

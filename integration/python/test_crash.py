@@ -190,3 +190,83 @@ def test_kill_9_with_a_consumer_and_paging(round_, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def topology_churn(port, model, inflight, stop, seed):
+    """Declare, bind, unbind and delete durable queues at random until the broker dies;
+    `model` holds the state each confirmed (-ok) change left, `inflight` the change sent and
+    not yet answered."""
+    rng = random.Random(seed)
+    try:
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, heartbeat=0))
+        ch = conn.channel()
+        while not stop.is_set():
+            k = rng.randrange(40)
+            q = "topo-%d" % k
+            op = rng.choice(["declare", "declare", "bind", "unbind", "delete"])
+            inflight[:] = [k]
+            if op == "declare":
+                ch.queue_declare(q, durable=True)
+                model.setdefault(k, set())
+            elif op == "bind" and k in model:
+                ch.queue_bind(q, "amq.direct", "key-%d" % k)
+                model[k].add("key-%d" % k)
+            elif op == "unbind" and k in model:
+                ch.queue_unbind(q, "amq.direct", "key-%d" % k)
+                model[k].discard("key-%d" % k)
+            elif op == "delete":
+                ch.queue_delete(q)
+                model.pop(k, None)
+            inflight[:] = []
+    except Exception:
+        pass  # the broker was killed
+
+
+@pytest.mark.parametrize("round_", range(int(os.environ.get("CRASH_ROUNDS", "3"))))
+def test_kill_9_keeps_every_acknowledged_topology_change(round_):
+    """declare-ok, bind-ok, unbind-ok and delete-ok mean durable: after kill -9 each queue and
+    binding is as the last answered change left it (the one change in flight may go either
+    way)."""
+    rng = random.Random(1000 + round_)
+    with tempfile.TemporaryDirectory() as data:
+        proc, port = start(data)
+        model, inflight, stop = {}, [], threading.Event()
+        t = threading.Thread(target=topology_churn, args=(port, model, inflight, stop, round_),
+                             daemon=True)
+        t.start()
+        time.sleep(0.2 + rng.random() * 0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        stop.set()
+        t.join(5)
+        assert model, "some changes were answered before the crash"
+        proc, port = start(data)
+        try:
+            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for k in range(40):
+                if k in inflight:
+                    continue
+                q = "topo-%d" % k
+                try:
+                    ch.queue_declare(q, passive=True)
+                    exists = True
+                except pika.exceptions.ChannelClosedByBroker as e:
+                    assert e.reply_code == 404
+                    exists = False
+                    ch = conn.channel()
+                    ch.confirm_delivery()
+                assert exists == (k in model), "queue %s" % q
+                if not exists:
+                    continue
+                try:
+                    ch.basic_publish("amq.direct", "key-%d" % k, b"probe", mandatory=True)
+                    routed = True
+                except pika.exceptions.UnroutableError:
+                    routed = False
+                assert routed == ("key-%d" % k in model[k]), "binding of %s" % q
+            conn.close()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)

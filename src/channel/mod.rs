@@ -503,6 +503,9 @@ impl Channel {
         class_id: u16,
         method_id: u16,
     ) -> Result<(), AmqpError> {
+        if matches!(m, AMQPClass::Exchange(_) | AMQPClass::Queue(_)) {
+            ctx.topology_changed = true;
+        }
         match m {
             // RabbitMQ 3.10.8: close-ok for a close it never sent (observed).
             AMQPClass::Channel(chan::AMQPMethod::CloseOk(_)) => Err(AmqpError::new(

@@ -324,6 +324,7 @@ impl Handshake {
                 cancel_notify,
                 blocked_notify,
                 published: false,
+                topology_changed: false,
                 confirms_dirty: Vec::new(),
                 clock: None,
                 timeout_check: None,

@@ -65,6 +65,9 @@ pub struct ConnCtx {
     pub blocked_notify: bool,
     /// A message was published in this loop turn (the memory alarm blocks publishers).
     pub published: bool,
+    /// An exchange or queue method ran in this loop turn: before its replies go out, the
+    /// connection waits for the definitions journal to be synced (declare-ok means durable).
+    pub topology_changed: bool,
     /// Channels that owe publisher confirms at the end of this loop turn.
     pub confirms_dirty: Vec<u16>,
     /// The clock of this loop turn, read at most once per turn ([`ConnCtx::now`]).
@@ -296,6 +299,12 @@ impl Connection {
                 && self.closing_since.is_none()
             {
                 self.block();
+            }
+            if std::mem::take(&mut self.ctx.topology_changed)
+                && let Some((seq, mut rx)) = self.ctx.vhost.definitions_pending()
+            {
+                // Only this connection waits (its replies, in order); the worker is free.
+                let _ = rx.wait_for(|s| s.seq >= seq || s.failing).await;
             }
             self.flush();
             if let Flow::Stop = flow {

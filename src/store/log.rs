@@ -24,7 +24,8 @@ pub use super::record::{
     QueueState, count_record, delivered_record, publish_record, queue_deleted_record, remove_record,
 };
 pub use super::recovery::RecoveredMsg;
-use super::writer::{Cmd, Shared, Writer};
+pub use super::writer::DefsSynced;
+use super::writer::{Cmd, Journal, Shared, Writer};
 use crate::message::Message;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -76,6 +77,8 @@ pub struct Stats {
     pub pending: u64,
     /// New messages are refused (a write or sync is failing, or the disk is full).
     pub refusing: bool,
+    /// Bytes written to the definitions journal since start.
+    pub journal_written: u64,
 }
 
 /// Placement of the next record (guarded: reserving a location and handing the record to the
@@ -96,6 +99,9 @@ pub struct Log {
     /// it pages persistent messages out to their place in the log.
     pub queue_memory: u64,
     segment_size: u64,
+    /// Sequence number of the last definitions journal record handed to the writer.
+    defs_seq: AtomicU64,
+    defs_synced: tokio::sync::watch::Sender<DefsSynced>,
 }
 
 pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -134,6 +140,9 @@ pub struct Options {
     pub queue_memory: u64,
     /// Size at which a new segment is started.
     pub segment_size: u64,
+    /// The vhost directory whose definitions journal the writer keeps (see
+    /// [`super::journal`]); `None`: no journal (tests, fuzzing).
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// Replay the segments in `dir`, then start the writer thread. Messages of queues for which
@@ -165,6 +174,19 @@ pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Resu
         compact_tx,
         (opts.segment_size / 4).clamp(4096, 1 << 20),
     );
+    let (defs_tx, _) = tokio::sync::watch::channel(DefsSynced::default());
+    if let Some(dir) = opts.journal_dir {
+        writer.journal = Some(Journal {
+            dir,
+            file: None,
+            size: 0,
+            pending: VecDeque::new(),
+            written_seq: 0,
+            synced: defs_tx.clone(),
+            failing: false,
+            total: 0,
+        });
+    }
     writer.open_current()?;
     std::thread::Builder::new()
         .name("warren-store".into())
@@ -180,6 +202,8 @@ pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Resu
             policy: opts.policy,
             queue_memory: opts.queue_memory,
             segment_size: opts.segment_size,
+            defs_seq: AtomicU64::new(0),
+            defs_synced: defs_tx,
         },
         queues: scanned.queues,
         corrupt_records: scanned.corrupt,
@@ -240,6 +264,30 @@ impl Log {
             d(false);
         }
         Some(loc)
+    }
+
+    /// Hand a definitions journal record to the writer; returns its sequence number.
+    pub fn define(&self, record: Bytes) -> u64 {
+        let p = self.place.lock();
+        let seq = self.defs_seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let _ = p.tx.send(Cmd::Define(record, seq));
+        seq
+    }
+
+    /// Hand the writer a snapshot of the definitions reflecting every journal record so far.
+    pub fn snapshot(&self, json: Bytes) {
+        let p = self.place.lock();
+        let seq = self.defs_seq.load(Ordering::Acquire);
+        let _ = p.tx.send(Cmd::Snapshot(json, seq));
+    }
+
+    /// The sequence number of the last definitions record, and a receiver of how far the
+    /// journal is synced, if that record is not synced yet.
+    pub fn definitions_pending(&self) -> Option<(u64, tokio::sync::watch::Receiver<DefsSynced>)> {
+        let seq = self.defs_seq.load(Ordering::Acquire);
+        let rx = self.defs_synced.subscribe();
+        let synced = rx.borrow().seq;
+        (synced < seq).then_some((seq, rx))
     }
 
     /// Whether new messages are refused: a write or sync is failing (retried with back-off),

@@ -2,6 +2,7 @@
 //! the `-ok` is sent) and the message log ([`log`]) for persistent messages in durable queues.
 //! Knows bytes and records, not AMQP semantics; the vhost and queues decide what to store.
 
+pub mod journal;
 pub mod log;
 pub mod record;
 mod recovery;
@@ -90,11 +91,19 @@ pub fn finite(v: &amq_protocol::types::AMQPValue) -> bool {
 /// keeping the copy it replaces as `definitions.prev.json`. At every moment one of the two
 /// holds the latest saved definitions or the ones before.
 pub fn save_definitions(dir: &Path, defs: &Definitions) -> io::Result<()> {
+    write_snapshot(
+        dir,
+        &serde_json::to_vec_pretty(defs).map_err(io::Error::other)?,
+    )
+}
+
+/// [`save_definitions`] of already serialised definitions.
+pub fn write_snapshot(dir: &Path, json: &[u8]) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join("definitions.json.tmp");
     let main = dir.join("definitions.json");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(defs).map_err(io::Error::other)?)?;
+    f.write_all(json)?;
     f.sync_all()?;
     match std::fs::rename(&main, dir.join("definitions.prev.json")) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),

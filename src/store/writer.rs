@@ -34,6 +34,148 @@ pub(super) enum Cmd {
     Close(Done),
     /// Report the counters (after everything before it).
     Stats(mpsc::Sender<Stats>),
+    /// A definitions journal record (see [`super::journal`]) and its sequence number.
+    Define(Bytes, u64),
+    /// A snapshot of the definitions reflecting every journal record up to the sequence
+    /// number: written as `definitions.json`, then the journal is emptied.
+    Snapshot(Bytes, u64),
+}
+
+/// How far the definitions journal is on stable storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DefsSynced {
+    /// Every journal record up to this sequence number is synced.
+    pub seq: u64,
+    /// Writing the journal is failing (retried); waiting for it is pointless meanwhile.
+    pub failing: bool,
+}
+
+/// The definitions journal, written by the writer thread.
+pub(super) struct Journal {
+    /// The vhost directory (`definitions.json`, the journal).
+    pub dir: PathBuf,
+    pub file: Option<File>,
+    /// Bytes of the journal known to be written.
+    pub size: u64,
+    /// Records not written yet, with their sequence numbers.
+    pub pending: VecDeque<(u64, Bytes)>,
+    /// Highest sequence number written (not necessarily synced).
+    pub written_seq: u64,
+    pub synced: tokio::sync::watch::Sender<DefsSynced>,
+    pub failing: bool,
+    /// Bytes written to the journal since start (snapshots empty the file, not this).
+    pub total: u64,
+}
+
+impl Journal {
+    fn open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join(super::journal::FILE))?;
+            self.size = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("opened"))
+    }
+
+    /// Write the pending records; false if that failed (they stay pending).
+    fn write(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        let buf: Vec<u8> = self
+            .pending
+            .iter()
+            .flat_map(|(_, r)| r.iter().copied())
+            .collect();
+        let size = self.size;
+        let result = self.open().and_then(|f| match f.write_all(&buf) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = f.set_len(size);
+                Err(e)
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.size += buf.len() as u64;
+                self.total += buf.len() as u64;
+                if let Some((seq, _)) = self.pending.back() {
+                    self.written_seq = self.written_seq.max(*seq);
+                }
+                self.pending.clear();
+                true
+            }
+            Err(e) => {
+                self.set_failing(Some(e));
+                false
+            }
+        }
+    }
+
+    /// Sync what was written; on success publish the synced sequence number.
+    fn sync(&mut self, policy: SyncPolicy) -> bool {
+        let seq = self.written_seq;
+        if seq <= self.synced.borrow().seq {
+            return true;
+        }
+        if policy != SyncPolicy::Never
+            && let Some(f) = &self.file
+            && let Err(e) = f.sync_data()
+        {
+            self.set_failing(Some(e));
+            return false;
+        }
+        self.set_failing(None);
+        self.synced.send_modify(|s| s.seq = s.seq.max(seq));
+        true
+    }
+
+    fn set_failing(&mut self, e: Option<io::Error>) {
+        match e {
+            Some(e) if !self.failing => {
+                tracing::error!(error = %e, "cannot write the definitions journal (retried); declarations are not durable meanwhile");
+                self.failing = true;
+            }
+            None if self.failing => {
+                tracing::info!("definitions journal writes succeed again");
+                self.failing = false;
+            }
+            _ => {}
+        }
+        let failing = self.failing;
+        self.synced.send_if_modified(|s| {
+            let changed = s.failing != failing;
+            s.failing = failing;
+            changed
+        });
+    }
+
+    /// Write a snapshot covering every record up to `seq` and empty the journal.
+    fn snapshot(&mut self, json: &[u8], seq: u64, policy: SyncPolicy) {
+        if !self.write() || !self.sync(policy) {
+            return;
+        }
+        let result = super::write_snapshot(&self.dir, json).and_then(|()| {
+            let f = self.open()?;
+            f.set_len(0)?;
+            if policy != SyncPolicy::Never {
+                f.sync_all()?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => {
+                self.size = 0;
+                self.synced.send_modify(|s| s.seq = s.seq.max(seq));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write a definitions snapshot; the journal is kept");
+            }
+        }
+    }
 }
 
 /// State shared by the handle and the writer thread.
@@ -130,6 +272,8 @@ pub(super) struct Writer {
     /// The last attempt to reserve space found the disk full.
     pub low_space: bool,
     fault: Option<Fault>,
+    /// The definitions journal (durable vhosts).
+    pub journal: Option<Journal>,
 }
 
 impl Writer {
@@ -163,6 +307,7 @@ impl Writer {
             reserved_to: 0,
             low_space: false,
             fault: None,
+            journal: None,
         }
     }
 
@@ -219,8 +364,10 @@ impl Writer {
         let mut last_sync = Instant::now();
         let mut waiting: Vec<Done> = Vec::new();
         loop {
+            let journal_failing = self.journal.as_ref().is_some_and(|j| j.failing);
             let deadline = match (&self.fault, self.policy) {
                 (Some(f), _) => Some(f.retry_at),
+                _ if journal_failing => Some(Instant::now() + MAX_BACKOFF),
                 _ if self.low_space => Some(Instant::now() + MAX_BACKOFF),
                 (None, SyncPolicy::Interval) if self.size > self.synced => {
                     Some(last_sync + self.interval)
@@ -269,13 +416,31 @@ impl Writer {
                             total: self.acct.total.values().sum(),
                             pending: self.pending.len() as u64,
                             refusing: self.shared.refusing.load(Ordering::Acquire),
+                            journal_written: self.journal.as_ref().map_or(0, |j| j.total),
                         });
                     }
                     Cmd::Close(d) => {
                         close = Some(d);
                         break;
                     }
+                    Cmd::Define(rec, seq) => {
+                        if let Some(j) = self.journal.as_mut() {
+                            j.pending.push_back((seq, rec));
+                        }
+                    }
+                    Cmd::Snapshot(json, seq) => {
+                        if let Some(j) = self.journal.as_mut() {
+                            j.snapshot(&json, seq, self.policy);
+                        }
+                    }
                 }
+            }
+            // Definitions first: a message routed to a queue declared meanwhile is never
+            // synced before the queue's record.
+            if let Some(j) = self.journal.as_mut()
+                && j.write()
+            {
+                j.sync(self.policy);
             }
             let retry_due = self
                 .fault
