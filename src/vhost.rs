@@ -575,14 +575,10 @@ impl VHost {
                     // Before the queue is visible: nothing routed to it is synced before it.
                     t.record(crate::store::journal::Change::PutQueue { queue: def.clone() });
                 }
-                let q = Arc::new(Queue::new(
-                    &self.name,
-                    Arc::downgrade(self),
-                    def,
-                    args,
-                    owner,
-                    log,
-                ));
+                let q = Arc::new(
+                    Queue::new(&self.name, Arc::downgrade(self), def, args, owner, log)
+                        .with_spool(self.log().cloned()),
+                );
                 v.insert(q.clone());
                 if let Some(ms) = expires {
                     spawn_expiry(
@@ -811,7 +807,7 @@ fn spawn_compaction(vhost: Weak<VHost>, mut rx: tokio::sync::mpsc::UnboundedRece
             let queues: Vec<Arc<Queue>> = v
                 .queues
                 .iter()
-                .filter(|q| q.log.is_some())
+                .filter(|q| q.spool.is_some())
                 .map(|q| q.clone())
                 .collect();
             drop(v);

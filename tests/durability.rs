@@ -1098,3 +1098,142 @@ async fn definitions_journal_snapshots_and_replays() {
     assert!(!vdir.join("definitions.journal").exists());
     b.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Any queue can outgrow memory: transient messages in a durable queue, and every message of
+/// a non-durable queue (a persistent one too), are spooled to the log past the budget —
+/// written, never synced for a confirm nor recovered — read back in order with their
+/// bodies and properties, and their records stop counting once read or gone, so the log
+/// shrinks back. After a restart none of them is back.
+#[tokio::test]
+async fn transient_messages_and_non_durable_queues_page_out_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = disk_config(dir.path());
+    cfg.storage.queue_memory_bytes = 64 * 1024;
+    cfg.storage.segment_bytes = 1024 * 1024;
+    let b = start_with(cfg.clone()).await;
+    let v = b.state().vhost("/").unwrap();
+    let log = v.log().unwrap().clone();
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "durable-transient", FieldTable::default()).await;
+    ch.queue_declare(
+        ss("plain"),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let transient = BasicProperties::default().with_priority(3);
+    for i in 0..3000 {
+        for (q, props) in [
+            ("durable-transient", transient.clone()),
+            (
+                "plain",
+                if i % 2 == 0 {
+                    persistent()
+                } else {
+                    transient.clone()
+                },
+            ),
+        ] {
+            ch.basic_publish(
+                ss(""),
+                ss(q),
+                BasicPublishOptions::default(),
+                &numbered(i),
+                props,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    for q in ["durable-transient", "plain"] {
+        let q = v.queue(q).unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                q.memory() <= 64 * 1024
+            })
+            .await,
+            "{} bytes still in memory",
+            q.memory()
+        );
+        assert_eq!(q.message_count(), 3000);
+    }
+    let live = log.stats().unwrap().live;
+    assert!(
+        live >= 5000,
+        "spooled records count while they are needed ({live})"
+    );
+    // Read back in order, bodies and properties intact.
+    for q in ["durable-transient", "plain"] {
+        for i in 0..3000 {
+            let m = ch
+                .basic_get(ss(q), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(number_of(&m.delivery.data), i, "{q}");
+            assert_eq!(m.delivery.data.len(), 1024);
+            let mode = m.delivery.properties.delivery_mode();
+            if q == "plain" && i % 2 == 0 {
+                assert_eq!(*mode, Some(2));
+            } else {
+                assert_eq!(*m.delivery.properties.priority(), Some(3));
+                assert_eq!(*mode, None);
+            }
+        }
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            log.stats().unwrap().live == 0
+        })
+        .await,
+        "every spooled record was released: {:?}",
+        log.stats()
+    );
+    // A purge and a delete release what they drop.
+    for i in 0..2000 {
+        ch.basic_publish(
+            ss(""),
+            ss("plain"),
+            BasicPublishOptions::default(),
+            &numbered(i),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let plain = v.queue("plain").unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            plain.memory() <= 64 * 1024
+        })
+        .await
+    );
+    ch.queue_purge(ss("plain"), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            log.stats().unwrap().live == 0
+        })
+        .await,
+        "{:?}",
+        log.stats()
+    );
+    for i in 0..1000 {
+        ch.basic_publish(
+            ss(""),
+            ss("durable-transient"),
+            BasicPublishOptions::default(),
+            &numbered(i),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap();
+    }
+    drop((_c, ch, plain, v, log));
+    let b = restart_with(b, cfg).await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(drain(&ch, "durable-transient").await.len(), 0);
+    b.shutdown(Duration::from_secs(2)).await;
+}

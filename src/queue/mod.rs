@@ -137,6 +137,9 @@ pub struct Queue {
     timer: tokio::sync::Notify,
     /// The vhost's message log, for a durable queue in a durable vhost.
     pub log: Option<Arc<crate::store::log::Log>>,
+    /// The vhost's message log, for any queue in a durable vhost: where messages that are not
+    /// stored are spooled when the queue outgrows its memory budget.
+    pub spool: Option<Arc<crate::store::log::Log>>,
 }
 
 /// How many expired messages one pass removes before letting go of the lock.
@@ -177,8 +180,15 @@ impl Queue {
             owner,
             deleted: AtomicBool::new(false),
             timer: tokio::sync::Notify::new(),
+            spool: log.clone(),
             log,
         }
+    }
+
+    /// Spool to `log` past the memory budget (a non-durable queue in a durable vhost).
+    pub fn with_spool(mut self, log: Option<Arc<crate::store::log::Log>>) -> Queue {
+        self.spool = log;
+        self
     }
 
     /// `queue 'q' in vhost '/'`.
@@ -190,7 +200,11 @@ impl Queue {
     fn finish(self: &Arc<Self>, mut s: MutexGuard<'_, State>) {
         self.arm_timer(&mut s);
         let dead = std::mem::take(&mut s.dead);
+        let orphans = std::mem::take(&mut s.ready.orphans);
         drop(s);
+        if !orphans.is_empty() {
+            self.release(orphans);
+        }
         if !dead.is_empty() {
             self.bury(dead);
         }
@@ -201,7 +215,7 @@ impl Queue {
     fn bury(self: &Arc<Self>, dead: Vec<(Queued, Reason)>) {
         if self.args.dead_letter_exchange.is_none() {
             for (e, _) in &dead {
-                self.forget_id(e.held.store_id());
+                self.forget_held(&e.held);
             }
             return;
         }
@@ -566,14 +580,19 @@ impl Queue {
     /// Drop every ready message; returns how many (unacked ones stay, as in RabbitMQ).
     pub fn purge(&self) -> u32 {
         let mut s = self.state.lock();
-        if self.log.is_none() {
-            return s.ready.clear() as u32;
-        }
-        let mut n = 0;
-        while let Some(e) = s.ready.pop() {
-            self.forget_id(e.held.store_id());
-            n += 1;
-        }
+        let n = if self.log.is_none() {
+            s.ready.clear() as u32
+        } else {
+            let mut n = 0;
+            while let Some(e) = s.ready.pop() {
+                self.forget_held(&e.held);
+                n += 1;
+            }
+            n
+        };
+        let orphans = std::mem::take(&mut s.ready.orphans);
+        drop(s);
+        self.release(orphans);
         n
     }
 
@@ -635,6 +654,8 @@ impl Queue {
             log.release(locs);
         }
         let n = s.ready.clear() as u32;
+        let orphans = std::mem::take(&mut s.ready.orphans);
+        self.release(orphans);
         s.unacked.clear();
         s.unacked_mem = 0;
         for c in &s.consumers {

@@ -3,15 +3,17 @@
 //! nothing). Each FIFO is kept in sequence order, so a requeued message goes back to its
 //! original position within its priority.
 //!
-//! Paging: a durable queue keeps message bodies in memory up to a budget
-//! ([`crate::store::log::Log::queue_memory`]); past it, persistent messages whose publish record
-//! has been written are replaced by their location in the log (a [`Held::Disk`] index entry of
-//! a few bytes) and read back when delivered. Each FIFO remembers how far it has paged, so a
-//! publish pages out at most what it added, amortised O(1).
+//! Paging: a queue in a durable vhost keeps message bodies in memory up to a budget
+//! ([`crate::store::log::Log::queue_memory`]); past it, messages are replaced by their location
+//! in the log (a [`Held::Disk`] index entry of a few bytes) and read back when delivered: a
+//! persistent message in a durable queue once its publish record is written; any other
+//! message (transient, or in a non-durable queue) once a spooled record of it is written —
+//! never synced nor recovered, released when it is read back or leaves. Each FIFO remembers
+//! how far it has paged, so a publish pages out at most what it added, amortised O(1).
 
 use super::{Held, Queued};
 use crate::store::log::Log;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 #[derive(Default)]
 struct Fifo {
@@ -39,6 +41,21 @@ pub struct Ready {
     bytes: u64,
     /// Estimated memory of the messages held in memory.
     mem: u64,
+    /// Messages being spooled: their spooled record's location and priority, by sequence
+    /// number (still in memory until the record is written).
+    spooling: HashMap<u64, (u64, u8)>,
+    /// Memory those messages will free.
+    spooling_mem: u64,
+    /// Spooled records no entry needs any more (the message left first): to release.
+    pub orphans: Vec<u64>,
+}
+
+/// Page-out parameters: the log, the memory budget, and whether the queue's persistent
+/// messages are in the log already (a durable queue) or must be spooled like the others.
+pub struct PageOut<'a> {
+    pub log: &'a Log,
+    pub budget: u64,
+    pub durable: bool,
 }
 
 fn mem_cost(e: &Queued) -> u64 {
@@ -119,6 +136,16 @@ impl Ready {
             .or_else(|| self.fifo.q.front())
     }
 
+    /// An entry left the queue: if it was being spooled, its record is an orphan.
+    fn left(&mut self, e: &Queued) {
+        if !self.spooling.is_empty()
+            && let Some((loc, _)) = self.spooling.remove(&e.seq)
+        {
+            self.spooling_mem -= mem_cost(e);
+            self.orphans.push(loc);
+        }
+    }
+
     /// Take the next message to deliver.
     pub fn pop(&mut self) -> Option<Queued> {
         let e = match self.levels.iter_mut().rev().find(|(_, f)| !f.q.is_empty()) {
@@ -134,6 +161,7 @@ impl Ready {
         self.len -= 1;
         self.bytes -= e.held.size() as u64;
         self.mem -= mem_cost(&e);
+        self.left(&e);
         Some(e)
     }
 
@@ -196,32 +224,83 @@ impl Ready {
         true
     }
 
-    /// Page messages out to the log until the memory estimate is within `budget`. Returns
-    /// true if it stopped at a message whose record is not written yet (try again later).
-    pub fn page_out(&mut self, log: &Log, budget: u64) -> bool {
-        let mut mem = self.mem;
+    /// Page messages out to the log until the memory estimate is within the budget. Returns
+    /// true if records it waits for are not written yet (try again later).
+    pub fn page_out(&mut self, p: &PageOut<'_>) -> bool {
         let mut pending = false;
-        for f in std::iter::once(&mut self.fifo).chain(self.levels.values_mut()) {
-            while mem > budget && f.paged < f.q.len() {
+        // Spooled records written since the last time: their entries leave memory now.
+        if !self.spooling.is_empty() {
+            let done: Vec<(u64, u64, u8)> = self
+                .spooling
+                .iter()
+                .filter(|(_, (loc, _))| p.log.is_written(*loc))
+                .map(|(seq, (loc, prio))| (*seq, *loc, *prio))
+                .collect();
+            for (seq, loc, prio) in done {
+                self.spooling.remove(&seq);
+                let Some(e) = self.get_mut(seq, prio) else {
+                    continue;
+                };
+                let Held::Mem(m) = &e.held else { continue };
+                let (size, priority) = (m.body.len() as u32, m.priority);
+                let cost = mem_cost(e);
+                e.held = Held::Disk {
+                    loc,
+                    size,
+                    priority,
+                    spooled: true,
+                };
+                self.mem -= cost;
+                self.spooling_mem -= cost;
+            }
+            pending |= !self.spooling.is_empty();
+        }
+        let mut mem = self.mem - self.spooling_mem;
+        let Ready {
+            fifo,
+            levels,
+            spooling,
+            spooling_mem,
+            mem: held,
+            ..
+        } = self;
+        for f in std::iter::once(fifo).chain(levels.values_mut()) {
+            while mem > p.budget && f.paged < f.q.len() {
                 let e = &mut f.q[f.paged];
-                if let Held::Mem(m) = &e.held
-                    && let Some(loc) = m.store_id
-                {
-                    if !log.is_written(loc) {
-                        pending = true;
-                        break;
+                if let Held::Mem(m) = &e.held {
+                    match m.store_id.filter(|_| p.durable) {
+                        Some(loc) => {
+                            if !p.log.is_written(loc) {
+                                pending = true;
+                                break;
+                            }
+                            let cost = mem_cost(e);
+                            mem -= cost;
+                            *held -= cost;
+                            e.held = Held::Disk {
+                                loc,
+                                size: m.body.len() as u32,
+                                priority: m.priority,
+                                spooled: false,
+                            };
+                        }
+                        None => {
+                            // Refused while the disk is full: it stays in memory.
+                            if let Some(loc) =
+                                p.log.append(crate::store::log::spool_record(m), None)
+                            {
+                                let cost = mem_cost(e);
+                                mem -= cost;
+                                *spooling_mem += cost;
+                                spooling.insert(e.seq, (loc, m.priority));
+                                pending = true;
+                            }
+                        }
                     }
-                    mem -= mem_cost(e);
-                    e.held = Held::Disk {
-                        loc,
-                        size: m.body.len() as u32,
-                        priority: m.priority,
-                    };
                 }
                 f.paged += 1;
             }
         }
-        self.mem = mem;
         pending
     }
 
@@ -240,6 +319,7 @@ impl Ready {
                 loc,
                 size,
                 priority,
+                spooled,
             } = e.held
             {
                 if !out.is_empty() && total + size as u64 > bytes {
@@ -251,6 +331,7 @@ impl Ready {
                     priority,
                     loc,
                     size,
+                    spooled,
                 });
             }
         }
@@ -276,13 +357,19 @@ impl Ready {
         self.len -= 1;
         self.bytes -= e.held.size() as u64;
         self.mem -= mem_cost(&e);
+        self.left(&e);
         Some(e)
     }
 
-    /// Drop everything; returns how many.
+    /// Drop everything; returns how many. Spooled records (written or on their way) become
+    /// orphans.
     pub fn clear(&mut self) -> usize {
         let n = self.len;
+        let mut orphans = std::mem::take(&mut self.orphans);
+        orphans.extend(self.spooling.values().map(|(loc, _)| *loc));
+        orphans.extend(self.iter().filter_map(|e| e.held.spool_loc()));
         *self = Ready::new(self.max_priority);
+        self.orphans = orphans;
         n
     }
 }

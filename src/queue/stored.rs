@@ -14,12 +14,15 @@ pub enum Held {
     Mem(Arc<Message>),
     /// Only its location in the log (read back when delivered).
     Disk {
-        /// Location of its publish record.
+        /// Location of its publish record, or of its spooled record.
         loc: u64,
         /// Body size.
         size: u32,
         /// `priority` property.
         priority: u8,
+        /// A spooled record (a transient message, or any message of a non-durable queue):
+        /// not recovered after a restart, released once read back.
+        spooled: bool,
     },
 }
 
@@ -40,11 +43,21 @@ impl Held {
         }
     }
 
-    /// Location in the message log, if stored.
+    /// Location in the message log, if stored (durable: spooled records are not).
     pub fn store_id(&self) -> Option<u64> {
         match self {
             Held::Mem(m) => m.store_id,
-            Held::Disk { loc, .. } => Some(*loc),
+            Held::Disk { loc, spooled, .. } => (!spooled).then_some(*loc),
+        }
+    }
+
+    /// Location of its spooled record, if it is paged out as one.
+    pub fn spool_loc(&self) -> Option<u64> {
+        match self {
+            Held::Disk {
+                loc, spooled: true, ..
+            } => Some(*loc),
+            _ => None,
         }
     }
 }
@@ -95,22 +108,39 @@ impl Queue {
         }
     }
 
+    /// A ready entry leaves the queue without being read: its log record stops counting.
+    pub(super) fn forget_held(&self, h: &Held) {
+        match h.spool_loc() {
+            Some(loc) => self.release(vec![loc]),
+            None => self.forget_id(h.store_id()),
+        }
+    }
+
+    /// Spooled records no entry needs any more.
+    pub(super) fn release(&self, locs: Vec<u64>) {
+        if let Some(log) = &self.spool {
+            log.release(locs);
+        }
+    }
+
     /// The message of a ready entry, read back from the log if it was paged out. A message
     /// that cannot be read (its record damaged on disk) is logged and dropped.
     pub(super) fn load(&self, q: Queued) -> Option<Entry> {
         let expires_at = q.expiry();
         let msg = match q.held {
             Held::Mem(m) => m,
-            Held::Disk { loc, size, .. } => {
-                let read = match &self.log {
+            Held::Disk {
+                loc, size, spooled, ..
+            } => {
+                let read = match &self.spool {
                     Some(log) => log.read(loc, size),
                     None => Err(std::io::Error::other("no message log")),
                 };
                 match read {
-                    Ok(m) => Arc::new(m),
+                    Ok(m) => Arc::new(self.unspool(m, loc, spooled)),
                     Err(e) => {
                         tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
-                        self.forget_id(Some(loc));
+                        self.forget_held(&q.held);
                         return None;
                     }
                 }
@@ -125,6 +155,17 @@ impl Queue {
         })
     }
 
+    /// A message read back from its record: a spooled one is in memory only again (its
+    /// record released, persistent as its properties say), a stored one keeps its location.
+    fn unspool(&self, mut m: Message, loc: u64, spooled: bool) -> Message {
+        if spooled {
+            m.store_id = None;
+            m.persistent = crate::message::peek_properties(&m.properties).delivery_mode == Some(2);
+            self.release(vec![loc]);
+        }
+        m
+    }
+
     /// If the head of the queue is paged out, make sure a read-ahead is on its way: a blocking
     /// task reads the next paged-out messages (up to [`READ_AHEAD`] of them, or
     /// [`READ_AHEAD_BYTES`]) without holding the lock, puts them back in memory and resumes
@@ -137,7 +178,7 @@ impl Queue {
         if s.reading {
             return true;
         }
-        let Some(log) = self.log.clone() else {
+        let Some(log) = self.spool.clone() else {
             return false;
         };
         let want = s.ready.paged_out_head(READ_AHEAD, READ_AHEAD_BYTES);
@@ -176,12 +217,13 @@ impl Queue {
             }
             match r {
                 Ok(m) => {
+                    let m = self.unspool(m, p.loc, p.spooled);
                     s.ready.replace(p.seq, p.priority, Held::Mem(Arc::new(m)));
                 }
                 Err(e) => {
                     tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
-                    if s.ready.remove(p.seq, p.priority).is_some() {
-                        self.forget_id(Some(p.loc));
+                    if let Some(q) = s.ready.remove(p.seq, p.priority) {
+                        self.forget_held(&q.held);
                     }
                 }
             }
@@ -191,11 +233,11 @@ impl Queue {
     /// Page out past the memory budget (durable queues); a task retries while records are
     /// still on their way to disk.
     pub(super) fn page(self: &Arc<Self>, s: &mut State) {
-        let Some(log) = &self.log else { return };
+        let Some(log) = &self.spool else { return };
         if s.ready.memory() <= log.queue_memory || s.page_retry {
             return;
         }
-        if s.ready.page_out(log, log.queue_memory / 2)
+        if s.ready.page_out(&self.page_out(log))
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             s.page_retry = true;
@@ -241,6 +283,7 @@ impl Queue {
                         loc: m.loc,
                         size: m.size,
                         priority: m.priority,
+                        spooled: false,
                     },
                 }
             })
@@ -255,6 +298,51 @@ impl Queue {
     /// moved. Bodies are read without the lock; each move is checked and written under it, so
     /// a message acked meanwhile is not resurrected.
     pub fn compact(self: &Arc<Self>, seg: u64) -> usize {
+        let unspooled = self.unspool_segment(seg);
+        self.compact_stored(seg) + unspooled
+    }
+
+    /// Compaction of spooled records: the messages of this queue spooled in segment `seg`
+    /// come back into memory (their records released); paging spools them again at the head
+    /// if the queue is still over its budget. Reads happen without the lock.
+    fn unspool_segment(self: &Arc<Self>, seg: u64) -> usize {
+        use crate::store::log::segment_of;
+        let Some(log) = &self.spool else { return 0 };
+        let want: Vec<Paged> = {
+            let s = self.state.lock();
+            s.ready
+                .iter()
+                .filter_map(|e| match e.held {
+                    Held::Disk {
+                        loc,
+                        size,
+                        priority,
+                        spooled: true,
+                    } if segment_of(loc) == seg => Some(Paged {
+                        seq: e.seq,
+                        priority,
+                        loc,
+                        size,
+                        spooled: true,
+                    }),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut n = 0;
+        for chunk in want.chunks(256) {
+            let read = read_all(log, chunk);
+            let mut s = self.state.lock();
+            if self.is_deleted() {
+                return n;
+            }
+            n += read.iter().filter(|(_, r)| r.is_ok()).count();
+            self.put_back(&mut s, read);
+        }
+        n
+    }
+
+    fn compact_stored(self: &Arc<Self>, seg: u64) -> usize {
         use crate::store::log::segment_of;
         let Some(log) = &self.log else { return 0 };
         let mut found: Vec<Candidate> = Vec::new();
@@ -365,6 +453,7 @@ pub struct Paged {
     pub priority: u8,
     pub loc: u64,
     pub size: u32,
+    pub spooled: bool,
 }
 
 fn read_all(
@@ -384,6 +473,16 @@ struct Candidate {
     size: u32,
 }
 
+impl Queue {
+    fn page_out<'a>(&self, log: &'a crate::store::log::Log) -> super::ready::PageOut<'a> {
+        super::ready::PageOut {
+            log,
+            budget: log.queue_memory / 2,
+            durable: self.log.is_some(),
+        }
+    }
+}
+
 /// Retries paging out while a queue's newest records are on their way to disk: every 5 ms,
 /// backing off to once a second while nothing can be paged (a disk that fails writes).
 async fn page_task(queue: Weak<Queue>) {
@@ -392,11 +491,11 @@ async fn page_task(queue: Weak<Queue>) {
     loop {
         tokio::time::sleep(delay).await;
         let Some(q) = queue.upgrade() else { return };
-        let Some(log) = &q.log else { return };
+        let Some(log) = &q.spool else { return };
         let mut s = q.state.lock();
         if q.is_deleted()
             || s.ready.memory() <= log.queue_memory
-            || !s.ready.page_out(log, log.queue_memory / 2)
+            || !s.ready.page_out(&q.page_out(log))
         {
             s.page_retry = false;
             return;

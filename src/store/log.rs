@@ -21,7 +21,8 @@
 
 use super::record::{self, HEADER, Record};
 pub use super::record::{
-    QueueState, count_record, delivered_record, publish_record, queue_deleted_record, remove_record,
+    QueueState, count_record, delivered_record, publish_record, queue_deleted_record,
+    remove_record, spool_record,
 };
 pub use super::recovery::RecoveredMsg;
 pub use super::writer::DefsSynced;
@@ -243,7 +244,9 @@ impl Log {
     /// record's location; `None` (and `done(false)` at once) for a publish record while the
     /// log refuses new messages (a failing disk, or no space left: see [`Log::refusing`]).
     pub fn append(&self, record: Bytes, done: Option<Done>) -> Option<u64> {
-        if self.refusing() && record::publish_prefix(&record).is_some() {
+        if self.refusing()
+            && (record::publish_prefix(&record).is_some() || record::is_spool(&record))
+        {
             if let Some(d) = done {
                 d(false);
             }
@@ -336,7 +339,7 @@ impl Log {
             return Err(damaged(loc, "checksum mismatch"));
         }
         match record::decode(&payload) {
-            Some(Record::Publish(p)) => {
+            Some(Record::Publish(p) | Record::Spool(p)) => {
                 let field = |f: &[u8]| payload.slice_ref(f);
                 let mut m = Message::recovered(
                     loc,

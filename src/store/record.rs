@@ -16,7 +16,9 @@
 //! - 2 remove: `loc u64, queue shortstr` (acked, dropped, dead-lettered away, purged);
 //! - 3 delivered: `loc u64, queue shortstr` (first delivery: comes back redelivered);
 //! - 4 delivery count: `loc u64, queue shortstr, count u32`;
-//! - 5 queue deleted: `queue shortstr`.
+//! - 5 queue deleted: `queue shortstr`;
+//! - 6 spooled: the layout of a publish with no queues — a transient message (or one in a
+//!   non-durable queue) paged out of memory. Never recovered: after a restart it is dead.
 
 use crate::message::Message;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -86,9 +88,24 @@ pub type QueueState<'a> = (&'a str, bool, u32);
 
 /// Encode a publish record (`order`/`from` 0 for a new message; see the module docs).
 pub fn publish_record(order: u64, from: u64, queues: &[QueueState<'_>], msg: &Message) -> Bytes {
+    message_record(1, order, from, queues, msg)
+}
+
+/// Encode a spooled record: a message paged out of memory that no restart brings back.
+pub fn spool_record(msg: &Message) -> Bytes {
+    message_record(6, 0, 0, &[], msg)
+}
+
+fn message_record(
+    ty: u8,
+    order: u64,
+    from: u64,
+    queues: &[QueueState<'_>],
+    msg: &Message,
+) -> Bytes {
     let names: usize = queues.iter().map(|(q, _, _)| q.len().min(255) + 6).sum();
     let mut p = record(64 + names + msg.properties.len() + msg.body.len());
-    p.put_u8(1);
+    p.put_u8(ty);
     p.put_u64(order);
     p.put_u64(from);
     p.put_u32(queues.len() as u32);
@@ -153,6 +170,15 @@ pub fn publish_prefix(rec: &[u8]) -> Option<(u64, u64)> {
     if *p.first()? != 1 {
         return None;
     }
+    fixed_prefix(p)
+}
+
+/// Whether an encoded record is a spooled message.
+pub fn is_spool(rec: &[u8]) -> bool {
+    rec.get(HEADER) == Some(&6)
+}
+
+fn fixed_prefix(p: &[u8]) -> Option<(u64, u64)> {
     let from = u64::from_be_bytes(p.get(9..17)?.try_into().ok()?);
     let n = u32::from_be_bytes(p.get(17..21)?.try_into().ok()?);
     Some((n as u64, from))
@@ -183,6 +209,8 @@ pub struct Publish<'a> {
 /// A decoded record.
 pub enum Record<'a> {
     Publish(Publish<'a>),
+    /// A spooled message (same layout as a publish, no queues).
+    Spool(Publish<'a>),
     Remove(u64, &'a [u8]),
     Delivered(u64, &'a [u8]),
     Count(u64, &'a [u8], u32),
@@ -230,7 +258,7 @@ pub fn decode(p: &[u8]) -> Option<Record<'_>> {
     }
     let loc = c.u64()?;
     Some(match ty {
-        1 => {
+        1 | 6 => {
             let from = c.u64()?;
             let n = c.u32()? as usize;
             // Each queue takes at least 6 bytes.
@@ -256,7 +284,7 @@ pub fn decode(p: &[u8]) -> Option<Record<'_>> {
                     bcc.push(c.str()?);
                 }
             }
-            Record::Publish(Publish {
+            let p = Publish {
                 order: loc,
                 from,
                 queues,
@@ -265,7 +293,12 @@ pub fn decode(p: &[u8]) -> Option<Record<'_>> {
                 properties,
                 body,
                 bcc,
-            })
+            };
+            if ty == 1 {
+                Record::Publish(p)
+            } else {
+                Record::Spool(p)
+            }
         }
         2 => Record::Remove(loc, c.str()?),
         3 => Record::Delivered(loc, c.str()?),

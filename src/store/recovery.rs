@@ -262,6 +262,8 @@ fn apply(
                 });
             }
         }
+        // Spooled messages are dead after a restart; they count in their segment's total.
+        Record::Spool(_) => acct.add(seg, 1, 0),
         Record::Remove(at, q) => {
             if let Some(v) = queues.get_mut(&*String::from_utf8_lossy(q))
                 && let Some(i) = find(v, at)

@@ -697,6 +697,9 @@ impl Writer {
             }
         } else if let Some(at) = record::remove_prefix(rec) {
             self.acct.remove(at, 1);
+        } else if record::is_spool(rec) {
+            // Live until the queue releases it (read back, or the message left).
+            self.acct.add(segment_of(loc), 1, 1);
         }
     }
 
