@@ -152,9 +152,15 @@ impl VHost {
         let defs = replayed.defs;
         let journal = dir.join(crate::store::journal::FILE);
         if replayed.changes > 0 || replayed.damaged > 0 {
-            crate::store::save_definitions(&dir, &defs)?;
-            std::fs::remove_file(&journal)?;
-            std::fs::File::open(&dir)?.sync_all()?;
+            // On a full disk the snapshot may not be writable: the journal is then kept (and
+            // appended to), which is as good.
+            let folded = crate::store::save_definitions(&dir, &defs).and_then(|()| {
+                std::fs::remove_file(&journal)?;
+                std::fs::File::open(&dir)?.sync_all()
+            });
+            if let Err(e) = folded {
+                tracing::warn!(vhost = %name, error = %e, "cannot fold the definitions journal into a snapshot; keeping the journal");
+            }
         }
         let snapshot_bytes = std::fs::metadata(dir.join("definitions.json")).map_or(0, |m| m.len());
         let durable: std::collections::HashSet<&str> =
@@ -178,7 +184,7 @@ impl VHost {
             dir,
             log: Arc::new(opened.log),
             defs: parking_lot::Mutex::new(DefsState {
-                journal_bytes: 0,
+                journal_bytes: std::fs::metadata(&journal).map_or(0, |m| m.len()),
                 snapshot_bytes,
             }),
         };
