@@ -27,8 +27,8 @@ t0=$(date +%s.%N)
 $BIN/warren --bind 127.0.0.1 --port $PORT --data-dir $D 2>/tmp/deep-w2.err & P=$!
 listening /tmp/deep-w2.err
 t1=$(date +%s.%N)
-sleep 1
-echo "restart: listening after $(echo "$t1 - $t0" | bc) s; $(grep -o 'recovered vhost.*' /tmp/deep-w2.err | head -1); rss $(rss $P) kB, peak $(hwm $P) kB"
+sleep 1; r1=$(rss $P); sleep 14
+echo "restart: listening after $(echo "$t1 - $t0" | bc) s; $(grep -o 'recovered vhost.*' /tmp/deep-w2.err | head -1); rss 1 s after ${r1} kB, 15 s after $(rss $P) kB, peak $(hwm $P) kB"
 python3 bench/amqp_tool.py drain --port $PORT --pid $P --queue deep 2>&1 | tail -1
 echo "after the drain: rss $(rss $P) kB; disk $(du -sm $D | cut -f1) MB"
 kill -TERM $P; wait $P

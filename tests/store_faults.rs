@@ -508,3 +508,56 @@ async fn low_free_space_raises_the_disk_alarm_until_space_is_freed() {
     );
     b.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Flow control: when publishers outrun the store's writer (here its next segment is a FIFO
+/// nobody reads yet, so the writer blocks opening it), the records waiting for it pass
+/// 64 MiB and the log asks publishing connections to pause; once the writer catches up
+/// (something reads the FIFO) they are released.
+#[tokio::test]
+async fn publishers_pause_while_the_writer_is_behind() {
+    use warren::store::log::{self, Options, SyncPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("msgs");
+    std::fs::create_dir(&dir).unwrap();
+    let opts = Options {
+        policy: SyncPolicy::Never,
+        interval: Duration::from_millis(10),
+        queue_memory: 0,
+        segment_size: 1 << 20,
+        journal_dir: None,
+    };
+    let opened = log::open(&dir, opts, &|_| true).unwrap();
+    let log = opened.log;
+    // After recovery (which would block reading it).
+    let fifo = dir.join("000000000002.seg");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    assert!(log.flow().is_none(), "nothing waiting");
+    let msg = warren::message::Message::recovered(
+        0,
+        bytes::Bytes::new(),
+        bytes::Bytes::from_static(b"k"),
+        bytes::Bytes::from_static(&[0, 0]),
+        bytes::Bytes::from(vec![7u8; 64 * 1024]),
+    );
+    // 80 MiB of records: segment 1 fills, the writer blocks on the FIFO.
+    for _ in 0..1280 {
+        log.append(log::publish_record(0, 0, &[("q", false, 0)], &msg), None)
+            .unwrap();
+    }
+    let mut rx = log.flow().expect("the writer is more than 64 MiB behind");
+    assert!(*rx.borrow());
+    // The writer gets going again: a reader drains the FIFO.
+    let reader = std::thread::spawn(move || {
+        let mut f = std::fs::File::open(&fifo).unwrap();
+        std::io::copy(&mut f, &mut std::io::sink()).unwrap()
+    });
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|paused| !*paused))
+        .await
+        .expect("released once the writer caught up")
+        .unwrap();
+    assert!(log.flow().is_none());
+    log.close();
+    drop(log);
+    let _ = reader.join();
+}

@@ -294,11 +294,22 @@ impl Connection {
                     return "timed out waiting for connection.close-ok".into();
                 }
             };
-            if std::mem::take(&mut self.ctx.published)
-                && self.alarm.borrow().any()
-                && self.closing_since.is_none()
-            {
+            let published = std::mem::take(&mut self.ctx.published);
+            if published && self.alarm.borrow().any() && self.closing_since.is_none() {
                 self.block();
+            }
+            if published
+                && !self.blocked
+                && let Some(mut rx) = self.ctx.vhost.log().and_then(|l| l.flow())
+            {
+                // Flow control (RabbitMQ's "flow" state): the store's writer is behind the
+                // publishers; stop reading this connection until it catches up. A second at
+                // most per turn, so a stuck writer only slows publishers to a crawl.
+                self.flush();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|paused| !*paused))
+                        .await;
+                self.last_recv = Instant::now();
             }
             if std::mem::take(&mut self.ctx.topology_changed)
                 && let Some((seq, mut rx)) = self.ctx.vhost.definitions_pending()

@@ -26,6 +26,11 @@ impl Fifo {
     fn pop_front(&mut self) -> Option<Queued> {
         let e = self.q.pop_front()?;
         self.paged = self.paged.saturating_sub(1);
+        // A drained deep queue gives its index memory back (amortised O(1): only when a
+        // quarter full).
+        if self.q.capacity() > 4096 && self.q.len() < self.q.capacity() / 4 {
+            self.q.shrink_to(self.q.len() * 2);
+        }
         Some(e)
     }
 }

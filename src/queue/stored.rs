@@ -484,10 +484,9 @@ impl Queue {
 }
 
 /// Retries paging out while a queue's newest records are on their way to disk: every 5 ms,
-/// backing off to once a second while nothing can be paged (a disk that fails writes).
+/// backing off to once a second while the log refuses new records (a failing or full disk).
 async fn page_task(queue: Weak<Queue>) {
     let mut delay = Duration::from_millis(5);
-    let mut last = u64::MAX;
     loop {
         tokio::time::sleep(delay).await;
         let Some(q) = queue.upgrade() else { return };
@@ -500,12 +499,10 @@ async fn page_task(queue: Weak<Queue>) {
             s.page_retry = false;
             return;
         }
-        let now = s.ready.memory();
-        delay = if now < last {
-            Duration::from_millis(5)
-        } else {
+        delay = if log.refusing() {
             (delay * 2).min(Duration::from_secs(1))
+        } else {
+            Duration::from_millis(5)
         };
-        last = now;
     }
 }

@@ -163,6 +163,8 @@ pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Resu
         files: RwLock::new(HashMap::new()),
         written: AtomicU64::new(current << 32 | size),
         refusing: AtomicBool::new(false),
+        backlog: AtomicU64::new(0),
+        flow: tokio::sync::watch::Sender::new(false),
     });
     let mut writer = Writer::new(
         shared.clone(),
@@ -260,6 +262,7 @@ impl Log {
         }
         let loc = p.seg << 32 | p.size;
         p.size += len;
+        self.shared.backlog.fetch_add(len, Ordering::Relaxed);
         if let Err(mpsc::SendError(Cmd::Append(_, Some(d), _))) =
             p.tx.send(Cmd::Append(record, done, loc))
         {
@@ -291,6 +294,25 @@ impl Log {
         let rx = self.defs_synced.subscribe();
         let synced = rx.borrow().seq;
         (synced < seq).then_some((seq, rx))
+    }
+
+    /// Flow control: if the records waiting for the writer exceed [`super::writer::FLOW_HIGH`]
+    /// (publishers outrun the disk), a receiver to wait on until they drain below
+    /// [`super::writer::FLOW_LOW`]. Not while the log refuses new messages (those are nacked:
+    /// a paused connection could not deliver the acks that free space).
+    pub fn flow(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        use super::writer::{FLOW_HIGH, FLOW_LOW};
+        let s = &self.shared;
+        if s.backlog.load(Ordering::Relaxed) <= FLOW_HIGH || self.refusing() {
+            return None;
+        }
+        s.flow.send_modify(|paused| *paused = true);
+        // The writer may have drained meanwhile (it clears the flag only below the low mark).
+        if s.backlog.load(Ordering::Acquire) < FLOW_LOW {
+            s.flow.send_modify(|paused| *paused = false);
+            return None;
+        }
+        Some(s.flow.subscribe())
     }
 
     /// Whether new messages are refused: a write or sync is failing (retried with back-off),

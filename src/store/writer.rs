@@ -189,6 +189,28 @@ pub(super) struct Shared {
     /// The log refuses new messages: a write or sync is failing, or no space could be
     /// reserved ahead of the current segment's end.
     pub refusing: AtomicBool,
+    /// Bytes of records appended and not yet written (flow control).
+    pub backlog: AtomicU64,
+    /// True while publishers wait for the backlog to drain (see [`FLOW_LOW`]).
+    pub flow: tokio::sync::watch::Sender<bool>,
+}
+
+/// Publishing connections pause while the records waiting for the writer exceed this...
+pub const FLOW_HIGH: u64 = 64 << 20;
+/// ...until they are below this.
+pub const FLOW_LOW: u64 = 32 << 20;
+
+impl Shared {
+    /// The writer wrote `n` bytes of records: wake paused publishers once below the low mark.
+    fn drained(&self, n: u64) {
+        let left = self
+            .backlog
+            .fetch_sub(n, Ordering::AcqRel)
+            .saturating_sub(n);
+        if left < FLOW_LOW {
+            self.flow.send_if_modified(std::mem::take);
+        }
+    }
 }
 
 impl Shared {
@@ -568,6 +590,7 @@ impl Writer {
                 return false;
             }
             self.size += buf.len() as u64;
+            self.shared.drained(buf.len() as u64);
             for _ in 0..n {
                 let Some(r) = self.pending.pop_front() else {
                     break;
