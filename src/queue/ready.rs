@@ -309,6 +309,13 @@ impl Ready {
         pending
     }
 
+    /// Whether the `k`-th message to deliver is paged out (plain queues; priority queues
+    /// answer false: they read ahead only when the head is paged out).
+    pub fn paged_out_at(&self, k: usize) -> bool {
+        self.levels.is_empty()
+            && matches!(self.fifo.q.get(k).map(|e| &e.held), Some(Held::Disk { .. }))
+    }
+
     /// The paged-out entries among the next `n` to deliver (at most `bytes` of bodies, at
     /// least one), in delivery order.
     pub fn paged_out_head(&self, n: usize, bytes: u64) -> Vec<super::stored::Paged> {
@@ -341,6 +348,66 @@ impl Ready {
             }
         }
         out
+    }
+
+    /// Put read-ahead messages back where their entries are still paged out at the same
+    /// location: `Some(held)` replaces the entry's content (a spooled record replaced becomes
+    /// an orphan, released by the queue), `None` (unreadable) takes the entry out and
+    /// returns it. `items` are in delivery order, so one forward pass per
+    /// priority level finds them (they are at the head: no search over a deep queue).
+    pub fn put_back(&mut self, items: Vec<(super::stored::Paged, Option<Held>)>) -> Vec<Queued> {
+        let mut removed = Vec::new();
+        let mut cursors: BTreeMap<u8, usize> = BTreeMap::new();
+        for (p, held) in items {
+            let level = self.level_of(p.priority);
+            let Ready {
+                fifo,
+                levels,
+                mem,
+                orphans,
+                ..
+            } = self;
+            let f = if level == 0 {
+                fifo
+            } else {
+                match levels.get_mut(&level) {
+                    Some(f) => f,
+                    None => continue,
+                }
+            };
+            let c = cursors.entry(level).or_insert(0);
+            while *c < f.q.len() && f.q[*c].seq < p.seq {
+                *c += 1;
+            }
+            let Some(e) = f.q.get_mut(*c) else { continue };
+            if e.seq != p.seq || !matches!(e.held, Held::Disk { loc, .. } if loc == p.loc) {
+                continue;
+            }
+            match held {
+                Some(h) => {
+                    if let Some(loc) = e.held.spool_loc() {
+                        orphans.push(loc); // in memory again: its spooled record goes
+                    }
+                    let before = mem_cost(e);
+                    e.held = h;
+                    *mem = *mem - before + mem_cost(e);
+                }
+                None => {
+                    if let Some(e) = f.q.remove(*c) {
+                        if *c < f.paged {
+                            f.paged -= 1;
+                        }
+                        removed.push(e);
+                    }
+                }
+            }
+        }
+        for e in &removed {
+            self.len -= 1;
+            self.bytes -= e.held.size() as u64;
+        }
+        self.levels.retain(|_, f| !f.q.is_empty());
+        removed
     }
 
     /// Take out the message with sequence number `seq` and priority `priority`.

@@ -137,7 +137,12 @@ impl Queue {
                     None => Err(std::io::Error::other("no message log")),
                 };
                 match read {
-                    Ok(m) => Arc::new(self.unspool(m, loc, spooled)),
+                    Ok(m) => {
+                        if spooled {
+                            self.release(vec![loc]);
+                        }
+                        Arc::new(Self::unspooled(m, spooled))
+                    }
                     Err(e) => {
                         tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
                         self.forget_held(&q.held);
@@ -155,13 +160,13 @@ impl Queue {
         })
     }
 
-    /// A message read back from its record: a spooled one is in memory only again (its
-    /// record released, persistent as its properties say), a stored one keeps its location.
-    fn unspool(&self, mut m: Message, loc: u64, spooled: bool) -> Message {
+    /// A message read back from its record: a spooled one is in memory only again (not
+    /// stored, persistent as its properties say; its record is released by whoever puts it
+    /// back), a stored one keeps its location.
+    fn unspooled(mut m: Message, spooled: bool) -> Message {
         if spooled {
             m.store_id = None;
             m.persistent = crate::message::peek_properties(&m.properties).delivery_mode == Some(2);
-            self.release(vec![loc]);
         }
         m
     }
@@ -172,7 +177,9 @@ impl Queue {
     /// delivery. Returns true if the head is paged out (the caller waits for the task).
     /// Without a runtime (unit tests) it reads in place.
     pub(super) fn read_ahead(self: &Arc<Self>, s: &mut State) -> bool {
-        if !matches!(s.ready.front().map(|e| &e.held), Some(Held::Disk { .. })) {
+        let head_paged = matches!(s.ready.front().map(|e| &e.held), Some(Held::Disk { .. }));
+        // Pipelined: the next batch is read while the one in memory is delivered.
+        if !head_paged && (s.reading || !s.ready.paged_out_at(READ_AHEAD / 2)) {
             return false;
         }
         if s.reading {
@@ -188,6 +195,10 @@ impl Queue {
             return false;
         };
         s.reading = true;
+        if want.is_empty() {
+            s.reading = false;
+            return head_paged;
+        }
         let queue = Arc::downgrade(self);
         rt.spawn_blocking(move || {
             let read = read_all(&log, &want);
@@ -201,32 +212,27 @@ impl Queue {
             q.dispatch_locked(&mut s);
             q.finish(s);
         });
-        true
+        head_paged
     }
 
     /// Put messages read ahead back in memory, where their entries are still paged out. One
     /// that could not be read is dropped from the queue (logged), never served.
     fn put_back(&self, s: &mut State, read: Vec<(Paged, std::io::Result<Message>)>) {
-        for (p, r) in read {
-            let still = s
-                .ready
-                .get_mut(p.seq, p.priority)
-                .is_some_and(|e| matches!(e.held, Held::Disk { loc, .. } if loc == p.loc));
-            if !still {
-                continue;
-            }
-            match r {
-                Ok(m) => {
-                    let m = self.unspool(m, p.loc, p.spooled);
-                    s.ready.replace(p.seq, p.priority, Held::Mem(Arc::new(m)));
-                }
-                Err(e) => {
-                    tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
-                    if let Some(q) = s.ready.remove(p.seq, p.priority) {
-                        self.forget_held(&q.held);
+        let items = read
+            .into_iter()
+            .map(|(p, r)| {
+                let held = match r {
+                    Ok(m) => Some(Held::Mem(Arc::new(Self::unspooled(m, p.spooled)))),
+                    Err(e) => {
+                        tracing::error!(queue = %self.name, error = %e, "cannot read a paged-out message; dropped");
+                        None
                     }
-                }
-            }
+                };
+                (p, held)
+            })
+            .collect();
+        for q in s.ready.put_back(items) {
+            self.forget_held(&q.held);
         }
     }
 
@@ -441,7 +447,7 @@ impl Queue {
 }
 
 /// Paged-out messages one read-ahead brings back at most.
-pub(super) const READ_AHEAD: usize = 256;
+pub(super) const READ_AHEAD: usize = 1024;
 
 /// Bytes one read-ahead brings back at most (at least one message).
 pub(super) const READ_AHEAD_BYTES: u64 = 4 << 20;
