@@ -561,3 +561,59 @@ async fn publishers_pause_while_the_writer_is_behind() {
     drop(log);
     let _ = reader.join();
 }
+
+/// The measured case: a disk smaller than one segment (8 MiB tmpfs, 64 MiB segments,
+/// the default). Confirmed publishing fills it (nacks); acking everything leaves one segment
+/// full of dead messages, which cannot be deleted while it is the one being appended to — so
+/// the log starts afresh in a new segment (nothing in it is live), the space comes back and
+/// confirms resume without a restart.
+#[tokio::test]
+async fn acking_everything_frees_a_single_full_segment() {
+    let Some(fs) = Tmpfs::mount(8 << 20) else {
+        return;
+    };
+    let mut cfg = disk_config(fs.path(), 64 << 20);
+    cfg.disk.free_limit = 0;
+    let b = start_with(cfg.clone()).await;
+    let log = b.state().vhost("/").unwrap().log().unwrap().clone();
+    let (_c, ch) = channel(&b).await;
+    declare_durable(&ch, "q").await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let mut acked = 0;
+    while acked < 2000 && publish_confirmed(&ch, "q", acked, 8000).await {
+        acked += 1;
+    }
+    assert!(
+        acked < 2000 && acked > 100,
+        "{acked} confirmed before the disk filled"
+    );
+    assert_eq!(log.stats().unwrap().segments, 1);
+    assert!(log.stats().unwrap().refusing);
+    let mut got = 0;
+    while let Some(m) = ch
+        .basic_get(ss("q"), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        m.ack(BasicAckOptions::default()).await.unwrap();
+        got += 1;
+    }
+    assert_eq!(got, acked + 1);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !log.stats().unwrap().refusing
+        })
+        .await,
+        "the log started afresh and takes messages again: {:?}",
+        log.stats()
+    );
+    for k in 0..10 {
+        assert!(publish_confirmed(&ch, "q", 7000 + k, 8000).await, "#{k}");
+    }
+    drop(ch);
+    b.shutdown(Duration::from_secs(2)).await;
+    let b = start_with(cfg).await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(drain(&ch, "q").await, (7000..7010).collect::<Vec<_>>());
+    b.shutdown(Duration::from_secs(2)).await;
+}

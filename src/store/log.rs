@@ -84,15 +84,17 @@ pub struct Stats {
 
 /// Placement of the next record (guarded: reserving a location and handing the record to the
 /// writer happen together, so the writer receives records in location order).
-struct Place {
-    seg: u64,
-    size: u64,
+pub(super) struct Place {
+    pub seg: u64,
+    pub size: u64,
     tx: mpsc::Sender<Cmd>,
 }
 
 /// Handle to the log's writer thread.
 pub struct Log {
-    place: Mutex<Place>,
+    /// Shared with the writer (weakly: dropping the log disconnects the writer), which moves
+    /// it to a new segment when it starts the log afresh on a full disk.
+    place: Arc<Mutex<Place>>,
     shared: Arc<Shared>,
     /// The sync policy.
     pub policy: SyncPolicy,
@@ -190,17 +192,19 @@ pub fn open(dir: &Path, opts: Options, known: &dyn Fn(&str) -> bool) -> io::Resu
             total: 0,
         });
     }
+    let place = Arc::new(Mutex::new(Place {
+        seg: current,
+        size,
+        tx,
+    }));
+    writer.place = Arc::downgrade(&place);
     writer.open_current()?;
     std::thread::Builder::new()
         .name("warren-store".into())
         .spawn(move || writer.run(rx))?;
     Ok(Opened {
         log: Log {
-            place: Mutex::new(Place {
-                seg: current,
-                size,
-                tx,
-            }),
+            place,
             shared,
             policy: opts.policy,
             queue_memory: opts.queue_memory,

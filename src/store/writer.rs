@@ -296,6 +296,8 @@ pub(super) struct Writer {
     fault: Option<Fault>,
     /// The definitions journal (durable vhosts).
     pub journal: Option<Journal>,
+    /// Where appends reserve their locations (see [`Writer::reset`]).
+    pub place: std::sync::Weak<parking_lot::Mutex<super::log::Place>>,
 }
 
 impl Writer {
@@ -330,6 +332,7 @@ impl Writer {
             low_space: false,
             fault: None,
             journal: None,
+            place: std::sync::Weak::new(),
         }
     }
 
@@ -416,47 +419,23 @@ impl Writer {
                     break;
                 }
             }
-            for c in cmds {
-                match c {
-                    Cmd::Append(rec, done, loc) => {
-                        self.account(&rec, loc);
-                        self.pending.push_back((loc, rec));
-                        if let Some(d) = done {
-                            waiting.push(d);
-                        }
-                    }
-                    Cmd::Release(locs) => {
-                        for loc in locs {
-                            self.acct.remove(loc, 1);
-                        }
-                    }
-                    Cmd::Barrier(d) => barrier.push(d),
-                    Cmd::Stats(tx) => {
-                        let _ = tx.send(Stats {
-                            segments: self.segments.len() as u64,
-                            live: self.acct.live.values().sum(),
-                            total: self.acct.total.values().sum(),
-                            pending: self.pending.len() as u64,
-                            refusing: self.shared.refusing.load(Ordering::Acquire),
-                            journal_written: self.journal.as_ref().map_or(0, |j| j.total),
-                        });
-                    }
-                    Cmd::Close(d) => {
-                        close = Some(d);
-                        break;
-                    }
-                    Cmd::Define(rec, seq) => {
-                        if let Some(j) = self.journal.as_mut() {
-                            j.pending.push_back((seq, rec));
-                        }
-                    }
-                    Cmd::Snapshot(json, seq) => {
-                        if let Some(j) = self.journal.as_mut() {
-                            j.snapshot(&json, seq, self.policy);
-                        }
-                    }
+            // A full disk and nothing live in the log: start it afresh. Appends wait on the
+            // place lock meanwhile, and everything sent before is handled first.
+            let reset_place = self.should_reset().then(|| self.place.upgrade()).flatten();
+            let mut place = reset_place.as_ref().map(|p| p.lock());
+            if place.is_some() {
+                while let Ok(c) = rx.try_recv() {
+                    cmds.push(c);
                 }
             }
+            self.handle(cmds, &mut waiting, &mut barrier, &mut close);
+            if let Some(p) = place.as_mut()
+                && close.is_none()
+                && self.acct.live.values().all(|l| *l == 0)
+            {
+                self.reset(p);
+            }
+            drop(place);
             // Definitions first: a message routed to a queue declared meanwhile is never
             // synced before the queue's record.
             if let Some(j) = self.journal.as_mut()
@@ -530,6 +509,98 @@ impl Writer {
                 return;
             }
         }
+    }
+
+    fn handle(
+        &mut self,
+        cmds: Vec<Cmd>,
+        waiting: &mut Vec<Done>,
+        barrier: &mut Vec<Done>,
+        close: &mut Option<Done>,
+    ) {
+        for c in cmds {
+            match c {
+                Cmd::Append(rec, done, loc) => {
+                    self.account(&rec, loc);
+                    self.pending.push_back((loc, rec));
+                    if let Some(d) = done {
+                        waiting.push(d);
+                    }
+                }
+                Cmd::Release(locs) => {
+                    for loc in locs {
+                        self.acct.remove(loc, 1);
+                    }
+                }
+                Cmd::Barrier(d) => barrier.push(d),
+                Cmd::Stats(tx) => {
+                    let _ = tx.send(Stats {
+                        segments: self.segments.len() as u64,
+                        live: self.acct.live.values().sum(),
+                        total: self.acct.total.values().sum(),
+                        pending: self.pending.len() as u64,
+                        refusing: self.shared.refusing.load(Ordering::Acquire),
+                        journal_written: self.journal.as_ref().map_or(0, |j| j.total),
+                    });
+                }
+                Cmd::Close(d) => {
+                    *close = Some(d);
+                    return;
+                }
+                Cmd::Define(rec, seq) => {
+                    if let Some(j) = self.journal.as_mut() {
+                        j.pending.push_back((seq, rec));
+                    }
+                }
+                Cmd::Snapshot(json, seq) => {
+                    if let Some(j) = self.journal.as_mut() {
+                        j.snapshot(&json, seq, self.policy);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The log refuses new messages (a full or failing disk) and holds no live message, but
+    /// has something on disk or waiting: [`Writer::reset`] would free it all.
+    fn should_reset(&self) -> bool {
+        self.shared.refusing.load(Ordering::Acquire)
+            && self.acct.live.values().all(|l| *l == 0)
+            && (self.segments.len() > 1 || self.size > 0 || !self.pending.is_empty())
+    }
+
+    /// Start the log afresh: nothing in it is live (every record still waiting refers to
+    /// messages that are gone), so every segment is deleted and appends continue in a new,
+    /// empty one. This is what lets acking everything free the space of a single large
+    /// segment on a full disk. Called with the place lock held.
+    fn reset(&mut self, place: &mut super::log::Place) {
+        let next = place.seg.max(self.current) + 1;
+        let dropped: u64 = self.pending.drain(..).map(|(_, r)| r.len() as u64).sum();
+        self.shared.drained(dropped);
+        self.unsynced.clear();
+        self.file = None;
+        let n = self.segments.len();
+        for seg in self.segments.drain(..) {
+            self.shared.files.write().remove(&seg);
+            let _ = std::fs::remove_file(segment_path(&self.shared.dir, seg));
+        }
+        self.acct = Accounting::default();
+        self.compact_asked = None;
+        place.seg = next;
+        place.size = 0;
+        self.fault = None;
+        self.current = next;
+        self.size = 0;
+        self.synced = 0;
+        self.publish_written(0);
+        tracing::warn!(
+            segments = n,
+            "message store: the disk is full and no message in the log is live; its segments are deleted and it starts afresh"
+        );
+        if let Err(e) = self.open_segment(next) {
+            self.fail("creating a segment", e);
+        }
+        self.update_refusing();
     }
 
     /// Whether a compaction move (a publish record superseding an older location) is not yet
