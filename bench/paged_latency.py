@@ -4,11 +4,14 @@ Fills durable queue "deep" with N persistent 1 KiB messages (warren-perf, confir
 the broker (so every message is paged out: an index entry, its body in the log), drops the
 page cache (cold reads; needs root), then measures the end-to-end latency of a probe — a pika
 connection publishing 500 transient msgs/s to another queue, a second pika connection
-consuming them — for S seconds idle, then for S seconds while bench/amqp_tool.py drains
-"deep" with a no-ack consumer (every body read from disk). Prints p50/p99/max of each phase.
-WARREN_BIN picks the broker (default target/release/warren).
+consuming them — for S seconds idle, then for S seconds while "deep" is drained (every body
+read from disk): by default at full speed by bench/amqp_tool.py (no-ack; this saturates both
+cores of a small machine, so the probe also measures CPU contention), or with `slow` by a pika
+consumer acking each message with prefetch 100 (a few thousand msgs/s: the broker has CPU to
+spare, so a probe that waits is waiting on the broker's reads). Prints p50/p99/max of each
+phase. WARREN_BIN picks the broker (default target/release/warren).
 
-    integration/.venv/bin/python bench/paged_latency.py [N] [S]
+    integration/.venv/bin/python bench/paged_latency.py [N] [S] [slow]
 """
 import os
 import subprocess
@@ -25,6 +28,7 @@ from test_crash import start  # noqa: E402
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 2_000_000
 secs = float(sys.argv[2]) if len(sys.argv) > 2 else 5
+slow = len(sys.argv) > 3 and sys.argv[3] == "slow"
 perf = os.path.join(HERE, "..", "target", "release", "warren-perf")
 data = tempfile.mkdtemp(prefix="warren-paged-")
 proc, port = start(data)
@@ -71,9 +75,26 @@ def probe(seconds):
 
 probe(secs)
 phase[0] = "drain"
-drain = subprocess.Popen([sys.executable, os.path.join(HERE, "amqp_tool.py"), "drain", "--port",
-                          str(port), "--pid", str(proc.pid), "--queue", "deep"],
-                         stdout=subprocess.PIPE, text=True)
+SLOW = """
+import pika, sys, time
+c = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", int(sys.argv[1])))
+ch = c.channel()
+ch.basic_qos(prefetch_count=100)
+n, t0 = 0, time.monotonic()
+for m, p, b in ch.consume("deep", inactivity_timeout=1):
+    if m is None or time.monotonic() - t0 > float(sys.argv[2]):
+        break
+    ch.basic_ack(m.delivery_tag)
+    n += 1
+print("slow drain: %d messages in %.1f s" % (n, time.monotonic() - t0))
+"""
+if slow:
+    drain = subprocess.Popen([sys.executable, "-c", SLOW, str(port), str(secs)],
+                             stdout=subprocess.PIPE, text=True)
+else:
+    drain = subprocess.Popen([sys.executable, os.path.join(HERE, "amqp_tool.py"), "drain",
+                              "--port", str(port), "--pid", str(proc.pid), "--queue", "deep"],
+                             stdout=subprocess.PIPE, text=True)
 probe(secs)
 phase[0] = "after"
 lat["after"] = []

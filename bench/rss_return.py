@@ -14,7 +14,11 @@ import pika
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration", "python"))
 from test_crash import start  # noqa: E402
 
-proc, port = start(tempfile.mkdtemp(prefix="warren-rss-"))
+# In memory: with a data dir the queue would page its messages out past 8 MiB.
+_dir = tempfile.mkdtemp(prefix="warren-rss-")
+with open(os.path.join(_dir, "broker.toml"), "w") as _f:
+    _f.write('[storage]\nmode = "memory"\n')
+proc, port = start(_dir, os.path.join(_dir, "broker.toml"))
 
 
 def rss():

@@ -128,7 +128,10 @@ def test_memory_goes_back_to_the_os_after_a_queue_is_deleted(tmp_path):
     near its starting RSS within seconds of the queue's deletion (with the system allocator it
     stayed at its peak; docs/benchmarks.md has the figures)."""
     from test_crash import start
-    proc, port = start(str(tmp_path))
+    # In memory: with a data dir the queue would page its messages out past 8 MiB.
+    config = tmp_path / "broker.toml"
+    config.write_text('[storage]\nmode = "memory"\n')
+    proc, port = start(str(tmp_path), str(config))
     try:
         baseline = rss_mb(proc.pid)
         conn = pika.BlockingConnection(pika.ConnectionParameters(HOST, port))
