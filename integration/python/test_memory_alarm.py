@@ -13,7 +13,8 @@ from test_crash import start
 
 def test_blocked_and_unblocked_callbacks(tmp_path):
     config = tmp_path / "broker.toml"
-    config.write_text("[memory]\nhigh_watermark_bytes = 16777216\n")
+    # In memory: with a data dir the queue would page these messages out past 8 MiB.
+    config.write_text('[storage]\nmode = "memory"\n[memory]\nhigh_watermark_bytes = 16777216\n')
     data = tmp_path / "data"
     data.mkdir()
     proc, port = start(str(data), str(config))
