@@ -30,16 +30,6 @@ async fn restart(b: Broker, dir: &Path) -> Broker {
     start_with(disk_config(dir)).await
 }
 
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-async fn channel(b: &Broker) -> (lapin::Connection, Channel) {
-    let c = lapin_connect(b).await;
-    let ch = c.create_channel().await.unwrap();
-    (c, ch)
-}
-
 async fn drain(ch: &Channel, q: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     while let Some(m) = ch

@@ -7,24 +7,18 @@ mod common;
 
 use amq_protocol::types::{AMQPValue, FieldTable};
 use common::*;
+use lapin::BasicProperties;
 use lapin::options::*;
-use lapin::{BasicProperties, Channel};
 use std::path::Path;
 use std::time::Duration;
+use warren::Config;
 use warren::config::StorageMode;
-use warren::{Broker, Config};
 
 fn disk_config(dir: &Path) -> Config {
     let mut c = Config::for_tests();
     c.storage.mode = StorageMode::Disk;
     c.data_dir = dir.to_path_buf();
     c
-}
-
-async fn channel(b: &Broker) -> (lapin::Connection, Channel) {
-    let c = lapin_connect(b).await;
-    let ch = c.create_channel().await.unwrap();
-    (c, ch)
 }
 
 fn quorum_args(extra: &[(&str, AMQPValue)]) -> FieldTable {

@@ -8,15 +8,15 @@ mod common;
 
 use amq_protocol::types::FieldTable;
 use common::*;
+use lapin::Channel;
 use lapin::options::*;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use warren::Config;
 use warren::config::StorageMode;
 use warren::store::record;
-use warren::{Broker, Config};
 
 fn ss(s: &str) -> ShortString {
     s.into()
@@ -28,16 +28,6 @@ fn disk_config(dir: &Path, segment: u64) -> Config {
     c.data_dir = dir.to_path_buf();
     c.storage.segment_bytes = segment;
     c
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
-async fn channel(b: &Broker) -> (lapin::Connection, Channel) {
-    let c = lapin_connect(b).await;
-    let ch = c.create_channel().await.unwrap();
-    (c, ch)
 }
 
 fn body(i: usize) -> Vec<u8> {

@@ -208,13 +208,22 @@ impl Ready {
     /// The message with sequence number `seq` and priority `priority`, if still ready.
     pub fn get_mut(&mut self, seq: u64, priority: u8) -> Option<&mut Queued> {
         let level = self.level_of(priority);
-        let f = if level == 0 {
-            &mut self.fifo
-        } else {
-            self.levels.get_mut(&level)?
-        };
+        let f = Self::existing_fifo(&mut self.fifo, &mut self.levels, level)?;
         let i = f.q.binary_search_by_key(&seq, |e| e.seq).ok()?;
         f.q.get_mut(i)
+    }
+
+    /// The FIFO of a priority level, if it exists (level 0 always does).
+    fn existing_fifo<'a>(
+        fifo: &'a mut Fifo,
+        levels: &'a mut BTreeMap<u8, Fifo>,
+        level: u8,
+    ) -> Option<&'a mut Fifo> {
+        if level == 0 {
+            Some(fifo)
+        } else {
+            levels.get_mut(&level)
+        }
     }
 
     /// Swap an entry's message for another (compaction moved it); keeps the accounting.
@@ -367,13 +376,8 @@ impl Ready {
                 orphans,
                 ..
             } = self;
-            let f = if level == 0 {
-                fifo
-            } else {
-                match levels.get_mut(&level) {
-                    Some(f) => f,
-                    None => continue,
-                }
+            let Some(f) = Self::existing_fifo(fifo, levels, level) else {
+                continue;
             };
             let c = cursors.entry(level).or_insert(0);
             while *c < f.q.len() && f.q[*c].seq < p.seq {
@@ -408,29 +412,6 @@ impl Ready {
         }
         self.levels.retain(|_, f| !f.q.is_empty());
         removed
-    }
-
-    /// Take out the message with sequence number `seq` and priority `priority`.
-    pub fn remove(&mut self, seq: u64, priority: u8) -> Option<Queued> {
-        let level = self.level_of(priority);
-        let f = if level == 0 {
-            &mut self.fifo
-        } else {
-            self.levels.get_mut(&level)?
-        };
-        let i = f.q.binary_search_by_key(&seq, |e| e.seq).ok()?;
-        let e = f.q.remove(i)?;
-        if i < f.paged {
-            f.paged -= 1;
-        }
-        if level != 0 && f.q.is_empty() {
-            self.levels.remove(&level);
-        }
-        self.len -= 1;
-        self.bytes -= e.held.size() as u64;
-        self.mem -= mem_cost(&e);
-        self.left(&e);
-        Some(e)
     }
 
     /// Drop everything; returns how many. Spooled records (written or on their way) become

@@ -426,3 +426,15 @@ pub async fn http(
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// A lapin connection to `b` and a channel on it.
+pub async fn channel(b: &Broker) -> (lapin::Connection, lapin::Channel) {
+    let c = lapin_connect(b).await;
+    let ch = c.create_channel().await.unwrap();
+    (c, ch)
+}
+
+/// Properties of a persistent message (delivery mode 2).
+pub fn persistent() -> lapin::BasicProperties {
+    lapin::BasicProperties::default().with_delivery_mode(2)
+}
