@@ -40,6 +40,26 @@ pub struct BrokerState {
     pub login_failures: connection::admission::LoginFailures,
     /// Refused logins waiting out their delay may take one permit each.
     pub delayed_refusals: Arc<tokio::sync::Semaphore>,
+    /// Users, vhost records, permissions and limits.
+    pub auth: crate::auth::Auth,
+    /// Open (logged-in) connections, by id: who they are and how to close them.
+    pub registry: DashMap<u64, ConnInfo>,
+    /// Serialises vhost creation and deletion.
+    vhost_lifecycle: tokio::sync::Mutex<()>,
+}
+
+/// What the broker knows of an open connection.
+pub struct ConnInfo {
+    /// The user it logged in as.
+    pub user: String,
+    /// The vhost it opened.
+    pub vhost: String,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Channels open on it.
+    pub channels: Arc<std::sync::atomic::AtomicU32>,
+    /// Its event channel (a forced close goes there).
+    pub events: tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
 }
 
 /// Resource alarms in effect (RabbitMQ's memory and disk alarms).
@@ -93,6 +113,85 @@ impl BrokerState {
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).map(|v| v.clone())
     }
+
+    /// Close every connection matching `which` with 320 CONNECTION_FORCED and `text`.
+    pub fn force_close(&self, which: impl Fn(&ConnInfo) -> bool, text: &str) -> usize {
+        let mut n = 0;
+        for c in self.registry.iter() {
+            if which(c.value()) {
+                let _ = c.events.send(crate::queue::consumer::ConnEvent::Close {
+                    text: text.to_string(),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Connections open by `user`, and channels open on them.
+    pub fn user_usage(&self, user: &str) -> (u64, u64) {
+        self.registry
+            .iter()
+            .filter(|c| c.user == user)
+            .fold((0, 0), |(n, ch), c| {
+                (n + 1, ch + c.channels.load(Ordering::Relaxed) as u64)
+            })
+    }
+
+    /// Connections open to `vhost`.
+    pub fn vhost_connections(&self, vhost: &str) -> u64 {
+        self.registry.iter().filter(|c| c.vhost == vhost).count() as u64
+    }
+
+    /// Open a vhost's contents (recovering them in disk mode).
+    fn open_vhost(&self, name: &str) -> io::Result<Arc<VHost>> {
+        open_vhost(&self.config, name)
+    }
+
+    /// Create a vhost (its record must be in `auth` already). Idempotent.
+    pub async fn create_vhost(self: &Arc<Self>, name: &str) -> io::Result<()> {
+        let _g = self.vhost_lifecycle.lock().await;
+        if self.vhosts.contains_key(name) {
+            return Ok(());
+        }
+        let me = self.clone();
+        let owned = name.to_string();
+        let v = tokio::task::spawn_blocking(move || me.open_vhost(&owned))
+            .await
+            .map_err(io::Error::other)??;
+        self.vhosts.insert(name.to_string(), v);
+        Ok(())
+    }
+
+    /// Delete a vhost's contents: its connections are closed (RabbitMQ's text over HTTP "vhost 'v' is
+    /// deleted"), its queues deleted (consumers elsewhere are cancelled), its files removed.
+    pub async fn delete_vhost(self: &Arc<Self>, name: &str) {
+        let _g = self.vhost_lifecycle.lock().await;
+        let Some((_, v)) = self.vhosts.remove(name) else {
+            return;
+        };
+        self.force_close(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
+        v.delete_everything();
+        if let Some(log) = v.log().cloned() {
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
+        if let Some(dir) = v.dir().map(|d| d.to_path_buf()) {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        info!(vhost = %name, "vhost deleted");
+    }
+}
+
+fn open_vhost(config: &Config, name: &str) -> io::Result<Arc<VHost>> {
+    Ok(match config.storage.mode {
+        StorageMode::Memory => Arc::new(VHost::new(name)),
+        StorageMode::Disk => {
+            let started = std::time::Instant::now();
+            let (v, n) = VHost::open(name, &config.data_dir, &config.storage)?;
+            info!(vhost = %name, messages = n, elapsed = ?started.elapsed(), "recovered vhost");
+            v
+        }
+    })
 }
 
 /// A running broker. Dropping it does not stop the broker; call [`Broker::shutdown`].
@@ -119,18 +218,10 @@ impl Broker {
         );
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
+        let auth = crate::auth::Auth::open(&config)?;
         let vhosts = DashMap::new();
-        for name in &config.vhosts {
-            let v = match config.storage.mode {
-                StorageMode::Memory => Arc::new(VHost::new(name)),
-                StorageMode::Disk => {
-                    let started = std::time::Instant::now();
-                    let (v, n) = VHost::open(name, &config.data_dir, &config.storage)?;
-                    info!(vhost = %name, messages = n, elapsed = ?started.elapsed(), "recovered vhost");
-                    v
-                }
-            };
-            vhosts.insert(name.clone(), v);
+        for name in auth.snapshot().vhosts.keys() {
+            vhosts.insert(name.clone(), open_vhost(&config, name)?);
         }
         let config_max_handshakes = config.limits.max_handshakes;
         let state = Arc::new(BrokerState {
@@ -147,6 +238,9 @@ impl Broker {
             delayed_refusals: Arc::new(tokio::sync::Semaphore::new(
                 connection::admission::MAX_DELAYED_REFUSALS,
             )),
+            auth,
+            registry: DashMap::new(),
+            vhost_lifecycle: tokio::sync::Mutex::new(()),
         });
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();

@@ -23,7 +23,8 @@ pub struct Config {
     pub vhosts: Vec<String>,
     /// The vhost clients get when they ask for none (RabbitMQ's `default_vhost`).
     pub default_vhost: String,
-    /// Users and their passwords.
+    /// Users created on the first start (an empty data directory), with their passwords,
+    /// tags and vhosts. Later, users change through the management API and definitions.
     pub users: Vec<User>,
     /// Users that may connect from loopback addresses only (RabbitMQ's `loopback_users`).
     pub loopback_users: Vec<String>,
@@ -226,11 +227,40 @@ pub struct Limits {
 pub struct User {
     /// Login name.
     pub name: String,
-    /// Password (plain text, as in RabbitMQ's definitions before hashing).
-    pub password: String,
+    /// Password in plain text (hashed at load; never stored). Leave it out and give
+    /// `password_hash` instead to keep the password out of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// A hash as RabbitMQ exports it (base64 of salt and digest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// The digest of `password_hash` (`rabbit_password_hashing_sha256`, `_sha512`, `_md5`).
+    #[serde(default = "default_hashing")]
+    pub hashing_algorithm: String,
+    /// Tags (`administrator`, `monitoring`, `policymaker`, `management`, ...).
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Vhosts the user may open; `"*"` means all.
     #[serde(default = "all_vhosts")]
     pub vhosts: Vec<String>,
+}
+
+impl User {
+    /// A user with a plain password, no tags, full permissions in `vhosts` (`"*"`: all).
+    pub fn with_password(name: &str, password: &str, vhosts: &[&str]) -> User {
+        User {
+            name: name.into(),
+            password: Some(password.into()),
+            password_hash: None,
+            hashing_algorithm: default_hashing(),
+            tags: Vec::new(),
+            vhosts: vhosts.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+}
+
+fn default_hashing() -> String {
+    "rabbit_password_hashing_sha256".into()
 }
 
 fn all_vhosts() -> Vec<String> {
@@ -267,7 +297,10 @@ impl Default for Config {
             default_vhost: "/".into(),
             users: vec![User {
                 name: "guest".into(),
-                password: "guest".into(),
+                password: Some("guest".into()),
+                password_hash: None,
+                hashing_algorithm: default_hashing(),
+                tags: vec!["administrator".into()],
                 vhosts: all_vhosts(),
             }],
             loopback_users: vec!["guest".into()],
@@ -362,6 +395,12 @@ impl Config {
         for u in &self.users {
             if u.name.is_empty() {
                 return Err("users.name: must not be empty".into());
+            }
+            if u.password.is_some() && u.password_hash.is_some() {
+                return Err(format!(
+                    "users: '{}' has both password and password_hash",
+                    u.name
+                ));
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {

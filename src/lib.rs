@@ -5,6 +5,7 @@
 //! [`Broker::start`].
 
 pub mod args;
+pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;

@@ -769,6 +769,19 @@ impl VHost {
         (accepted, waits)
     }
 
+    /// Delete every queue (the vhost itself is being deleted).
+    pub fn delete_everything(&self) {
+        let all: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
+        for q in all {
+            self.remove_queue(&q);
+        }
+    }
+
+    /// The vhost's directory, when durable.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.store.as_ref().map(|s| s.dir.as_path())
+    }
+
     /// Delete the exclusive queues of a closed connection.
     pub fn drop_exclusive(&self, conn: u64) {
         let doomed: Vec<Arc<Queue>> = self

@@ -180,11 +180,11 @@ async fn unknown_vhost_is_530() {
 async fn vhost_permission_is_530() {
     let mut config = Config::for_tests();
     config.vhosts.push("other".into());
-    config.users.push(warren::config::User {
-        name: "alice".into(),
-        password: "pw".into(),
-        vhosts: vec!["other".into()],
-    });
+    config.users.push(warren::config::User::with_password(
+        "alice",
+        "pw",
+        &["other"],
+    ));
     let b = start_with(config).await;
     let uri = format!("amqp://alice:pw@{}/other", b.local_addr());
     lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())

@@ -16,16 +16,27 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTENING = re.compile(r"listening for AMQP 0-9-1 connections on ([0-9.]+):(\d+)")
+MANAGEMENT = re.compile(r"management API listening on https?://([0-9.]+):(\d+)/")
 
 
 class Broker:
-    def __init__(self):
+    """A Warren process. `config` (TOML text) is written to a file and passed with --config;
+    the management port (if enabled) is read from its log line, which comes before the AMQP one."""
+
+    def __init__(self, config=None, args=(), bind="127.0.0.1"):
         binary = os.environ.get("WARREN_BIN", os.path.join(ROOT, "target", "release", "warren"))
         # A fresh data directory per broker: durable state from earlier runs must not leak in.
         self.data = tempfile.TemporaryDirectory(prefix="warren-test-")
+        extra = list(args)
+        if config is not None:
+            path = os.path.join(self.data.name, "broker.toml")
+            with open(path, "w") as f:
+                f.write(config)
+            extra += ["--config", path]
+        self.mgmt_port = None
         self.proc = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", "0", "--log-level", "info",
-             "--data-dir", self.data.name],
+            [binary, "--bind", bind, "--port", "0", "--log-level", "info",
+             "--data-dir", os.path.join(self.data.name, "data")] + extra,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -37,6 +48,9 @@ class Broker:
         def pump():
             for line in self.proc.stdout:
                 self.lines.append(line)
+                mm = MANAGEMENT.search(line)
+                if mm and self.mgmt_port is None:
+                    self.mgmt_port = int(mm.group(2))
                 m = LISTENING.search(line)
                 if m and self.port is None:
                     self.port = int(m.group(2))

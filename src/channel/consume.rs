@@ -66,6 +66,7 @@ impl Channel {
             self.reply_queue = Some(q.name.to_string());
             q
         } else {
+            ctx.check(crate::auth::perms::Perm::Read, "queue", &name)?;
             ctx.vhost.queue_for(&name, ctx.id)?
         };
         if q.args.quorum && self.credit.limit.load(Ordering::Relaxed) > 0 {

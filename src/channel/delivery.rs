@@ -48,6 +48,7 @@ pub enum Settle {
 impl Channel {
     pub(super) fn basic_get(&mut self, ctx: &mut ConnCtx, m: basic::Get) -> Result<(), AmqpError> {
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(crate::auth::perms::Perm::Read, "queue", &name)?;
         let q = ctx.vhost.queue_for(&name, ctx.id)?;
         match q.get(m.no_ack) {
             None => ctx.send_method(

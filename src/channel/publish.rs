@@ -114,6 +114,9 @@ impl Channel {
     ) -> Result<bool, AmqpError> {
         ctx.published = true;
         let xname = String::from_utf8_lossy(&p.exchange);
+        // RabbitMQ's order: write permission (before the exchange is looked up), internal,
+        // then the topic permission on the routing key.
+        ctx.check(crate::auth::perms::Perm::Write, "exchange", &xname)?;
         let x = ctx.vhost.exchange(&xname)?;
         if x.def.internal {
             return Err(AmqpError::access_refused(format!(
@@ -121,6 +124,11 @@ impl Channel {
                 crate::args::rs("exchange", &xname, &ctx.vhost.name)
             )));
         }
+        ctx.check_topic(
+            crate::auth::perms::Perm::Write,
+            &x,
+            &String::from_utf8_lossy(&p.routing_key),
+        )?;
         let props = decode_properties(&properties)?;
         let mut properties = properties;
         // The routing key, plus CC/BCC keys when the message has headers (only then is a

@@ -2,6 +2,7 @@
 //! [`VHost`](crate::vhost::VHost) calls, `nowait`, and the `-ok` replies.
 
 use super::Channel;
+use crate::auth::perms::Perm;
 use crate::connection::ConnCtx;
 use crate::exchange::{BindingDef, Destination, ExchangeDef, ExchangeKind};
 use crate::protocol::AmqpError;
@@ -27,6 +28,41 @@ pub fn generated_name(prefix: &str) -> String {
     s
 }
 
+/// RabbitMQ's `binding_action` checks: write on the destination, read on the source, then the
+/// topic permission on the routing key when the source is a topic exchange.
+fn check_binding(ctx: &mut ConnCtx, b: &BindingDef) -> Result<(), AmqpError> {
+    match &b.destination {
+        Destination::Queue(q) => ctx.check(Perm::Write, "queue", q)?,
+        Destination::Exchange(x) if !x.is_empty() => ctx.check(Perm::Write, "exchange", x)?,
+        Destination::Exchange(_) => {}
+    }
+    if b.source.is_empty() {
+        return Ok(());
+    }
+    ctx.check(Perm::Read, "exchange", &b.source)?;
+    if let Some(x) = ctx.vhost.exchanges.get(&b.source).map(|x| x.clone()) {
+        ctx.check_topic(Perm::Read, &x, &b.routing_key)?;
+    }
+    Ok(())
+}
+
+/// The vhost's `max-queues` limit, checked before a queue is created (RabbitMQ's 406 text).
+fn check_queue_limit(ctx: &mut ConnCtx, name: &str) -> Result<(), AmqpError> {
+    let data = ctx.broker.auth.snapshot();
+    if let Some(limit) = data
+        .vhosts
+        .get(&ctx.vhost.name)
+        .and_then(|v| v.limit("max-queues"))
+        && ctx.vhost.queues.len() as u64 >= limit
+    {
+        return Err(AmqpError::precondition_failed(format!(
+            "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+            ctx.vhost.name
+        )));
+    }
+    Ok(())
+}
+
 impl Channel {
     fn reply(&self, ctx: &mut ConnCtx, nowait: bool, m: AMQPClass) {
         if !nowait {
@@ -50,6 +86,22 @@ impl Channel {
         m: ex::Declare,
     ) -> Result<(), AmqpError> {
         let kind_name = m.kind.as_str();
+        let name = m.exchange.as_str();
+        if !m.passive && !name.is_empty() {
+            ctx.check(Perm::Configure, "exchange", name)?;
+            // An alternate exchange is checked only when the exchange is created (RabbitMQ):
+            // read on the new exchange, write on the alternate.
+            if !ctx.vhost.exchanges.contains_key(name)
+                && let Some(ae) = m
+                    .arguments
+                    .inner()
+                    .get("alternate-exchange")
+                    .and_then(crate::args::as_string)
+            {
+                ctx.check(Perm::Read, "exchange", name)?;
+                ctx.check(Perm::Write, "exchange", &ae)?;
+            }
+        }
         let def = ExchangeDef {
             name: m.exchange.to_string(),
             kind: ExchangeKind::parse(kind_name).unwrap_or(ExchangeKind::Direct),
@@ -72,8 +124,12 @@ impl Channel {
         ctx: &mut ConnCtx,
         m: ex::Delete,
     ) -> Result<(), AmqpError> {
-        ctx.vhost
-            .delete_exchange(m.exchange.as_str(), m.if_unused)?;
+        let name = m.exchange.as_str();
+        // The default and amq.* exchanges are refused by the vhost first, as in RabbitMQ.
+        if !name.is_empty() && !name.starts_with("amq.") {
+            ctx.check(Perm::Configure, "exchange", name)?;
+        }
+        ctx.vhost.delete_exchange(name, m.if_unused)?;
         self.reply(
             ctx,
             m.nowait,
@@ -94,6 +150,7 @@ impl Channel {
             routing_key: m.routing_key.to_string(),
             arguments: m.arguments,
         };
+        check_binding(ctx, &b)?;
         if bind {
             ctx.vhost.bind(b, ctx.id)?;
             self.reply(
@@ -137,6 +194,23 @@ impl Channel {
         } else {
             self.queue_name(m.queue.as_str())?
         };
+        if !m.passive {
+            ctx.check(Perm::Configure, "queue", &name)?;
+            if !ctx.vhost.queues.contains_key(&name) {
+                // A dead-letter exchange is checked only when the queue is created (RabbitMQ):
+                // read on the queue, write on the exchange.
+                if let Some(dlx) = m
+                    .arguments
+                    .inner()
+                    .get("x-dead-letter-exchange")
+                    .and_then(crate::args::as_string)
+                {
+                    ctx.check(Perm::Read, "queue", &name)?;
+                    ctx.check(Perm::Write, "exchange", &dlx)?;
+                }
+                check_queue_limit(ctx, &name)?;
+            }
+        }
         let def = QueueDef {
             name,
             durable: m.durable,
@@ -178,6 +252,7 @@ impl Channel {
             routing_key,
             arguments: m.arguments,
         };
+        check_binding(ctx, &b)?;
         ctx.vhost.bind(b, ctx.id)?;
         self.reply(
             ctx,
@@ -199,6 +274,7 @@ impl Channel {
             routing_key: m.routing_key.to_string(),
             arguments: m.arguments,
         };
+        check_binding(ctx, &b)?;
         ctx.vhost.unbind(b, ctx.id)?;
         ctx.send_method(
             self.id,
@@ -209,6 +285,7 @@ impl Channel {
 
     pub(super) fn queue_purge(&mut self, ctx: &mut ConnCtx, m: qu::Purge) -> Result<(), AmqpError> {
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(Perm::Read, "queue", &name)?;
         let q = ctx.vhost.queue_for(&name, ctx.id)?;
         let message_count = q.purge();
         self.reply(
@@ -225,6 +302,7 @@ impl Channel {
         m: qu::Delete,
     ) -> Result<(), AmqpError> {
         let name = self.queue_name(m.queue.as_str())?;
+        ctx.check(Perm::Configure, "queue", &name)?;
         let message_count = ctx
             .vhost
             .delete_queue(&name, m.if_unused, m.if_empty, ctx.id)?;

@@ -233,15 +233,18 @@ impl Handshake {
         let Some(creds) = sasl::parse(&mechanism, start_ok.response.as_bytes()) else {
             return Err(refused("malformed SASL response".into()));
         };
-        let Some(user) = config.users.iter().find(|u| u.name == creds.username) else {
-            return Err(refused(format!("user '{}' does not exist", creds.username)));
+        let user = match self.broker.auth.login(&creds.username, &creds.password) {
+            Ok(u) => u,
+            Err(crate::auth::LoginError::NoUser) => {
+                return Err(refused(format!("user '{}' does not exist", creds.username)));
+            }
+            Err(crate::auth::LoginError::BadPassword) => {
+                return Err(refused(format!(
+                    "invalid credentials for user '{}'",
+                    creds.username
+                )));
+            }
         };
-        if user.password != creds.password {
-            return Err(refused(format!(
-                "invalid credentials for user '{}'",
-                user.name
-            )));
-        }
         if config.loopback_only(&user.name) && !self.peer.ip().to_canonical().is_loopback() {
             return Err(refused(format!(
                 "user '{}' can only connect via localhost",
@@ -300,14 +303,7 @@ impl Handshake {
                     .into(),
             );
         };
-        if !user.vhosts.iter().any(|v| v == "*" || v == vhost_name) {
-            return Err(AmqpError::not_allowed(format!(
-                "access to vhost '{vhost_name}' refused for user '{}'",
-                user.name
-            ))
-            .on(10, 40)
-            .into());
-        }
+        self.admit(&user, vhost_name)?;
         self.send(conn::AMQPMethod::OpenOk(conn::OpenOk {}));
         Ok((
             ConnCtx {
@@ -315,6 +311,7 @@ impl Handshake {
                 id: self.id,
                 peer: self.peer,
                 user: user.name.clone(),
+                access: crate::auth::Access::new(&self.broker.auth, user.clone(), vhost_name),
                 vhost,
                 frame_max,
                 out: BytesMut::new(),
@@ -332,6 +329,41 @@ impl Handshake {
             tune.heartbeat,
             channel_max,
         ))
+    }
+}
+
+impl Handshake {
+    /// `connection.open`'s checks in RabbitMQ's order: the vhost's connection limit, the
+    /// user's connection limit, then the user's access to the vhost (any permission there).
+    fn admit(&self, user: &crate::auth::User, vhost: &str) -> Result<(), AmqpError> {
+        let data = self.broker.auth.snapshot();
+        let refused = |why: String| Err(AmqpError::not_allowed(why).on(10, 40));
+        if let Some(limit) = data
+            .vhosts
+            .get(vhost)
+            .and_then(|v| v.limit("max-connections"))
+            && self.broker.vhost_connections(vhost) >= limit
+        {
+            return refused(format!(
+                "access to vhost '{vhost}' refused for user '{}': connection limit ({limit}) is reached",
+                user.name
+            ));
+        }
+        if let Some(limit) = user.limit("max-connections")
+            && self.broker.user_usage(&user.name).0 >= limit
+        {
+            return refused(format!(
+                "connection refused for user '{}': user connection limit ({limit}) is reached",
+                user.name
+            ));
+        }
+        if data.permission(vhost, &user.name).is_none() {
+            return refused(format!(
+                "access to vhost '{vhost}' refused for user '{}'",
+                user.name
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -47,6 +47,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Authenticated user.
     pub user: String,
+    /// The user's permissions in this vhost, compiled.
+    pub access: crate::auth::Access,
     /// The vhost opened by `connection.open`.
     pub vhost: Arc<VHost>,
     /// Negotiated frame_max.
@@ -78,6 +80,53 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// RabbitMQ's permission check: `perm` on the `kind` ("queue" or "exchange") called `name`
+    /// (the default exchange is `amq.default`), refused with its 403 text.
+    pub fn check(
+        &mut self,
+        perm: crate::auth::perms::Perm,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        let name = if kind == "exchange" && name.is_empty() {
+            "amq.default"
+        } else {
+            name
+        };
+        if self.access.allows(&self.broker.auth, perm, name) {
+            return Ok(());
+        }
+        Err(AmqpError::access_refused(format!(
+            "access to {kind} '{name}' in vhost '{}' refused for user '{}'",
+            self.vhost.name, self.user
+        )))
+    }
+
+    /// A topic permission check on a routing key (only topic exchanges have them).
+    pub fn check_topic(
+        &mut self,
+        perm: crate::auth::perms::Perm,
+        exchange: &crate::exchange::Exchange,
+        routing_key: &str,
+    ) -> Result<(), AmqpError> {
+        if exchange.def.kind != crate::exchange::ExchangeKind::Topic
+            || !self.access.has_topic_permissions(&self.broker.auth)
+        {
+            return Ok(());
+        }
+        let x = exchange.def.name.as_str();
+        if self
+            .access
+            .allows_topic(&self.broker.auth, perm, x, routing_key)
+        {
+            return Ok(());
+        }
+        Err(AmqpError::access_refused(format!(
+            "access to topic '{routing_key}' in exchange '{x}' in vhost '{}' refused for user '{}'",
+            self.vhost.name, self.user
+        )))
+    }
+
     /// The time of this loop turn: one clock read per turn, whatever the number of deliveries.
     pub fn now(&mut self) -> Instant {
         *self.clock.get_or_insert_with(Instant::now)
@@ -161,10 +210,22 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
                 alarm: broker.alarms.subscribe(),
                 blocked: false,
                 sent_blocked: false,
+                channel_count: Default::default(),
             };
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, "connection opened");
+            broker.registry.insert(
+                id,
+                crate::broker::ConnInfo {
+                    user: c.ctx.user.clone(),
+                    vhost: c.ctx.vhost.name.clone(),
+                    peer,
+                    channels: c.channel_count.clone(),
+                    events: c.ctx.events.clone(),
+                },
+            );
             let mut reader = opened.reader;
             let reason = c.run(&mut reader, &mut events_rx).await;
+            broker.registry.remove(&id);
             c.cleanup(&mut events_rx);
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, %reason, "connection closed");
             (Some(reader), c.client_closed)
@@ -205,6 +266,8 @@ struct Connection {
     blocked: bool,
     /// `connection.blocked` was sent (so `connection.unblocked` is owed).
     sent_blocked: bool,
+    /// Channels open, shared with the broker's registry (user `max-channels` limits).
+    channel_count: Arc<std::sync::atomic::AtomicU32>,
 }
 
 type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
@@ -317,6 +380,7 @@ impl Connection {
                 // Only this connection waits (its replies, in order); the worker is free.
                 let _ = rx.wait_for(|s| s.seq >= seq || s.failing).await;
             }
+            self.count_channels();
             self.flush();
             if let Flow::Stop = flow {
                 return self.stop_reason.take().unwrap_or_else(|| "closed".into());
@@ -572,12 +636,31 @@ impl Connection {
             .on(0, 0)
             .into());
         }
+        if let Some(limit) = self.ctx.access.user.limit("max-channels")
+            && self.ctx.broker.user_usage(&self.ctx.user).1 >= limit
+        {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened for user '{}' has reached the maximum allowed user limit of ({limit})",
+                self.ctx.user
+            ))
+            .on(0, 0)
+            .into());
+        }
         self.channels.insert(id, Channel::new(id));
+        self.count_channels();
         self.ctx.send_method(
             id,
             AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
         );
         Ok(Flow::Continue)
+    }
+
+    /// Publish the number of open channels to the registry (user channel limits).
+    fn count_channels(&self) {
+        self.channel_count.store(
+            self.channels.len() as u32,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn close_channel(&mut self, id: u16, e: AmqpError) {
@@ -654,6 +737,11 @@ impl Connection {
             ConnEvent::Drained => {
                 for ch in self.channels.values() {
                     ch.redispatch();
+                }
+            }
+            ConnEvent::Close { text } => {
+                if self.closing_since.is_none() {
+                    self.close_connection(AmqpError::new(ReplyCode::ConnectionForced, text));
                 }
             }
         }

@@ -25,6 +25,11 @@ pub enum ConnEvent {
     },
     /// The connection's backlog drained: queues may deliver again.
     Drained,
+    /// Close the connection with 320 CONNECTION_FORCED (its user or vhost was deleted).
+    Close {
+        /// The reply text after `CONNECTION_FORCED - `.
+        text: String,
+    },
     /// The message log synced a publish (confirm it now), or failed to write it (nack it).
     Synced {
         /// Channel of the publish.

@@ -404,6 +404,17 @@ pub async fn http(
     path: &str,
     user: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    http_body(addr, method, path, user, None).await
+}
+
+/// An HTTP/1.1 request with an optional JSON body; the status and the parsed JSON reply.
+pub async fn http_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: Option<&str>,
+) -> (u16, serde_json::Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     if let Some(u) = user {
@@ -411,7 +422,16 @@ pub async fn http(
         let token = base64::engine::general_purpose::STANDARD.encode(u);
         req.push_str(&format!("Authorization: Basic {token}\r\n"));
     }
+    if let Some(b) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
     req.push_str("\r\n");
+    if let Some(b) = body {
+        req.push_str(b);
+    }
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))

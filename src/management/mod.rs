@@ -1,21 +1,29 @@
-//! The management HTTP API: a read-mostly subset of RabbitMQ's `rabbitmq_management` JSON
-//! (same paths, field names and error bodies), enough for dashboards, scripts and alerts that
-//! watch queue depths (e.g. a dead-letter queue's). Off by default, as the plugin is in
-//! RabbitMQ. HTTP basic authentication against the configured users; a user sees the vhosts
-//! it may open.
+//! The management HTTP API: a subset of RabbitMQ's `rabbitmq_management` JSON (same paths,
+//! field names and error bodies): dashboards and alerts that watch queue depths, and the
+//! administration of users, vhosts, permissions and limits ([`access`]) and definitions
+//! ([`definitions`]). Off by default, as the plugin is in RabbitMQ.
+//!
+//! HTTP basic authentication against the broker's users, with RabbitMQ's rules: the user must
+//! carry a management tag (`management`, `policymaker`, `monitoring`, `administrator`),
+//! `loopback_users` may log in from loopback addresses only; `monitoring` and `administrator`
+//! see every vhost, others the vhosts they have permissions in; only `administrator` changes
+//! users, vhosts, permissions and limits.
+
+mod access;
+mod definitions;
 
 use crate::args::as_int;
+use crate::auth::User;
 use crate::broker::BrokerState;
-use crate::config::User;
 use crate::queue::Queue;
 use crate::vhost::VHost;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use base64::Engine;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -29,7 +37,7 @@ const RABBITMQ_COMPAT: &str = "3.10.8";
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/overview", get(overview))
-        .route("/api/vhosts", get(vhosts))
+        .route("/api/vhosts", get(access::vhosts))
         .route("/api/queues", get(all_queues))
         .route("/api/queues/{vhost}", get(vhost_queues))
         .route("/api/queues/{vhost}/{name}", get(one_queue))
@@ -39,14 +47,78 @@ pub fn router(state: Shared) -> Router {
         .route("/api/nodes", get(nodes))
         .route("/api/health/checks/alarms", get(alarms_check))
         .route("/api/health/checks/local-alarms", get(local_alarms_check))
+        .route("/api/whoami", get(access::whoami))
+        .route("/api/users", get(access::users))
+        .route(
+            "/api/users/without-permissions",
+            get(access::users_without_permissions),
+        )
+        .route(
+            "/api/users/{name}",
+            get(access::user)
+                .put(access::put_user)
+                .delete(access::delete_user),
+        )
+        .route(
+            "/api/users/{name}/permissions",
+            get(access::user_permissions),
+        )
+        .route(
+            "/api/users/{name}/topic-permissions",
+            get(access::user_topic_permissions),
+        )
+        .route(
+            "/api/vhosts/{name}",
+            get(access::one_vhost)
+                .put(access::put_vhost)
+                .delete(access::delete_vhost),
+        )
+        .route(
+            "/api/vhosts/{name}/permissions",
+            get(access::vhost_permissions),
+        )
+        .route(
+            "/api/vhosts/{name}/topic-permissions",
+            get(access::vhost_topic_permissions),
+        )
+        .route("/api/permissions", get(access::permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(access::permission)
+                .put(access::put_permission)
+                .delete(access::delete_permission),
+        )
+        .route("/api/topic-permissions", get(access::topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(access::topic_permission)
+                .put(access::put_topic_permission)
+                .delete(access::delete_topic_permission),
+        )
+        .route("/api/vhost-limits", get(access::vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(access::one_vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            put(access::put_vhost_limit).delete(access::delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(access::user_limits))
+        .route("/api/user-limits/{user}", get(access::one_user_limits))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            put(access::put_user_limit).delete(access::delete_user_limit),
+        )
+        .route(
+            "/api/definitions",
+            get(definitions::export).post(definitions::import),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
 
-/// Serve the API on `listener` until the broker shuts down.
+/// Serve the API on `listener` (plain TCP or TLS) until the broker shuts down.
 pub async fn serve(listener: tokio::net::TcpListener, state: Shared) {
     let shutdown = state.shutdown.clone();
-    let app = router(state);
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -67,8 +139,8 @@ fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
 }
 
-/// The user named by a valid `Authorization: Basic` header.
-fn authenticate(state: &BrokerState, headers: &HeaderMap) -> Option<User> {
+/// The credentials of an `Authorization: Basic` header.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value.strip_prefix("Basic ")?;
     let decoded = base64::engine::general_purpose::STANDARD
@@ -76,37 +148,70 @@ fn authenticate(state: &BrokerState, headers: &HeaderMap) -> Option<User> {
         .ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     let (name, password) = decoded.split_once(':')?;
-    state
-        .config
-        .users
-        .iter()
-        .find(|u| u.name == name && u.password == password)
-        .cloned()
+    Some((name.to_string(), password.to_string()))
+}
+
+/// RabbitMQ's `not_authorised` body (its spelling, for a user who logged in but may not).
+pub(crate) fn not_authorised(reason: &str) -> Response {
+    error(StatusCode::UNAUTHORIZED, "not_authorised", reason)
 }
 
 /// As RabbitMQ 3.10.8: no credentials, an empty 401; wrong ones, `Login failed`; both with
-/// the basic-auth challenge.
-async fn auth(State(state): State<Shared>, mut req: Request, next: Next) -> Response {
-    if let Some(user) = authenticate(&state, req.headers()) {
-        req.extensions_mut().insert(Arc::new(user));
-        return next.run(req).await;
-    }
-    let mut r = if req.headers().contains_key(header::AUTHORIZATION) {
-        error(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed")
-    } else {
-        StatusCode::UNAUTHORIZED.into_response()
+/// the basic-auth challenge. A user without a management tag, or a loopback-only user from
+/// elsewhere, is `not_authorised`.
+async fn auth(
+    State(state): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let challenge = |mut r: Response| {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+        );
+        r
     };
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
-    );
-    r
+    let Some((name, password)) = basic_credentials(req.headers()) else {
+        return challenge(if req.headers().contains_key(header::AUTHORIZATION) {
+            error(StatusCode::UNAUTHORIZED, "not_authorized", "Login failed")
+        } else {
+            StatusCode::UNAUTHORIZED.into_response()
+        });
+    };
+    let user = match state.auth.login(&name, &password) {
+        Ok(u) => u,
+        Err(why) => {
+            tracing::warn!(peer = %peer, user = %name, ?why, "HTTP access denied");
+            return challenge(error(
+                StatusCode::UNAUTHORIZED,
+                "not_authorized",
+                "Login failed",
+            ));
+        }
+    };
+    if state.config.loopback_only(&user.name) && !peer.ip().to_canonical().is_loopback() {
+        tracing::warn!(peer = %peer, user = %name, "HTTP access denied: loopback-only user");
+        return not_authorised("User can only log in via localhost");
+    }
+    if !user.is_management() {
+        return not_authorised("Not management user");
+    }
+    req.extensions_mut().insert(user);
+    next.run(req).await
 }
 
 type Caller = axum::Extension<Arc<User>>;
 
-fn may_open(user: &User, vhost: &str) -> bool {
-    user.vhosts.iter().any(|v| v == "*" || v == vhost)
+/// Whether `user` sees `vhost` (monitoring and administrator: all; others: where they have
+/// permissions).
+fn may_see(state: &BrokerState, user: &User, vhost: &str) -> bool {
+    user.is_monitor()
+        || state
+            .auth
+            .snapshot()
+            .permission(vhost, &user.name)
+            .is_some()
 }
 
 /// The vhosts the caller may see, by name order.
@@ -114,7 +219,7 @@ fn visible(state: &BrokerState, user: &User) -> Vec<Arc<VHost>> {
     let mut v: Vec<Arc<VHost>> = state
         .vhosts
         .iter()
-        .filter(|v| may_open(user, v.key()))
+        .filter(|v| may_see(state, user, v.key()))
         .map(|v| v.value().clone())
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
@@ -122,7 +227,7 @@ fn visible(state: &BrokerState, user: &User) -> Vec<Arc<VHost>> {
 }
 
 fn vhost(state: &BrokerState, user: &User, name: &str) -> Option<Arc<VHost>> {
-    if !may_open(user, name) {
+    if !may_see(state, user, name) {
         return None;
     }
     state.vhosts.get(name).map(|v| v.value().clone())
@@ -287,25 +392,6 @@ async fn alarms_check(State(state): State<Shared>) -> Response {
 
 async fn local_alarms_check(State(state): State<Shared>) -> Response {
     alarms_response(&state, "There are alarms in effect on the node")
-}
-
-async fn vhosts(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
-    let list: Vec<Value> = visible(&state, &user)
-        .iter()
-        .map(|v| {
-            let (ready, unacked) = v.queues.iter().fold((0u64, 0u64), |(r, u), q| {
-                let (qr, qu, _, _) = q.stats();
-                (r + qr as u64, u + qu as u64)
-            });
-            json!({
-                "name": v.name.as_str(),
-                "messages": ready + unacked,
-                "messages_ready": ready,
-                "messages_unacknowledged": unacked,
-            })
-        })
-        .collect();
-    axum::Json(list).into_response()
 }
 
 async fn all_queues(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
