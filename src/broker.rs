@@ -198,6 +198,7 @@ fn open_vhost(config: &Config, name: &str) -> io::Result<Arc<VHost>> {
 pub struct Broker {
     state: Arc<BrokerState>,
     local_addr: SocketAddr,
+    amqps_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
     tracker: TaskTracker,
 }
@@ -251,7 +252,48 @@ impl Broker {
         if state.config.storage.mode == StorageMode::Disk && disk_limit > 0 {
             tracker.spawn(disk_monitor(state.clone(), disk_limit));
         }
-        tracker.spawn(accept_loop(listener, state.clone(), tracker.clone()));
+        // RabbitMQ's `connection_max`: a throttle on accepting, not a refusal (3.10.8, observed:
+        // past the limit a client's TCP connect completes in the listen backlog, and it gets
+        // connection.start once another connection has closed).
+        let slots: Slots = match state.config.connection_max {
+            0 => None,
+            n => Some(Arc::new(tokio::sync::Semaphore::new(n as usize))),
+        };
+        let needs_tls = state.config.amqps.enabled
+            || (state.config.management.enabled && state.config.management.tls);
+        let acceptor = if needs_tls {
+            Some(crate::tls::acceptor(&state.config.tls)?)
+        } else {
+            None
+        };
+        let mut amqps_addr = None;
+        if state.config.amqps.enabled {
+            let a = &state.config.amqps;
+            let addr = SocketAddr::new(
+                a.bind
+                    .parse()
+                    .map_err(|_| io::Error::other("bad amqps bind address"))?,
+                a.port,
+            );
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            info!(address = %addr, "listening for AMQPS (AMQP 0-9-1 over TLS) connections on {addr}");
+            amqps_addr = Some(addr);
+            tracker.spawn(accept_loop(
+                listener,
+                state.clone(),
+                tracker.clone(),
+                slots.clone(),
+                acceptor.clone(),
+            ));
+        }
+        tracker.spawn(accept_loop(
+            listener,
+            state.clone(),
+            tracker.clone(),
+            slots,
+            None,
+        ));
         let mut management_addr = None;
         if state.config.management.enabled {
             let m = &state.config.management;
@@ -263,14 +305,29 @@ impl Broker {
             );
             let listener = TcpListener::bind(addr).await?;
             let addr = listener.local_addr()?;
-            info!(address = %addr, "management API listening on http://{addr}/api/");
             management_addr = Some(addr);
-            tracker.spawn(crate::management::serve(listener, state.clone()));
+            match (&acceptor, m.tls) {
+                (Some(acceptor), true) => {
+                    info!(address = %addr, "management API listening on https://{addr}/api/");
+                    let l = crate::tls::HttpsListener::new(
+                        listener,
+                        acceptor.clone(),
+                        Duration::from_secs(state.config.handshake_timeout.max(1)),
+                        state.shutdown.clone(),
+                    )?;
+                    tracker.spawn(crate::management::serve_tls(l, state.clone()));
+                }
+                _ => {
+                    info!(address = %addr, "management API listening on http://{addr}/api/");
+                    tracker.spawn(crate::management::serve(listener, state.clone()));
+                }
+            }
         }
         info!(address = %local_addr, "listening for AMQP 0-9-1 connections on {local_addr}");
         Ok(Broker {
             state,
             local_addr,
+            amqps_addr,
             management_addr,
             tracker,
         })
@@ -279,6 +336,11 @@ impl Broker {
     /// The address the AMQP listener is bound to (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the AMQPS listener, when enabled.
+    pub fn amqps_addr(&self) -> Option<SocketAddr> {
+        self.amqps_addr
     }
 
     /// The address of the management HTTP API, when enabled.
@@ -415,15 +477,17 @@ pub fn heap_allocated() -> u64 {
     stats::allocated::read().map_or(0, |n| n as u64)
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: TaskTracker) {
+/// Places for connections, shared by the AMQP and AMQPS listeners (`None`: no limit).
+type Slots = Option<Arc<tokio::sync::Semaphore>>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<BrokerState>,
+    tracker: TaskTracker,
+    slots: Slots,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut backoff = Duration::from_millis(5);
-    // RabbitMQ's `connection_max`: a throttle on accepting, not a refusal (3.10.8, observed:
-    // past the limit a client's TCP connect completes in the listen backlog, and it gets
-    // connection.start once another connection has closed).
-    let slots = match state.config.connection_max {
-        0 => None,
-        n => Some(Arc::new(tokio::sync::Semaphore::new(n as usize))),
-    };
     loop {
         let slot = match &slots {
             None => None,
@@ -441,9 +505,10 @@ async fn accept_loop(listener: TcpListener, state: Arc<BrokerState>, tracker: Ta
                 backoff = Duration::from_millis(5);
                 let _ = socket.set_nodelay(true);
                 let state = state.clone();
+                let tls = tls.clone();
                 tracker.spawn(async move {
                     state.open_connections.fetch_add(1, Ordering::Relaxed);
-                    connection::serve(socket, peer, state.clone()).await;
+                    connection::serve(socket, peer, state.clone(), tls).await;
                     state.open_connections.fetch_sub(1, Ordering::Relaxed);
                     drop(slot);
                 });

@@ -52,6 +52,49 @@ pub struct Config {
     pub disk: Disk,
     /// The management HTTP API.
     pub management: Management,
+    /// The AMQPS (AMQP over TLS) listener (RabbitMQ's `listeners.ssl.default`).
+    pub amqps: TlsListener,
+    /// Certificates for AMQPS and HTTPS (RabbitMQ's `ssl_options`).
+    pub tls: Tls,
+}
+
+/// The AMQPS listener.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsListener {
+    /// Listen for AMQP over TLS (needs `tls.cert_file` and `tls.key_file`).
+    pub enabled: bool,
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 5671; 0 for any free port).
+    pub port: u16,
+}
+
+impl Default for TlsListener {
+    fn default() -> Self {
+        TlsListener {
+            enabled: false,
+            bind: "0.0.0.0".into(),
+            port: 5671,
+        }
+    }
+}
+
+/// TLS certificates and client verification (RabbitMQ's `ssl_options`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// The server's certificate chain (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against.
+    pub ca_file: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against `ca_file` (RabbitMQ's
+    /// `verify = verify_peer`). A client that presents one may log in with EXTERNAL.
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse clients without a certificate.
+    pub fail_if_no_peer_cert: bool,
 }
 
 /// The management HTTP API (RabbitMQ's `rabbitmq_management` JSON, a subset).
@@ -64,14 +107,17 @@ pub struct Management {
     pub bind: String,
     /// Port (RabbitMQ's 15672; 0 for any free port).
     pub port: u16,
+    /// Serve HTTPS with the `[tls]` certificate instead of HTTP.
+    pub tls: bool,
 }
 
 impl Default for Management {
     fn default() -> Self {
         Management {
             enabled: false,
-            bind: "0.0.0.0".into(),
+            bind: "127.0.0.1".into(),
             port: 15672,
+            tls: false,
         }
     }
 }
@@ -314,6 +360,8 @@ impl Default for Config {
             memory: Memory::default(),
             disk: Disk::default(),
             management: Management::default(),
+            amqps: TlsListener::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -382,6 +430,22 @@ impl Config {
                 "management.bind: '{}' is not an IP address",
                 self.management.bind
             ));
+        }
+        if self.amqps.bind.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "amqps.bind: '{}' is not an IP address",
+                self.amqps.bind
+            ));
+        }
+        let tls_used = self.amqps.enabled || (self.management.enabled && self.management.tls);
+        if tls_used && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+            return Err(
+                "tls.cert_file and tls.key_file are required by amqps.enabled or management.tls"
+                    .into(),
+            );
+        }
+        if self.tls.verify_peer && self.tls.ca_file.is_none() {
+            return Err("tls.ca_file is required by tls.verify_peer".into());
         }
         if self.vhosts.is_empty() {
             return Err("vhosts: at least one vhost is required".into());

@@ -16,6 +16,7 @@ pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod store;
+pub mod tls;
 pub mod vhost;
 
 pub use broker::Broker;

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTENING = re.compile(r"listening for AMQP 0-9-1 connections on ([0-9.]+):(\d+)")
+AMQPS = re.compile(r"listening for AMQPS \(AMQP 0-9-1 over TLS\) connections on ([0-9.]+):(\d+)")
 MANAGEMENT = re.compile(r"management API listening on https?://([0-9.]+):(\d+)/")
 
 
@@ -34,6 +35,7 @@ class Broker:
                 f.write(config)
             extra += ["--config", path]
         self.mgmt_port = None
+        self.amqps_port = None
         self.proc = subprocess.Popen(
             [binary, "--bind", bind, "--port", "0", "--log-level", "info",
              "--data-dir", os.path.join(self.data.name, "data")] + extra,
@@ -48,6 +50,9 @@ class Broker:
         def pump():
             for line in self.proc.stdout:
                 self.lines.append(line)
+                ms = AMQPS.search(line)
+                if ms and self.amqps_port is None:
+                    self.amqps_port = int(ms.group(2))
                 mm = MANAGEMENT.search(line)
                 if mm and self.mgmt_port is None:
                     self.mgmt_port = int(mm.group(2))
@@ -84,6 +89,18 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _broker is not None and _broker.proc.poll() is None:
         _broker.stop()
+
+
+def make_certs(directory, client_cn="tls-user"):
+    """The TLS test certificates (a CA, server, client, untrusted client) as PEM files, made at
+    run time by the project's rcgen example (built by scripts/test; built here if missing)."""
+    binary = os.path.join(ROOT, "target", "release", "examples", "test_certs")
+    if os.path.exists(binary):
+        subprocess.run([binary, directory, client_cn], check=True)
+    else:
+        subprocess.run(["cargo", "run", "-q", "--release", "--example", "test_certs", "--",
+                        directory, client_cn], check=True, cwd=ROOT)
+    return directory
 
 
 @pytest.fixture(scope="session")

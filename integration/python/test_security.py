@@ -374,3 +374,31 @@ def test_users_and_permissions_api(node):
     assert api.delete(f"/permissions/%2F/{name}")[0] == 204
     assert api.get(f"/permissions/%2F/{name}")[0] == 404
     assert api.delete(f"/users/{name}")[0] == 204
+
+
+def test_impersonator_may_set_any_user_id(node):
+    amqp, http = node
+    api = Api(http)
+    names = {t: f"{t}-" + uuid.uuid4().hex[:6] for t in ["impersonator", "plain"]}
+    for tag, name in names.items():
+        assert api.put(f"/users/{name}",
+                       {"password": "pw", "tags": "impersonator" if tag == "impersonator" else ""})[0] == 201
+        assert api.put(f"/permissions/%2F/{name}",
+                       {"configure": ".*", "write": ".*", "read": ".*"})[0] == 201
+    for tag, name in names.items():
+        conn = pika.BlockingConnection(params(amqp, "/", name, "pw"))
+        ch = conn.channel()
+        q = ch.queue_declare("", exclusive=True).method.queue
+        ch.basic_publish("", q, b"x", pika.BasicProperties(user_id="someone-else"))
+        if tag == "impersonator":
+            ch.queue_declare(q, passive=True)
+            conn.close()
+        else:
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+                ch.queue_declare(q, passive=True)
+            assert (e.value.reply_code, e.value.reply_text) == (
+                406, f"PRECONDITION_FAILED - user_id property set to 'someone-else' but "
+                     f"authenticated user was '{name}'")
+            conn.close()
+    for name in names.values():
+        api.delete(f"/users/{name}")

@@ -14,7 +14,6 @@ use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio_util::codec::FramedRead;
 use tracing::{info, warn};
 
@@ -52,6 +51,8 @@ pub(super) struct Handshake {
     /// This handshake's place among `limits.max_handshakes`, given back when it ends, or
     /// before a refused login waits (waiting refusals have their own, smaller bound).
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Set on AMQPS connections.
+    pub tls: Option<super::TlsInfo>,
 }
 
 pub(super) struct Opened {
@@ -112,7 +113,7 @@ impl Handshake {
         self.outbound.send(b.freeze());
     }
 
-    pub(super) async fn run(mut self, mut read: OwnedReadHalf) -> Outcome {
+    pub(super) async fn run(mut self, mut read: super::ReadHalf) -> Outcome {
         let mut header = [0u8; 8];
         if read.read_exact(&mut header).await.is_err() {
             return Outcome::Failed(None);
@@ -180,7 +181,7 @@ impl Handshake {
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(&config.cluster_name),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: self.mechanisms().into(),
             locales: "en_US".into(),
         }));
 
@@ -206,7 +207,7 @@ impl Handshake {
             Some(AMQPValue::Boolean(true))
         );
         let mechanism = start_ok.mechanism.as_str().to_string();
-        if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+        if !self.mechanisms().split(' ').any(|m| m == mechanism) {
             // RabbitMQ 3.10.8: no close frame before the connection is tuned.
             return Err(Stop::Silent(format!(
                 "unknown authentication mechanism '{mechanism}'"
@@ -230,10 +231,29 @@ impl Handshake {
                 Stop::Silent(why)
             }
         };
-        let Some(creds) = sasl::parse(&mechanism, start_ok.response.as_bytes()) else {
-            return Err(refused("malformed SASL response".into()));
+        let external = self.tls.as_ref().and_then(|t| t.peer_cn.clone());
+        let creds = if mechanism == "EXTERNAL" {
+            // The user is the verified certificate's common name; the response (an optional
+            // authorisation identity) is not used, as rabbitmq_auth_mechanism_ssl.
+            sasl::Credentials {
+                username: external.unwrap_or_default(),
+                password: String::new(),
+            }
+        } else {
+            match sasl::parse(&mechanism, start_ok.response.as_bytes()) {
+                Some(c) => c,
+                None => return Err(refused("malformed SASL response".into())),
+            }
         };
-        let user = match self.broker.auth.login(&creds.username, &creds.password) {
+        let login = if mechanism == "EXTERNAL" {
+            self.broker
+                .auth
+                .user(&creds.username)
+                .ok_or(crate::auth::LoginError::NoUser)
+        } else {
+            self.broker.auth.login(&creds.username, &creds.password)
+        };
+        let user = match login {
             Ok(u) => u,
             Err(crate::auth::LoginError::NoUser) => {
                 return Err(refused(format!("user '{}' does not exist", creds.username)));
@@ -333,6 +353,15 @@ impl Handshake {
 }
 
 impl Handshake {
+    /// The SASL mechanisms offered: EXTERNAL only to TLS clients with a verified certificate.
+    fn mechanisms(&self) -> &'static str {
+        if self.tls.as_ref().is_some_and(|t| t.peer_cn.is_some()) {
+            "PLAIN AMQPLAIN EXTERNAL"
+        } else {
+            "PLAIN AMQPLAIN"
+        }
+    }
+
     /// `connection.open`'s checks in RabbitMQ's order: the vhost's connection limit, the
     /// user's connection limit, then the user's access to the vhost (any permission there).
     fn admit(&self, user: &crate::auth::User, vhost: &str) -> Result<(), AmqpError> {

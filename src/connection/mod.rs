@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::FramedRead;
@@ -157,8 +156,26 @@ enum Flow {
     Stop,
 }
 
-/// Serve one socket until it closes. Never panics on client input.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>) {
+/// The read half of a client socket (plain TCP or TLS).
+pub type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+/// The write half of a client socket (plain TCP or TLS).
+pub type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// What TLS told about a connection.
+#[derive(Clone, Debug, Default)]
+pub struct TlsInfo {
+    /// The common name of the client's verified certificate (EXTERNAL logs in as it).
+    pub peer_cn: Option<String>,
+}
+
+/// Serve one socket until it closes (`tls`: the AMQPS listener's acceptor). Never panics on
+/// client input.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<BrokerState>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let id = broker.next_connection_id();
     debug!(conn = id, %peer, "accepted");
     // Bounded handshakes: past the limit the socket is closed before anything is read.
@@ -166,7 +183,37 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         warn!(conn = id, %peer, "too many handshakes in progress: connection refused");
         return;
     };
-    let (read, write) = stream.into_split();
+    let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
+    let (read, write, tls_info): (ReadHalf, WriteHalf, Option<TlsInfo>) = match tls {
+        None => {
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w), None)
+        }
+        Some(acceptor) => {
+            // The TLS handshake counts against the same place and deadline as AMQP's.
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+                _ = broker.shutdown.cancelled() => return,
+            };
+            match accepted {
+                Ok(Ok(s)) => {
+                    let info = TlsInfo {
+                        peer_cn: crate::tls::peer_common_name(s.get_ref().1),
+                    };
+                    let (r, w) = tokio::io::split(s);
+                    (Box::new(r), Box::new(w), Some(info))
+                }
+                Ok(Err(e)) => {
+                    info!(conn = id, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    info!(conn = id, %peer, "closing connection: TLS handshake timeout");
+                    return;
+                }
+            }
+        }
+    };
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
     let (outbound, writer_task) = Outbound::spawn(write, backlog.clone(), events_tx.clone());
@@ -179,8 +226,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<BrokerState>
         backlog,
         refusal_delay_ms: Default::default(),
         permit: Some(permit),
+        tls: tls_info,
     };
-    let timeout = Duration::from_secs(broker.config.handshake_timeout.max(1));
     let outcome = tokio::select! {
         // Boxed: the handshake state is freed once the connection is open, so it does not
         // add to the size of every open connection's task.
@@ -270,7 +317,7 @@ struct Connection {
     channel_count: Arc<std::sync::atomic::AtomicU32>,
 }
 
-type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
+type Reader = FramedRead<ReadHalf, FrameCodec>;
 
 impl Connection {
     async fn run(

@@ -2,13 +2,13 @@
 //! batches of encoded frames; the writer gathers everything queued and writes it with as few
 //! syscalls as possible (one vectored write per batch when the kernel takes it all).
 
+use super::WriteHalf;
 use crate::queue::consumer::{Backlog, ConnEvent, MAX_CONNECTION_BACKLOG};
 use bytes::{Buf, Bytes};
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 
 /// Handle to a connection's writer task.
@@ -23,7 +23,7 @@ impl Outbound {
     /// Spawn the writer for `half`; it sends [`ConnEvent::Drained`] to `events` when a
     /// backlog that held queues back has drained.
     pub fn spawn(
-        half: OwnedWriteHalf,
+        half: WriteHalf,
         backlog: Arc<Backlog>,
         events: mpsc::UnboundedSender<ConnEvent>,
     ) -> (Outbound, tokio::task::JoinHandle<()>) {
@@ -47,7 +47,7 @@ impl Outbound {
 const MAX_GATHER: usize = 64;
 
 async fn run(
-    mut half: OwnedWriteHalf,
+    mut half: WriteHalf,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<ConnEvent>,
@@ -62,7 +62,8 @@ async fn run(
             }
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if write_all_vectored(&mut half, &mut bufs).await.is_err() {
+        // Flush: a no-op on TCP; TLS may hold the tail of a record until flushed.
+        if write_all_vectored(&mut half, &mut bufs).await.is_err() || half.flush().await.is_err() {
             return;
         }
         backlog.socket.fetch_sub(total, Ordering::Relaxed);
@@ -75,10 +76,7 @@ async fn run(
     let _ = half.shutdown().await;
 }
 
-async fn write_all_vectored(
-    half: &mut OwnedWriteHalf,
-    bufs: &mut Vec<Bytes>,
-) -> std::io::Result<()> {
+async fn write_all_vectored(half: &mut WriteHalf, bufs: &mut Vec<Bytes>) -> std::io::Result<()> {
     let mut start = 0;
     while start < bufs.len() {
         let slices: Vec<IoSlice<'_>> = bufs[start..].iter().map(|b| IoSlice::new(b)).collect();

@@ -115,10 +115,45 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serve the API on `listener` (plain TCP or TLS) until the broker shuts down.
+/// The client's address, from either listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, crate::tls::HttpsListener>,
+    > for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, crate::tls::HttpsListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+/// Serve the API over HTTP on `listener` until the broker shuts down.
 pub async fn serve(listener: tokio::net::TcpListener, state: Shared) {
     let shutdown = state.shutdown.clone();
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "management API stopped");
+    }
+}
+
+/// Serve the API over HTTPS until the broker shuts down.
+pub async fn serve_tls(listener: crate::tls::HttpsListener, state: Shared) {
+    let shutdown = state.shutdown.clone();
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
@@ -161,7 +196,7 @@ pub(crate) fn not_authorised(reason: &str) -> Response {
 /// elsewhere, is `not_authorised`.
 async fn auth(
     State(state): State<Shared>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     mut req: Request,
     next: Next,
 ) -> Response {

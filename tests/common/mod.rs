@@ -2,6 +2,8 @@
 //! raw AMQP client (decoding replies with amq-protocol, independent of Warren's codec).
 #![allow(dead_code)]
 
+pub mod certs;
+
 use amq_protocol::frame::{AMQPFrame, parse_frame};
 use amq_protocol::protocol::{AMQPClass, channel as chan, connection as conn};
 use std::future::Future;
