@@ -8,7 +8,8 @@
 #   svc-all  NEW_WARREN, user svc (no tags, ".*" permissions: the issue's row)
 #   svc-re   NEW_WARREN, user svc with patterns that must run a regex on every check
 #            (configure "^bench-", write "^(amq\.default|bench-.*)$", read "^bench-")
-# Every broker starts fresh (empty data dir, ephemeral port). Prints one line per run and a
+# ROWS="r1" limits the rows. CLIENT=go runs row 1 with bench/goperf (RabbitMQ's Go client,
+# an independent load generator) instead of warren-perf. Every broker starts fresh (empty data dir, ephemeral port). Prints one line per run and a
 # median table. Needs target/release/warren-perf.
 set -euo pipefail
 OLD=${1:?old warren binary}
@@ -16,6 +17,10 @@ NEW=${2:?new warren binary}
 ROUNDS=${3:-5}
 DUR=${4:-10}
 PERF=${PERF:-target/release/warren-perf}
+if [ "${CLIENT:-}" = go ]; then
+  GOPERF=$(mktemp /tmp/goperf.XXXXXX)
+  (cd bench/goperf && go build -o "$GOPERF" .)
+fi
 OUT=$(mktemp -d /tmp/warren-permcost.XXXXXX)
 trap 'kill $WPID 2>/dev/null || true; rm -rf "$OUT"' EXIT
 WPID=
@@ -62,19 +67,24 @@ run() {  # run LABEL BIN CONFIG USER ROW -- perf args
   fi
   local t0 t1 json
   t0=$(ticks $WPID)
-  json=$("$PERF" --uri "amqp://$user:$user@127.0.0.1:$PORT/%2f" --json --duration "$DUR" "$@" 2>"$OUT/perf.err")
+  if [ "${CLIENT:-}" = go ]; then
+    json=$("$GOPERF" -uri "amqp://$user:$user@127.0.0.1:$PORT/" -duration "${DUR}s" -queue bench-goperf 2>"$OUT/perf.err")
+  else
+    json=$("$PERF" --uri "amqp://$user:$user@127.0.0.1:$PORT/%2f" --json --duration "$DUR" "$@" 2>"$OUT/perf.err")
+  fi
   t1=$(ticks $WPID)
   kill $WPID; wait $WPID 2>/dev/null || true; WPID=
   python3 - "$label" "$row" "$((t1 - t0))" "$json" <<'EOF' | tee -a "$OUT/results"
 import json, sys
 label, row, ticks, j = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 sent = j["sent"]
-print(f"{row} {label} rate={j['send_rate']:.0f} cpu_us_per_msg={ticks * 10000 / sent:.3f} lost={j['lost']}")
+lost = j.get("lost", sent - j.get("received", 0))
+print(f"{row} {label} rate={j['send_rate']:.0f} cpu_us_per_msg={ticks * 10000 / sent:.3f} lost={lost}")
 EOF
 }
 
 for r in $(seq 1 "$ROUNDS"); do
-  for row in r1 r3; do
+  for row in ${ROWS:-r1 r3}; do
     if [ $row = r1 ]; then args="--autoack --queue bench-r1"; else args="--persistent --size 1024 --confirm 100 --prefetch 100 --multi-ack 10 --queue bench-r3"; fi
     # shellcheck disable=SC2086
     run old "$OLD" "$OLD_CFG" guest $row -- $args

@@ -540,6 +540,8 @@ pub struct Access {
     pub user: Arc<User>,
     vhost: String,
     generation: u64,
+    /// Configure, write, read granted on every name (`.*`).
+    all: [bool; 3],
     perm: Option<Permission>,
     topics: Vec<(String, CompiledTopic)>,
 }
@@ -551,6 +553,7 @@ impl Access {
             user,
             vhost: vhost.to_string(),
             generation: 0,
+            all: [false; 3],
             perm: None,
             topics: Vec::new(),
         };
@@ -566,6 +569,14 @@ impl Access {
         }
         let key = (self.vhost.clone(), self.user.name.clone());
         self.perm = data.permissions.get(&key).cloned();
+        self.all = match &self.perm {
+            Some(p) => [
+                p.configure.matches_all(),
+                p.write.matches_all(),
+                p.read.matches_all(),
+            ],
+            None => [false; 3],
+        };
         self.topics = data
             .topic_permissions
             .get(&key)
@@ -581,6 +592,18 @@ impl Access {
         if auth.generation() != self.generation {
             self.reload(auth);
         }
+    }
+
+    /// Whether `perm` is granted on every name, with nothing changed since the view was made
+    /// (false does not mean refused: ask [`Access::allows`]).
+    #[inline]
+    pub fn allows_all(&self, auth: &Auth, perm: Perm) -> bool {
+        auth.generation() == self.generation
+            && self.all[match perm {
+                Perm::Configure => 0,
+                Perm::Write => 1,
+                Perm::Read => 2,
+            }]
     }
 
     /// Whether `perm` is granted on the resource `name` (the default exchange is checked as

@@ -57,6 +57,11 @@ impl Pattern {
         &self.source
     }
 
+    /// Whether every name matches (`.*`).
+    pub fn matches_all(&self) -> bool {
+        self.re.is_none()
+    }
+
     /// Whether `name` matches (anywhere, as Erlang's `re:run`).
     pub fn matches(&self, name: &str) -> bool {
         match &self.re {

@@ -124,11 +124,13 @@ impl Channel {
                 crate::args::rs("exchange", &xname, &ctx.vhost.name)
             )));
         }
-        ctx.check_topic(
-            crate::auth::perms::Perm::Write,
-            &x,
-            &String::from_utf8_lossy(&p.routing_key),
-        )?;
+        if x.def.kind == crate::exchange::ExchangeKind::Topic {
+            ctx.check_topic(
+                crate::auth::perms::Perm::Write,
+                &x,
+                &String::from_utf8_lossy(&p.routing_key),
+            )?;
+        }
         let props = decode_properties(&properties)?;
         let mut properties = properties;
         // The routing key, plus CC/BCC keys when the message has headers (only then is a

@@ -81,7 +81,22 @@ pub struct ConnCtx {
 impl ConnCtx {
     /// RabbitMQ's permission check: `perm` on the `kind` ("queue" or "exchange") called `name`
     /// (the default exchange is `amq.default`), refused with its 403 text.
+    #[inline]
     pub fn check(
+        &mut self,
+        perm: crate::auth::perms::Perm,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), AmqpError> {
+        // The common case (`.*`, nothing changed since the last check) costs one atomic load.
+        if self.access.allows_all(&self.broker.auth, perm) {
+            return Ok(());
+        }
+        self.check_slow(perm, kind, name)
+    }
+
+    #[cold]
+    fn check_slow(
         &mut self,
         perm: crate::auth::perms::Perm,
         kind: &str,
@@ -190,33 +205,21 @@ pub async fn serve(
             (Box::new(r), Box::new(w), None)
         }
         Some(acceptor) => {
-            // The TLS handshake counts against the same place and deadline as AMQP's.
-            let accepted = tokio::select! {
-                r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
-                _ = broker.shutdown.cancelled() => return,
-            };
-            match accepted {
-                Ok(Ok(s)) => {
-                    let info = TlsInfo {
-                        peer_cn: crate::tls::peer_common_name(s.get_ref().1),
-                    };
-                    let (r, w) = tokio::io::split(s);
-                    (Box::new(r), Box::new(w), Some(info))
-                }
-                Ok(Err(e)) => {
-                    info!(conn = id, %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    info!(conn = id, %peer, "closing connection: TLS handshake timeout");
-                    return;
-                }
+            // Boxed: the TLS handshake's state is not carried in every connection's future.
+            match Box::pin(accept_tls(acceptor, stream, id, peer, &broker, timeout)).await {
+                Some(halves) => halves,
+                None => return,
             }
         }
     };
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
-    let (outbound, writer_task) = Outbound::spawn(write, backlog.clone(), events_tx.clone());
+    let (outbound, writer_task) = Outbound::spawn(
+        write,
+        tls_info.is_some(),
+        backlog.clone(),
+        events_tx.clone(),
+    );
     let shake = handshake::Handshake {
         broker: broker.clone(),
         id,
@@ -291,6 +294,39 @@ pub async fn serve(
         drain_until_eof(reader).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), writer_task).await;
+}
+
+/// The TLS handshake of an AMQPS connection, within the handshake deadline; the halves of the
+/// TLS stream and what the client's certificate says.
+async fn accept_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    id: u64,
+    peer: SocketAddr,
+    broker: &BrokerState,
+    timeout: Duration,
+) -> Option<(ReadHalf, WriteHalf, Option<TlsInfo>)> {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+        _ = broker.shutdown.cancelled() => return None,
+    };
+    match accepted {
+        Ok(Ok(s)) => {
+            let info = TlsInfo {
+                peer_cn: crate::tls::peer_common_name(s.get_ref().1),
+            };
+            let (r, w) = tokio::io::split(s);
+            Some((Box::new(r), Box::new(w), Some(info)))
+        }
+        Ok(Err(e)) => {
+            info!(conn = id, %peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            info!(conn = id, %peer, "closing connection: TLS handshake timeout");
+            None
+        }
+    }
 }
 
 struct Connection {

@@ -20,15 +20,16 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Spawn the writer for `half`; it sends [`ConnEvent::Drained`] to `events` when a
+    /// Spawn the writer for `half` (`flush`: after every batch, for TLS); it sends [`ConnEvent::Drained`] to `events` when a
     /// backlog that held queues back has drained.
     pub fn spawn(
         half: WriteHalf,
+        flush: bool,
         backlog: Arc<Backlog>,
         events: mpsc::UnboundedSender<ConnEvent>,
     ) -> (Outbound, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(half, rx, backlog.clone(), events));
+        let task = tokio::spawn(run(half, flush, rx, backlog.clone(), events));
         (Outbound { tx, backlog }, task)
     }
 
@@ -48,6 +49,7 @@ const MAX_GATHER: usize = 64;
 
 async fn run(
     mut half: WriteHalf,
+    flush: bool,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<ConnEvent>,
@@ -62,8 +64,11 @@ async fn run(
             }
         }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        // Flush: a no-op on TCP; TLS may hold the tail of a record until flushed.
-        if write_all_vectored(&mut half, &mut bufs).await.is_err() || half.flush().await.is_err() {
+        if write_all_vectored(&mut half, &mut bufs).await.is_err() {
+            return;
+        }
+        // TLS may hold the tail of a record until flushed (TCP has nothing to flush).
+        if flush && half.flush().await.is_err() {
             return;
         }
         backlog.socket.fetch_sub(total, Ordering::Relaxed);
