@@ -1,198 +1,19 @@
-//! The broker: shared state (config, vhosts, users) and the accept loop that spawns one
-//! connection task per socket. Knows nothing of frames; `connection` does.
+//! The broker: starts the listeners (AMQP, AMQPS, management), the resource monitors and the
+//! accept loops that spawn one connection task per socket, and shuts it all down. The state
+//! they share lives in [`crate::state`]. Knows nothing of frames; `connection` does.
 
 use crate::config::{Config, StorageMode};
 use crate::connection;
-use crate::vhost::VHost;
+pub use crate::state::{Alarms, BrokerState, ConnInfo, disk_free, heap_allocated};
 use dashmap::DashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-
-/// State shared by every connection.
-pub struct BrokerState {
-    /// The configuration the broker started with.
-    pub config: Arc<Config>,
-    /// Virtual hosts by name.
-    pub vhosts: DashMap<String, Arc<VHost>>,
-    /// Cancelled when the broker shuts down.
-    pub shutdown: CancellationToken,
-    /// Resource alarms in effect: memory (messages in memory above `memory.high_watermark`)
-    /// and disk (free space below `disk.free_limit`).
-    pub alarms: tokio::sync::watch::Sender<Alarms>,
-    /// Free bytes on the data directory's filesystem at the last check (`u64::MAX`: unknown).
-    pub disk_free: AtomicU64,
-    next_connection_id: AtomicU64,
-    /// Open connections (handshake done or not).
-    pub(crate) open_connections: AtomicU64,
-    /// Bytes connections hold for messages not yet routed: content bodies still arriving and
-    /// publishes in uncommitted transactions. The memory alarm counts them.
-    pub buffered: AtomicU64,
-    /// Handshakes in progress may take one permit each ([`connection::admission`]).
-    pub handshakes: Arc<tokio::sync::Semaphore>,
-    /// Recent failed logins per peer address.
-    pub login_failures: connection::admission::LoginFailures,
-    /// Refused logins waiting out their delay may take one permit each.
-    pub delayed_refusals: Arc<tokio::sync::Semaphore>,
-    /// Users, vhost records, permissions and limits.
-    pub auth: crate::auth::Auth,
-    /// Open (logged-in) connections, by id: who they are and how to close them.
-    pub registry: DashMap<u64, ConnInfo>,
-    /// Serialises vhost creation and deletion.
-    vhost_lifecycle: tokio::sync::Mutex<()>,
-}
-
-/// What the broker knows of an open connection.
-pub struct ConnInfo {
-    /// The user it logged in as.
-    pub user: String,
-    /// The vhost it opened.
-    pub vhost: String,
-    /// The client's address.
-    pub peer: SocketAddr,
-    /// Channels open on it.
-    pub channels: Arc<std::sync::atomic::AtomicU32>,
-    /// Its event channel (a forced close goes there).
-    pub events: tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
-}
-
-/// Resource alarms in effect (RabbitMQ's memory and disk alarms).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Alarms {
-    /// The memory alarm.
-    pub memory: bool,
-    /// The disk alarm.
-    pub disk: bool,
-}
-
-impl Alarms {
-    /// Whether any alarm is in effect (publishing connections are blocked).
-    pub fn any(&self) -> bool {
-        self.memory || self.disk
-    }
-
-    /// The reason `connection.blocked` gives (recorded from RabbitMQ 3.10.8: "low on memory",
-    /// "low on disk", and "low on disk & memory" when both hold).
-    pub fn reason(&self) -> String {
-        match (self.memory, self.disk) {
-            (true, true) => "low on disk & memory".into(),
-            (false, true) => "low on disk".into(),
-            _ => "low on memory".into(),
-        }
-    }
-}
-
-impl BrokerState {
-    /// Set one alarm; returns whether it changed.
-    fn set_alarm(&self, set: impl Fn(&mut Alarms) -> &mut bool, on: bool) -> bool {
-        self.alarms.send_if_modified(|a| {
-            let flag = set(a);
-            let changed = *flag != on;
-            *flag = on;
-            changed
-        })
-    }
-
-    /// Open connections.
-    pub fn connections(&self) -> u64 {
-        self.open_connections.load(Ordering::Relaxed)
-    }
-
-    /// A fresh id for a connection (used in logs and for exclusive ownership).
-    pub fn next_connection_id(&self) -> u64 {
-        self.next_connection_id.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// Look up a vhost.
-    pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
-        self.vhosts.get(name).map(|v| v.clone())
-    }
-
-    /// Close every connection matching `which` with 320 CONNECTION_FORCED and `text`.
-    pub fn force_close(&self, which: impl Fn(&ConnInfo) -> bool, text: &str) -> usize {
-        let mut n = 0;
-        for c in self.registry.iter() {
-            if which(c.value()) {
-                let _ = c.events.send(crate::queue::consumer::ConnEvent::Close {
-                    text: text.to_string(),
-                });
-                n += 1;
-            }
-        }
-        n
-    }
-
-    /// Connections open by `user`, and channels open on them.
-    pub fn user_usage(&self, user: &str) -> (u64, u64) {
-        self.registry
-            .iter()
-            .filter(|c| c.user == user)
-            .fold((0, 0), |(n, ch), c| {
-                (n + 1, ch + c.channels.load(Ordering::Relaxed) as u64)
-            })
-    }
-
-    /// Connections open to `vhost`.
-    pub fn vhost_connections(&self, vhost: &str) -> u64 {
-        self.registry.iter().filter(|c| c.vhost == vhost).count() as u64
-    }
-
-    /// Open a vhost's contents (recovering them in disk mode).
-    fn open_vhost(&self, name: &str) -> io::Result<Arc<VHost>> {
-        open_vhost(&self.config, name)
-    }
-
-    /// Create a vhost (its record must be in `auth` already). Idempotent.
-    pub async fn create_vhost(self: &Arc<Self>, name: &str) -> io::Result<()> {
-        let _g = self.vhost_lifecycle.lock().await;
-        if self.vhosts.contains_key(name) {
-            return Ok(());
-        }
-        let me = self.clone();
-        let owned = name.to_string();
-        let v = tokio::task::spawn_blocking(move || me.open_vhost(&owned))
-            .await
-            .map_err(io::Error::other)??;
-        self.vhosts.insert(name.to_string(), v);
-        Ok(())
-    }
-
-    /// Delete a vhost's contents: its connections are closed (RabbitMQ's text over HTTP "vhost 'v' is
-    /// deleted"), its queues deleted (consumers elsewhere are cancelled), its files removed.
-    pub async fn delete_vhost(self: &Arc<Self>, name: &str) {
-        let _g = self.vhost_lifecycle.lock().await;
-        let Some((_, v)) = self.vhosts.remove(name) else {
-            return;
-        };
-        self.force_close(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
-        v.delete_everything();
-        if let Some(log) = v.log().cloned() {
-            let _ = tokio::task::spawn_blocking(move || log.close()).await;
-        }
-        if let Some(dir) = v.dir().map(|d| d.to_path_buf()) {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        }
-        info!(vhost = %name, "vhost deleted");
-    }
-}
-
-fn open_vhost(config: &Config, name: &str) -> io::Result<Arc<VHost>> {
-    Ok(match config.storage.mode {
-        StorageMode::Memory => Arc::new(VHost::new(name)),
-        StorageMode::Disk => {
-            let started = std::time::Instant::now();
-            let (v, n) = VHost::open(name, &config.data_dir, &config.storage)?;
-            info!(vhost = %name, messages = n, elapsed = ?started.elapsed(), "recovered vhost");
-            v
-        }
-    })
-}
 
 /// A running broker. Dropping it does not stop the broker; call [`Broker::shutdown`].
 pub struct Broker {
@@ -222,27 +43,9 @@ impl Broker {
         let auth = crate::auth::Auth::open(&config)?;
         let vhosts = DashMap::new();
         for name in auth.snapshot().vhosts.keys() {
-            vhosts.insert(name.clone(), open_vhost(&config, name)?);
+            vhosts.insert(name.clone(), crate::state::open_vhost(&config, name)?);
         }
-        let config_max_handshakes = config.limits.max_handshakes;
-        let state = Arc::new(BrokerState {
-            config: Arc::new(config),
-            vhosts,
-            shutdown: CancellationToken::new(),
-            alarms: tokio::sync::watch::Sender::new(Alarms::default()),
-            disk_free: AtomicU64::new(u64::MAX),
-            next_connection_id: AtomicU64::new(0),
-            open_connections: AtomicU64::new(0),
-            buffered: AtomicU64::new(0),
-            handshakes: Arc::new(tokio::sync::Semaphore::new(config_max_handshakes as usize)),
-            login_failures: Default::default(),
-            delayed_refusals: Arc::new(tokio::sync::Semaphore::new(
-                connection::admission::MAX_DELAYED_REFUSALS,
-            )),
-            auth,
-            registry: DashMap::new(),
-            vhost_lifecycle: tokio::sync::Mutex::new(()),
-        });
+        let state = Arc::new(BrokerState::new(config, vhosts, auth));
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();
         if limit > 0 {
@@ -456,27 +259,6 @@ async fn disk_monitor(state: Arc<BrokerState>, limit: u64) {
     }
 }
 
-/// Free bytes available to the broker on the filesystem holding `dir` (`statvfs`).
-pub fn disk_free(dir: &std::path::Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: a NUL-terminated path and a zeroed statvfs the call fills in.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
-/// Bytes allocated on the heap by jemalloc (0 if its statistics cannot be read).
-pub fn heap_allocated() -> u64 {
-    use tikv_jemalloc_ctl::{epoch, stats};
-    if epoch::advance().is_err() {
-        return 0;
-    }
-    stats::allocated::read().map_or(0, |n| n as u64)
-}
-
 /// Places for connections, shared by the AMQP and AMQPS listeners (`None`: no limit).
 type Slots = Option<Arc<tokio::sync::Semaphore>>;
 
@@ -523,20 +305,5 @@ async fn accept_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Alarms;
-
-    #[test]
-    fn blocked_reasons_are_rabbitmqs() {
-        // Recorded from RabbitMQ 3.10.8 (pika's blocked callback, alarms set with rabbitmqctl).
-        let a = |memory, disk| Alarms { memory, disk }.reason();
-        assert_eq!(a(true, false), "low on memory");
-        assert_eq!(a(false, true), "low on disk");
-        assert_eq!(a(true, true), "low on disk & memory");
-        assert!(!Alarms::default().any());
     }
 }

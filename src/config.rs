@@ -197,6 +197,22 @@ pub fn physical_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// When a confirm may be sent for a persistent message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncPolicy {
+    /// After `fdatasync` (group commit).
+    #[default]
+    Confirm,
+    /// Sync every `sync_interval_ms`; confirm at once.
+    Interval,
+    /// Never sync explicitly (throw-away brokers).
+    Never,
+}
+
+/// The default size of a message log segment (64 MiB).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Where durable state goes.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -216,7 +232,7 @@ pub struct Storage {
     pub mode: StorageMode,
     /// When persistent messages are confirmed: `confirm` (after fdatasync, group commit),
     /// `interval` (sync every `sync_interval_ms`, confirm at once), `never`.
-    pub sync: crate::store::log::SyncPolicy,
+    pub sync: SyncPolicy,
     /// Sync period for `sync = "interval"`.
     pub sync_interval_ms: u64,
     /// Memory (message bodies and properties, plus 256 bytes each) a durable queue keeps for
@@ -232,10 +248,10 @@ impl Default for Storage {
     fn default() -> Self {
         Storage {
             mode: StorageMode::Disk,
-            sync: crate::store::log::SyncPolicy::Confirm,
+            sync: SyncPolicy::Confirm,
             sync_interval_ms: 200,
             queue_memory_bytes: 8 * 1024 * 1024,
-            segment_bytes: crate::store::log::SEGMENT_SIZE,
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
         }
     }
 }

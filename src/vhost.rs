@@ -203,7 +203,7 @@ impl VHost {
             });
             let expires = args.expires;
             let log = v.store.as_ref().map(|s| s.log.clone());
-            let queue = Arc::new(Queue::new(name, Arc::downgrade(&v), q, args, None, log));
+            let queue = Arc::new(Queue::new(name, router(&v), q, args, None, log));
             if let Some(ms) = expires {
                 spawn_expiry(
                     Arc::downgrade(&v),
@@ -582,7 +582,7 @@ impl VHost {
                     t.record(crate::store::journal::Change::PutQueue { queue: def.clone() });
                 }
                 let q = Arc::new(
-                    Queue::new(&self.name, Arc::downgrade(self), def, args, owner, log)
+                    Queue::new(&self.name, router(self), def, args, owner, log)
                         .with_spool(self.log().cloned()),
                 );
                 v.insert(q.clone());
@@ -793,6 +793,28 @@ impl VHost {
         for q in doomed {
             self.remove_queue(&q);
         }
+    }
+}
+
+/// The vhost as its queues see it (for dead-lettering).
+fn router(v: &Arc<VHost>) -> std::sync::Weak<dyn crate::queue::Router> {
+    let w: std::sync::Weak<VHost> = Arc::downgrade(v);
+    w
+}
+
+impl crate::queue::Router for VHost {
+    fn route_from(
+        &self,
+        exchange: &str,
+        keys: &[&[u8]],
+        headers: Option<&FieldTable>,
+    ) -> Option<Vec<Arc<Queue>>> {
+        let x = self.exchange(exchange).ok()?;
+        Some(self.route(&x, keys, headers))
+    }
+
+    fn enqueue(&self, queues: &[Arc<Queue>], msg: crate::message::Message) {
+        self.publish_to(queues, msg, None);
     }
 }
 

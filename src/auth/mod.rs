@@ -12,6 +12,7 @@
 //! Knows nothing of AMQP frames or HTTP: the channel and the management API turn refusals into
 //! their own errors.
 
+pub mod admission;
 pub mod password;
 pub mod perms;
 

@@ -2,9 +2,9 @@
 //! from queues (delivery tags, unacked bookkeeping), and server-side cancels.
 
 use super::Channel;
+use super::ConnCtx;
 use super::delivery::Unacked;
 use crate::args::{as_int, type_name};
-use crate::connection::ConnCtx;
 use crate::protocol::AmqpError;
 use crate::protocol::codec::{put_basic_deliver, put_content};
 use crate::queue::consumer::{Consumer, Delivery};

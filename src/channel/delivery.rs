@@ -2,7 +2,7 @@
 //! `basic.ack` / `nack` / `reject` with RabbitMQ's `multiple` and unknown-tag rules.
 
 use super::Channel;
-use crate::connection::ConnCtx;
+use super::ConnCtx;
 use crate::protocol::AmqpError;
 use crate::protocol::codec::{put_basic_get_ok, put_content};
 use crate::queue::Queue;

@@ -3,11 +3,11 @@
 //! methods. Never awaits; effects are frames queued on the [`ConnCtx`] and calls into the vhost.
 
 mod consume;
+mod context;
 mod delivery;
 mod publish;
 mod topology;
 
-use crate::connection::{ConnCtx, Fault, decode_method};
 use crate::protocol::AmqpError;
 use crate::protocol::codec::Frame;
 use crate::protocol::method::{Method, Publish};
@@ -17,6 +17,7 @@ use amq_protocol::protocol::{
     AMQPClass, basic, channel as chan, confirm, exchange as ex, queue as qu, tx,
 };
 use bytes::{Bytes, BytesMut};
+pub use context::{ConnCtx, Fault, decode_method};
 use delivery::{Settle, Unacked};
 use std::collections::HashMap;
 use std::collections::VecDeque;

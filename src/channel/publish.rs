@@ -2,8 +2,8 @@
 //! `basic.return` for unroutable mandatory messages, and enqueueing one shared `Arc<Message>`.
 
 use super::Channel;
+use super::ConnCtx;
 use crate::args::as_str_bytes;
-use crate::connection::ConnCtx;
 use crate::message::Message;
 use crate::protocol::AmqpError;
 use crate::protocol::codec::{encode_properties, put_basic_return, put_content};

@@ -2,8 +2,8 @@
 //! [`VHost`](crate::vhost::VHost) calls, `nowait`, and the `-ok` replies.
 
 use super::Channel;
+use super::ConnCtx;
 use crate::auth::perms::Perm;
-use crate::connection::ConnCtx;
 use crate::exchange::{BindingDef, Destination, ExchangeDef, ExchangeKind};
 use crate::protocol::AmqpError;
 use crate::queue::QueueDef;

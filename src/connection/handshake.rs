@@ -3,10 +3,10 @@
 
 use super::writer::Outbound;
 use super::{ConnCtx, Reader};
-use crate::broker::BrokerState;
 use crate::protocol::codec::{CodecError, FRAME_MIN_SIZE, Frame, FrameCodec, put_method};
 use crate::protocol::method::{self, Method};
 use crate::protocol::{AmqpError, sasl};
+use crate::state::BrokerState;
 use amq_protocol::protocol::{AMQPClass, connection as conn};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use bytes::{Bytes, BytesMut};

@@ -3,19 +3,16 @@
 //! and the close handshake; every [`AmqpError`] becomes a `channel.close` or `connection.close`
 //! here and nowhere else. Writes go through the [`writer`] task, one batch per loop turn.
 
-pub mod admission;
 mod handshake;
 pub mod writer;
 
-use crate::broker::BrokerState;
 use crate::channel::{Channel, ChannelState};
-use crate::protocol::codec::{CodecError, Frame, FrameCodec, put_heartbeat, put_method};
-use crate::protocol::method::{self, DecodeError, Method};
+use crate::protocol::codec::{CodecError, Frame, FrameCodec, put_heartbeat};
+use crate::protocol::method::Method;
 use crate::protocol::{AmqpError, ReplyCode};
 use crate::queue::consumer::{Backlog, ConnEvent, MAX_CONNECTION_BACKLOG};
-use crate::vhost::VHost;
+use crate::state::BrokerState;
 use amq_protocol::protocol::{AMQPClass, channel as chan, connection as conn};
-use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,6 +25,8 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 use writer::Outbound;
 
+pub use crate::channel::{ConnCtx, Fault, decode_method};
+
 /// How long to wait for `connection.close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Frames processed per loop turn before the batch is handed to the writer.
@@ -35,133 +34,6 @@ const MAX_FRAMES_PER_TURN: usize = 256;
 /// Output a loop turn may produce before it stops reading frames (the socket's backlog is
 /// checked between turns).
 const MAX_TURN_OUTPUT: usize = 1024 * 1024;
-
-/// Per-connection context shared by the channels of the connection.
-pub struct ConnCtx {
-    /// Broker-wide state.
-    pub broker: Arc<BrokerState>,
-    /// Connection id (unique for the broker's lifetime).
-    pub id: u64,
-    /// The client address.
-    pub peer: SocketAddr,
-    /// Authenticated user.
-    pub user: String,
-    /// The user's permissions in this vhost, compiled.
-    pub access: crate::auth::Access,
-    /// The vhost opened by `connection.open`.
-    pub vhost: Arc<VHost>,
-    /// Negotiated frame_max.
-    pub frame_max: u32,
-    /// Frames waiting to be handed to the writer at the end of this loop turn.
-    pub out: BytesMut,
-    /// Exclusive queues this connection declared (deleted when it closes).
-    pub exclusive_queues: Vec<Arc<crate::queue::Queue>>,
-    /// Where queues send deliveries for this connection's consumers.
-    pub events: mpsc::UnboundedSender<ConnEvent>,
-    /// Output backlog shared with queues and the writer.
-    pub backlog: Arc<Backlog>,
-    /// The client accepts server-sent `basic.cancel` (capability `consumer_cancel_notify`).
-    pub cancel_notify: bool,
-    /// The client accepts `connection.blocked` / `unblocked` (capability `connection.blocked`).
-    pub blocked_notify: bool,
-    /// A message was published in this loop turn (the memory alarm blocks publishers).
-    pub published: bool,
-    /// An exchange or queue method ran in this loop turn: before its replies go out, the
-    /// connection waits for the definitions journal to be synced (declare-ok means durable).
-    pub topology_changed: bool,
-    /// Channels that owe publisher confirms at the end of this loop turn.
-    pub confirms_dirty: Vec<u16>,
-    /// The clock of this loop turn, read at most once per turn ([`ConnCtx::now`]).
-    pub clock: Option<Instant>,
-    /// When to look for deliveries past their consumer timeout (the earliest deadline of a
-    /// delivery made since the last look; acks do not move it, a look finds the next one).
-    pub timeout_check: Option<Instant>,
-}
-
-impl ConnCtx {
-    /// RabbitMQ's permission check: `perm` on the `kind` ("queue" or "exchange") called `name`
-    /// (the default exchange is `amq.default`), refused with its 403 text.
-    #[inline]
-    pub fn check(
-        &mut self,
-        perm: crate::auth::perms::Perm,
-        kind: &str,
-        name: &str,
-    ) -> Result<(), AmqpError> {
-        // The common case (`.*`, nothing changed since the last check) costs one atomic load.
-        if self.access.allows_all(&self.broker.auth, perm) {
-            return Ok(());
-        }
-        self.check_slow(perm, kind, name)
-    }
-
-    #[cold]
-    fn check_slow(
-        &mut self,
-        perm: crate::auth::perms::Perm,
-        kind: &str,
-        name: &str,
-    ) -> Result<(), AmqpError> {
-        let name = if kind == "exchange" && name.is_empty() {
-            "amq.default"
-        } else {
-            name
-        };
-        if self.access.allows(&self.broker.auth, perm, name) {
-            return Ok(());
-        }
-        Err(AmqpError::access_refused(format!(
-            "access to {kind} '{name}' in vhost '{}' refused for user '{}'",
-            self.vhost.name, self.user
-        )))
-    }
-
-    /// A topic permission check on a routing key (only topic exchanges have them).
-    pub fn check_topic(
-        &mut self,
-        perm: crate::auth::perms::Perm,
-        exchange: &crate::exchange::Exchange,
-        routing_key: &str,
-    ) -> Result<(), AmqpError> {
-        if exchange.def.kind != crate::exchange::ExchangeKind::Topic
-            || !self.access.has_topic_permissions(&self.broker.auth)
-        {
-            return Ok(());
-        }
-        let x = exchange.def.name.as_str();
-        if self
-            .access
-            .allows_topic(&self.broker.auth, perm, x, routing_key)
-        {
-            return Ok(());
-        }
-        Err(AmqpError::access_refused(format!(
-            "access to topic '{routing_key}' in exchange '{x}' in vhost '{}' refused for user '{}'",
-            self.vhost.name, self.user
-        )))
-    }
-
-    /// The time of this loop turn: one clock read per turn, whatever the number of deliveries.
-    pub fn now(&mut self) -> Instant {
-        *self.clock.get_or_insert_with(Instant::now)
-    }
-
-    /// A delivery made at `at` with a consumer timeout of `timeout_ms` (0: none).
-    pub fn watch_timeout(&mut self, at: Instant, timeout_ms: u64) {
-        if timeout_ms == 0 {
-            return;
-        }
-        let deadline = at + Duration::from_millis(timeout_ms);
-        if self.timeout_check.is_none_or(|t| deadline < t) {
-            self.timeout_check = Some(deadline);
-        }
-    }
-
-    /// Queue a method frame.
-    pub fn send_method(&mut self, channel: u16, method: AMQPClass) {
-        put_method(&mut self.out, channel, method);
-    }
-}
 
 /// What the loop does after handling an input.
 #[derive(PartialEq, Eq)]
@@ -265,7 +137,7 @@ pub async fn serve(
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, "connection opened");
             broker.registry.insert(
                 id,
-                crate::broker::ConnInfo {
+                crate::state::ConnInfo {
                     user: c.ctx.user.clone(),
                     vhost: c.ctx.vhost.name.clone(),
                     peer,
@@ -344,7 +216,7 @@ struct Connection {
     /// The client sent `connection.close` (and was answered close-ok).
     client_closed: bool,
     /// The broker's resource alarms.
-    alarm: tokio::sync::watch::Receiver<crate::broker::Alarms>,
+    alarm: tokio::sync::watch::Receiver<crate::state::Alarms>,
     /// Not reading from the socket: the connection published during a memory alarm.
     blocked: bool,
     /// `connection.blocked` was sent (so `connection.unblocked` is owed).
@@ -491,32 +363,6 @@ async fn drain_until_eof(reader: Reader) {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
-}
-
-/// A fault raised while handling a frame.
-pub enum Fault {
-    /// Reply with `channel.close` (soft) or `connection.close` (hard).
-    Amqp(AmqpError),
-    /// Drop the socket without a close frame (RabbitMQ 3.10 does this for unknown methods).
-    Drop(String),
-}
-
-impl From<AmqpError> for Fault {
-    fn from(e: AmqpError) -> Self {
-        Fault::Amqp(e)
-    }
-}
-
-/// Decode a method frame's payload; unknown methods drop the socket.
-pub fn decode_method(
-    class_id: u16,
-    method_id: u16,
-    payload: &bytes::Bytes,
-) -> Result<Method, Fault> {
-    method::decode(class_id, method_id, payload).map_err(|e| match e {
-        DecodeError::Unknown => Fault::Drop(format!("unknown method {class_id}/{method_id}")),
-        DecodeError::Invalid(e) => Fault::Amqp(e),
-    })
 }
 
 impl Connection {

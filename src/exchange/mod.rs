@@ -8,94 +8,10 @@ pub mod topic;
 use crate::protocol::AmqpError;
 use amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Exchange types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExchangeKind {
-    /// Exact routing-key match.
-    Direct,
-    /// Every binding.
-    Fanout,
-    /// `*` / `#` patterns.
-    Topic,
-    /// Header matching.
-    Headers,
-}
-
-impl ExchangeKind {
-    /// Parse a type name from `exchange.declare`.
-    pub fn parse(s: &str) -> Option<ExchangeKind> {
-        Some(match s {
-            "direct" => ExchangeKind::Direct,
-            "fanout" => ExchangeKind::Fanout,
-            "topic" => ExchangeKind::Topic,
-            "headers" => ExchangeKind::Headers,
-            _ => return None,
-        })
-    }
-
-    /// The type name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ExchangeKind::Direct => "direct",
-            ExchangeKind::Fanout => "fanout",
-            ExchangeKind::Topic => "topic",
-            ExchangeKind::Headers => "headers",
-        }
-    }
-}
-
-/// What an exchange is, as declared (serde: this is what durability persists).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExchangeDef {
-    /// Name (`""` is the default exchange).
-    pub name: String,
-    /// Type.
-    pub kind: ExchangeKind,
-    /// Survives restarts.
-    pub durable: bool,
-    /// Deleted when its last binding goes.
-    pub auto_delete: bool,
-    /// Cannot be published to directly.
-    pub internal: bool,
-    /// Arguments (`alternate-exchange`).
-    pub arguments: FieldTable,
-}
-
-/// Where a binding leads.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Destination {
-    /// A queue, by name.
-    Queue(Arc<str>),
-    /// An exchange, by name (exchange-to-exchange binding).
-    Exchange(Arc<str>),
-}
-
-impl Destination {
-    /// The destination's name.
-    pub fn name(&self) -> &str {
-        match self {
-            Destination::Queue(n) | Destination::Exchange(n) => n,
-        }
-    }
-}
-
-/// A binding, as declared (serde).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct BindingDef {
-    /// Source exchange.
-    pub source: String,
-    /// Destination queue or exchange.
-    pub destination: Destination,
-    /// Binding key.
-    pub routing_key: String,
-    /// Binding arguments.
-    pub arguments: FieldTable,
-}
+pub use crate::defs::{BindingDef, Destination, ExchangeDef, ExchangeKind};
 
 /// Type-specific routing index.
 enum Index {

@@ -11,7 +11,7 @@ use crate::auth::perms::Permission;
 use crate::auth::{
     AuthData, PermissionDef, TopicPermissionDef, USER_LIMITS, UserDef, VHOST_LIMITS, VhostRecord,
 };
-use crate::broker::BrokerState;
+use crate::state::BrokerState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -14,8 +14,8 @@ mod definitions;
 
 use crate::args::as_int;
 use crate::auth::User;
-use crate::broker::BrokerState;
 use crate::queue::Queue;
+use crate::state::BrokerState;
 use crate::vhost::VHost;
 use amq_protocol::types::{AMQPValue, FieldTable};
 use axum::Router;
@@ -393,7 +393,7 @@ async fn nodes(State(state): State<Shared>) -> Response {
         "running": true,
         "mem_alarm": alarms.memory,
         "mem_limit": state.config.memory.limit(),
-        "mem_used": crate::broker::heap_allocated(),
+        "mem_used": crate::state::heap_allocated(),
         "disk_free_alarm": alarms.disk,
         "disk_free": if disk_free == u64::MAX { Value::Null } else { json!(disk_free) },
         "disk_free_limit": state.config.disk.limit(),

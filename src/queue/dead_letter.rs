@@ -380,19 +380,18 @@ fn publish_now(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) -> usize {
     let Some(vhost) = queue.vhost_ref.upgrade() else {
         return n;
     };
-    let Ok(x) = vhost.exchange(dlx) else {
-        tracing::debug!(queue = %queue.name, dlx = %dlx, "dead-letter exchange does not exist; messages dropped");
-        return n;
-    };
     for (e, reason) in entries {
         let (msg, keys, headers) = make_message(queue, &e.msg, reason, dlx);
         let key_refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
-        let targets: Vec<Arc<Queue>> = vhost
-            .route(&x, &key_refs, Some(&headers))
+        let Some(targets) = vhost.route_from(dlx, &key_refs, Some(&headers)) else {
+            tracing::debug!(queue = %queue.name, dlx = %dlx, "dead-letter exchange does not exist; messages dropped");
+            return n;
+        };
+        let targets: Vec<Arc<Queue>> = targets
             .into_iter()
             .filter(|q| reason == Reason::Rejected || !is_cycle(&q.name, &headers))
             .collect();
-        vhost.publish_to(&targets, msg, None);
+        vhost.enqueue(&targets, msg);
     }
     n
 }

@@ -24,25 +24,26 @@ use consumer::{ConnEvent, Consumer, Delivery};
 use dead_letter::Reason;
 use parking_lot::{Mutex, MutexGuard};
 use ready::Ready;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-/// What a queue is, as declared (serde: this is what durability persists).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueueDef {
-    /// Name.
-    pub name: String,
-    /// Survives restarts.
-    pub durable: bool,
-    /// Owned by one connection, deleted with it.
-    pub exclusive: bool,
-    /// Deleted when its last consumer goes.
-    pub auto_delete: bool,
-    /// Arguments, as declared.
-    pub arguments: amq_protocol::types::FieldTable,
+pub use crate::defs::QueueDef;
+
+/// Where a queue's dead letters are routed: its vhost, seen from below (the queue layer owns
+/// this interface so that it does not depend on the vhost that holds it).
+pub trait Router: Send + Sync {
+    /// The queues a message from `exchange` with these routing keys and headers reaches;
+    /// `None` when the exchange does not exist.
+    fn route_from(
+        &self,
+        exchange: &str,
+        keys: &[&[u8]],
+        headers: Option<&amq_protocol::types::FieldTable>,
+    ) -> Option<Vec<Arc<Queue>>>;
+    /// Enqueue `msg` on `queues` (persisting it where they are durable).
+    fn enqueue(&self, queues: &[Arc<Queue>], msg: Message);
 }
 
 /// A message in a queue.
@@ -123,7 +124,7 @@ pub struct Queue {
     /// Vhost name.
     pub vhost: Arc<str>,
     /// The vhost (for dead-lettering).
-    pub vhost_ref: Weak<crate::vhost::VHost>,
+    pub vhost_ref: Weak<dyn Router>,
     /// The definition.
     pub def: QueueDef,
     /// Parsed arguments.
@@ -149,7 +150,7 @@ impl Queue {
     /// A new empty queue.
     pub fn new(
         vhost: &str,
-        vhost_ref: Weak<crate::vhost::VHost>,
+        vhost_ref: Weak<dyn Router>,
         def: QueueDef,
         args: QueueArgs,
         owner: Option<u64>,
@@ -753,7 +754,7 @@ mod tests {
         };
         Arc::new(Queue::new(
             "/",
-            std::sync::Weak::new(),
+            std::sync::Weak::<crate::vhost::VHost>::new(),
             def,
             QueueArgs::default(),
             None,

@@ -13,8 +13,8 @@
 
 use super::Definitions;
 use super::record::{self, HEADER};
-use crate::exchange::{BindingDef, Destination, ExchangeDef};
-use crate::queue::QueueDef;
+use crate::defs::QueueDef;
+use crate::defs::{BindingDef, Destination, ExchangeDef};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -190,7 +190,7 @@ pub fn replay(dir: &Path, defs: Definitions) -> io::Result<Replayed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::ExchangeKind;
+    use crate::defs::ExchangeKind;
 
     fn queue(name: &str) -> QueueDef {
         QueueDef {

@@ -41,25 +41,14 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Default size at which a new segment file is started.
-pub const SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+pub const SEGMENT_SIZE: u64 = crate::config::DEFAULT_SEGMENT_BYTES;
 
 /// The segment holding a location.
 pub fn segment_of(loc: u64) -> u64 {
     loc >> 32
 }
 
-/// When a confirm may be sent for a persistent message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncPolicy {
-    /// After `fdatasync` (group commit).
-    #[default]
-    Confirm,
-    /// Sync every `sync_interval_ms`; confirm at once.
-    Interval,
-    /// Never sync explicitly (throw-away brokers).
-    Never,
-}
+pub use crate::config::SyncPolicy;
 
 /// Called once the records it was attached to are durable (per the policy) with `true`, or
 /// with `false` if they could not be written (the publish must be nacked, never confirmed).

@@ -8,8 +8,8 @@ pub mod record;
 mod recovery;
 mod writer;
 
-use crate::exchange::{BindingDef, ExchangeDef};
-use crate::queue::QueueDef;
+use crate::defs::QueueDef;
+use crate::defs::{BindingDef, ExchangeDef};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,107 @@
+//! Definitions: what an exchange, a queue and a binding are, as declared (names, flags,
+//! arguments). Plain serde data with no behaviour, below every layer that keeps or acts on
+//! them: the store persists them, `exchange` and `queue` build their runtime state from them.
+
+use amq_protocol::types::FieldTable;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Exchange types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeKind {
+    /// Exact routing-key match.
+    Direct,
+    /// Every binding.
+    Fanout,
+    /// `*` / `#` patterns.
+    Topic,
+    /// Header matching.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// Parse a type name from `exchange.declare`.
+    pub fn parse(s: &str) -> Option<ExchangeKind> {
+        Some(match s {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            _ => return None,
+        })
+    }
+
+    /// The type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+/// What an exchange is, as declared (serde: this is what durability persists).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeDef {
+    /// Name (`""` is the default exchange).
+    pub name: String,
+    /// Type.
+    pub kind: ExchangeKind,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Cannot be published to directly.
+    pub internal: bool,
+    /// Arguments (`alternate-exchange`).
+    pub arguments: FieldTable,
+}
+
+/// Where a binding leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Destination {
+    /// A queue, by name.
+    Queue(Arc<str>),
+    /// An exchange, by name (exchange-to-exchange binding).
+    Exchange(Arc<str>),
+}
+
+impl Destination {
+    /// The destination's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(n) | Destination::Exchange(n) => n,
+        }
+    }
+}
+
+/// A binding, as declared (serde).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindingDef {
+    /// Source exchange.
+    pub source: String,
+    /// Destination queue or exchange.
+    pub destination: Destination,
+    /// Binding key.
+    pub routing_key: String,
+    /// Binding arguments.
+    pub arguments: FieldTable,
+}
+
+/// What a queue is, as declared (serde: this is what durability persists).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueDef {
+    /// Name.
+    pub name: String,
+    /// Survives restarts.
+    pub durable: bool,
+    /// Owned by one connection, deleted with it.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Arguments, as declared.
+    pub arguments: FieldTable,
+}
