@@ -10,15 +10,14 @@
 //! producers against an in-process server that discards everything, measuring the tool's own
 //! publish ceiling.
 
-#[path = "warren_perf/client.rs"]
 mod client;
-#[path = "warren_perf/consumer.rs"]
+
 mod consumer;
-#[path = "warren_perf/peer.rs"]
+
 mod peer;
-#[path = "warren_perf/producer.rs"]
+
 mod producer;
-#[path = "warren_perf/stats.rs"]
+
 mod stats;
 
 use amq_protocol::protocol::{AMQPClass, exchange, queue};

@@ -2,8 +2,6 @@
 //! manual acks with confirms, fanout) and the verifier's own check against the tool's
 //! in-process fake broker, which loses or duplicates every 100th delivery on request.
 
-mod common;
-
 use std::process::Output;
 use std::time::Duration;
 
@@ -50,7 +48,9 @@ fn verdict(json: &str) -> &str {
 
 /// Run against a fresh in-process Warren.
 async fn against_warren(extra: &[&str]) -> (i32, String) {
-    let b = common::start().await;
+    let b = warren::Broker::start(warren::Config::for_tests())
+        .await
+        .expect("broker starts");
     let uri = format!("amqp://guest:guest@{}/%2f", b.local_addr());
     let mut args = vec!["--uri", uri.as_str(), "--count", "2000", "--json"];
     args.extend_from_slice(extra);
