@@ -5,7 +5,7 @@ use crate::protocol::AmqpError;
 use amq_protocol::types::{AMQPValue, FieldTable};
 
 /// RabbitMQ's name for a field type (`rabbit_binary_parser` / `rabbit_misc`).
-pub fn type_name(v: &AMQPValue) -> &'static str {
+pub(crate) fn type_name(v: &AMQPValue) -> &'static str {
     match v {
         AMQPValue::Boolean(_) => "bool",
         AMQPValue::ShortShortInt(_) => "byte",
@@ -28,7 +28,7 @@ pub fn type_name(v: &AMQPValue) -> &'static str {
 }
 
 /// The integer in an integer-typed value (RabbitMQ's `?INTEGER_ARG_TYPES`).
-pub fn as_int(v: &AMQPValue) -> Option<i64> {
+pub(crate) fn as_int(v: &AMQPValue) -> Option<i64> {
     Some(match v {
         AMQPValue::ShortShortInt(i) => *i as i64,
         AMQPValue::ShortShortUInt(i) => *i as i64,
@@ -42,7 +42,7 @@ pub fn as_int(v: &AMQPValue) -> Option<i64> {
 }
 
 /// The bytes of a string value.
-pub fn as_str_bytes(v: &AMQPValue) -> Option<&[u8]> {
+pub(crate) fn as_str_bytes(v: &AMQPValue) -> Option<&[u8]> {
     match v {
         AMQPValue::LongString(s) => Some(s.as_bytes()),
         AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
@@ -51,7 +51,7 @@ pub fn as_str_bytes(v: &AMQPValue) -> Option<&[u8]> {
 }
 
 /// The string in a string value, lossily decoded.
-pub fn as_string(v: &AMQPValue) -> Option<String> {
+pub(crate) fn as_string(v: &AMQPValue) -> Option<String> {
     as_str_bytes(v).map(|b| String::from_utf8_lossy(b).into_owned())
 }
 
@@ -66,7 +66,7 @@ fn type_class(v: &AMQPValue) -> &'static str {
 }
 
 /// Erlang `==` on field values: integers compare by value whatever their width, floats too.
-pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
+pub(crate) fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
     if let (Some(x), Some(y)) = (as_int(a), as_int(b)) {
         return x == y;
     }
@@ -93,7 +93,7 @@ pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
 }
 
 /// Format a value as RabbitMQ does in error texts (`~s` for binaries, `~p` otherwise).
-pub fn format_value(v: &AMQPValue) -> String {
+pub(crate) fn format_value(v: &AMQPValue) -> String {
     match v {
         AMQPValue::Boolean(b) => b.to_string(),
         AMQPValue::Float(f) => format!("{f:e}"),
@@ -115,7 +115,7 @@ fn describe(v: Option<&AMQPValue>) -> String {
 }
 
 /// RabbitMQ's `assert_args_equivalence` over `keys`: a 406 naming the first differing key.
-pub fn assert_equivalent(
+pub(crate) fn assert_equivalent(
     current: &FieldTable,
     received: &FieldTable,
     keys: &[&str],
@@ -140,7 +140,7 @@ pub fn assert_equivalent(
 }
 
 /// The same check for a boolean flag (`durable`, `auto_delete`, ...).
-pub fn assert_flag(
+pub(crate) fn assert_flag(
     name: &str,
     current: bool,
     received: bool,
@@ -155,7 +155,7 @@ pub fn assert_flag(
 }
 
 /// `exchange 'x' in vhost '/'` (RabbitMQ's `rabbit_misc:rs/1`).
-pub fn rs(kind: &str, name: &str, vhost: &str) -> String {
+pub(crate) fn rs(kind: &str, name: &str, vhost: &str) -> String {
     format!("{kind} '{name}' in vhost '{vhost}'")
 }
 

@@ -4,21 +4,26 @@
 //! → consumers → socket. The broker is a library: `main.rs` and the tests start it with
 //! [`Broker::start`].
 
-pub mod args;
-pub mod auth;
+#![warn(unreachable_pub)]
+
+// The public surface: what the binary, the tests, the fuzz targets and the load generator
+// use (starting a broker, its configuration and state, the codec, the store's formats, the
+// topology types). The protocol layers above the vhost are internal.
+pub(crate) mod args;
+pub(crate) mod auth;
 pub mod broker;
-pub mod channel;
+pub(crate) mod channel;
 pub mod config;
-pub mod connection;
+pub(crate) mod connection;
 pub mod defs;
 pub mod exchange;
-pub mod management;
+pub(crate) mod management;
 pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod state;
 pub mod store;
-pub mod tls;
+pub(crate) mod tls;
 pub mod vhost;
 
 pub use broker::Broker;

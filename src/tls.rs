@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 
 /// Build the acceptor for `tls` (files are read now: a bad file fails the start).
-pub fn acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
+pub(crate) fn acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         io::Error::new(io::ErrorKind::InvalidInput, format!("tls.{what}: {e}"))
     };
@@ -71,7 +71,7 @@ pub fn acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
 }
 
 /// The common name of the (verified) client certificate of a TLS connection.
-pub fn peer_common_name(conn: &rustls::ServerConnection) -> Option<String> {
+pub(crate) fn peer_common_name(conn: &rustls::ServerConnection) -> Option<String> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let cn = parsed.subject().iter_common_name().next()?;
@@ -80,7 +80,7 @@ pub fn peer_common_name(conn: &rustls::ServerConnection) -> Option<String> {
 
 /// A TLS listener for the management API: TCP accepts, and TLS handshakes run concurrently
 /// (at most `MAX_PENDING`, each within `timeout`) so a slow client delays no one else.
-pub struct HttpsListener {
+pub(crate) struct HttpsListener {
     rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
     local: SocketAddr,
 }
@@ -89,7 +89,7 @@ const MAX_PENDING: usize = 256;
 
 impl HttpsListener {
     /// Start accepting on `listener` with `acceptor`; stops when `shutdown` is cancelled.
-    pub fn new(
+    pub(crate) fn new(
         listener: TcpListener,
         acceptor: TlsAcceptor,
         timeout: Duration,

@@ -781,19 +781,6 @@ impl VHost {
     pub fn dir(&self) -> Option<&std::path::Path> {
         self.store.as_ref().map(|s| s.dir.as_path())
     }
-
-    /// Delete the exclusive queues of a closed connection.
-    pub fn drop_exclusive(&self, conn: u64) {
-        let doomed: Vec<Arc<Queue>> = self
-            .queues
-            .iter()
-            .filter(|q| q.owner == Some(conn))
-            .map(|q| q.clone())
-            .collect();
-        for q in doomed {
-            self.remove_queue(&q);
-        }
-    }
 }
 
 /// The vhost as its queues see it (for dead-lettering).

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// Refusals waiting out their delay at once (each holds a socket); past it, refusals are
 /// answered at once.
-pub const MAX_DELAYED_REFUSALS: usize = 256;
+pub(crate) const MAX_DELAYED_REFUSALS: usize = 256;
 
 /// Failed logins from one address within [`FAILURE_WINDOW`] that are answered at once.
 const FREE_FAILURES: u32 = 5;

@@ -12,9 +12,9 @@
 //! Knows nothing of AMQP frames or HTTP: the channel and the management API turn refusals into
 //! their own errors.
 
-pub mod admission;
-pub mod password;
-pub mod perms;
+pub(crate) mod admission;
+pub(crate) mod password;
+pub(crate) mod perms;
 
 use crate::config::{Config, StorageMode};
 use parking_lot::{Mutex, RwLock};
@@ -28,15 +28,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The file under `data_dir` holding users, vhosts and permissions.
-pub const AUTH_FILE: &str = "auth.json";
+pub(crate) const AUTH_FILE: &str = "auth.json";
 
 /// Tags that let a user into the management API.
 const MANAGEMENT_TAGS: &[&str] = &["management", "policymaker", "monitoring", "administrator"];
 
 /// Limit keys RabbitMQ accepts per vhost.
-pub const VHOST_LIMITS: &[&str] = &["max-connections", "max-queues"];
+pub(crate) const VHOST_LIMITS: &[&str] = &["max-connections", "max-queues"];
 /// Limit keys RabbitMQ accepts per user.
-pub const USER_LIMITS: &[&str] = &["max-connections", "max-channels"];
+pub(crate) const USER_LIMITS: &[&str] = &["max-connections", "max-channels"];
 
 /// A user of the internal backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +106,7 @@ impl VhostRecord {
 }
 
 /// Tags as RabbitMQ accepts them: a comma-separated string or a list.
-pub fn tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Tags {
@@ -121,7 +121,7 @@ pub fn tags<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Er
 }
 
 /// `"a, b"` → `["a", "b"]`.
-pub fn split_tags(s: &str) -> Vec<String> {
+pub(crate) fn split_tags(s: &str) -> Vec<String> {
     s.split(',')
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
@@ -129,7 +129,7 @@ pub fn split_tags(s: &str) -> Vec<String> {
 }
 
 /// Check a limits object as RabbitMQ validates it (the texts are its management API's).
-pub fn validate_limits(
+pub(crate) fn validate_limits(
     allowed: &[&str],
     value: &serde_json::Value,
 ) -> Result<BTreeMap<String, i64>, String> {
@@ -200,7 +200,7 @@ impl AuthData {
 
 /// A user as RabbitMQ's definitions (and `GET /api/users`) show it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct UserDef {
+pub(crate) struct UserDef {
     /// Login name.
     pub name: String,
     /// Base64 salt ++ digest (empty: no password).
@@ -219,7 +219,7 @@ pub struct UserDef {
 
 /// A permission as RabbitMQ's definitions show it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PermissionDef {
+pub(crate) struct PermissionDef {
     /// The user.
     pub user: String,
     /// The vhost.
@@ -259,7 +259,7 @@ struct AuthFile {
 
 impl UserDef {
     /// The stored user (the hash decoded).
-    pub fn to_user(&self) -> Result<User, String> {
+    pub(crate) fn to_user(&self) -> Result<User, String> {
         Ok(User {
             name: self.name.clone(),
             hash: PasswordHash::from_base64(self.hashing_algorithm, &self.password_hash)
@@ -270,7 +270,7 @@ impl UserDef {
     }
 
     /// The definition of a stored user.
-    pub fn of(u: &User) -> UserDef {
+    pub(crate) fn of(u: &User) -> UserDef {
         UserDef {
             name: u.name.clone(),
             password_hash: u.hash.to_base64(),
@@ -283,7 +283,7 @@ impl UserDef {
 
 impl PermissionDef {
     /// Compile the patterns.
-    pub fn to_permission(&self) -> Result<Permission, String> {
+    pub(crate) fn to_permission(&self) -> Result<Permission, String> {
         Ok(Permission {
             configure: perms::Pattern::new(&self.configure)?,
             write: perms::Pattern::new(&self.write)?,
@@ -536,7 +536,7 @@ fn save(path: &Path, data: &AuthData) -> io::Result<()> {
 
 /// A connection's view of its user's rights in its vhost, compiled, reloaded when the backend
 /// changes (one atomic load per check otherwise).
-pub struct Access {
+pub(crate) struct Access {
     /// The user.
     pub user: Arc<User>,
     vhost: String,
@@ -549,7 +549,7 @@ pub struct Access {
 
 impl Access {
     /// The view of `user` in `vhost`.
-    pub fn new(auth: &Auth, user: Arc<User>, vhost: &str) -> Access {
+    pub(crate) fn new(auth: &Auth, user: Arc<User>, vhost: &str) -> Access {
         let mut a = Access {
             user,
             vhost: vhost.to_string(),
@@ -598,7 +598,7 @@ impl Access {
     /// Whether `perm` is granted on every name, with nothing changed since the view was made
     /// (false does not mean refused: ask [`Access::allows`]).
     #[inline]
-    pub fn allows_all(&self, auth: &Auth, perm: Perm) -> bool {
+    pub(crate) fn allows_all(&self, auth: &Auth, perm: Perm) -> bool {
         auth.generation() == self.generation
             && self.all[match perm {
                 Perm::Configure => 0,
@@ -609,14 +609,20 @@ impl Access {
 
     /// Whether `perm` is granted on the resource `name` (the default exchange is checked as
     /// `amq.default`, as RabbitMQ does).
-    pub fn allows(&mut self, auth: &Auth, perm: Perm, name: &str) -> bool {
+    pub(crate) fn allows(&mut self, auth: &Auth, perm: Perm, name: &str) -> bool {
         self.fresh(auth);
         self.perm.as_ref().is_some_and(|p| p.allows(perm, name))
     }
 
     /// Whether a routing key may be used on a topic exchange (true when the user has no topic
     /// permission for it, as RabbitMQ).
-    pub fn allows_topic(&mut self, auth: &Auth, perm: Perm, exchange: &str, key: &str) -> bool {
+    pub(crate) fn allows_topic(
+        &mut self,
+        auth: &Auth,
+        perm: Perm,
+        exchange: &str,
+        key: &str,
+    ) -> bool {
         self.fresh(auth);
         match self.topics.iter().find(|(x, _)| x == exchange) {
             None => true,
@@ -625,7 +631,7 @@ impl Access {
     }
 
     /// Whether the user has any topic permission (the publish path skips the lookup if not).
-    pub fn has_topic_permissions(&mut self, auth: &Auth) -> bool {
+    pub(crate) fn has_topic_permissions(&mut self, auth: &Auth) -> bool {
         self.fresh(auth);
         !self.topics.is_empty()
     }

@@ -186,7 +186,7 @@ impl Channel {
 
     /// The queue of a consumer was deleted: forget it, and tell the client if it asked for
     /// `consumer_cancel_notify`.
-    pub fn server_cancel(&mut self, ctx: &mut ConnCtx, tag: &Arc<str>) {
+    pub(crate) fn server_cancel(&mut self, ctx: &mut ConnCtx, tag: &Arc<str>) {
         if self.consumers.remove(tag).is_some() && ctx.cancel_notify {
             ctx.send_method(
                 self.id,
@@ -218,7 +218,7 @@ impl Channel {
     }
 
     /// A delivery from a queue: assign a tag, remember it unless no-ack, write the frames.
-    pub fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery) {
+    pub(crate) fn deliver(&mut self, ctx: &mut ConnCtx, d: Delivery) {
         let size = delivery_size(&d.entry);
         ctx.backlog.events.fetch_sub(size, Ordering::Relaxed);
         let current = self
@@ -260,7 +260,7 @@ impl Channel {
     }
 
     /// Ask the queues of this channel's consumers to deliver (credit was freed).
-    pub fn redispatch(&self) {
+    pub(crate) fn redispatch(&self) {
         for (_, q) in self.consumers.values() {
             q.dispatch();
         }

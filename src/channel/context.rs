@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Per-connection context shared by the channels of the connection.
-pub struct ConnCtx {
+pub(crate) struct ConnCtx {
     /// Broker-wide state.
     pub broker: Arc<BrokerState>,
     /// Connection id (unique for the broker's lifetime).
@@ -63,7 +63,7 @@ impl ConnCtx {
     /// RabbitMQ's permission check: `perm` on the `kind` ("queue" or "exchange") called `name`
     /// (the default exchange is `amq.default`), refused with its 403 text.
     #[inline]
-    pub fn check(
+    pub(crate) fn check(
         &mut self,
         perm: crate::auth::perms::Perm,
         kind: &str,
@@ -98,7 +98,7 @@ impl ConnCtx {
     }
 
     /// A topic permission check on a routing key (only topic exchanges have them).
-    pub fn check_topic(
+    pub(crate) fn check_topic(
         &mut self,
         perm: crate::auth::perms::Perm,
         exchange: &crate::exchange::Exchange,
@@ -123,12 +123,12 @@ impl ConnCtx {
     }
 
     /// The time of this loop turn: one clock read per turn, whatever the number of deliveries.
-    pub fn now(&mut self) -> Instant {
+    pub(crate) fn now(&mut self) -> Instant {
         *self.clock.get_or_insert_with(Instant::now)
     }
 
     /// A delivery made at `at` with a consumer timeout of `timeout_ms` (0: none).
-    pub fn watch_timeout(&mut self, at: Instant, timeout_ms: u64) {
+    pub(crate) fn watch_timeout(&mut self, at: Instant, timeout_ms: u64) {
         if timeout_ms == 0 {
             return;
         }
@@ -139,13 +139,13 @@ impl ConnCtx {
     }
 
     /// Queue a method frame.
-    pub fn send_method(&mut self, channel: u16, method: AMQPClass) {
+    pub(crate) fn send_method(&mut self, channel: u16, method: AMQPClass) {
         put_method(&mut self.out, channel, method);
     }
 }
 
 /// A fault raised while handling a frame.
-pub enum Fault {
+pub(crate) enum Fault {
     /// Reply with `channel.close` (soft) or `connection.close` (hard).
     Amqp(AmqpError),
     /// Drop the socket without a close frame (RabbitMQ 3.10 does this for unknown methods).
@@ -159,7 +159,7 @@ impl From<AmqpError> for Fault {
 }
 
 /// Decode a method frame's payload; unknown methods drop the socket.
-pub fn decode_method(
+pub(crate) fn decode_method(
     class_id: u16,
     method_id: u16,
     payload: &bytes::Bytes,

@@ -10,7 +10,7 @@ use amq_protocol::protocol::{AMQPClass, basic};
 use std::sync::Arc;
 
 /// A delivered, not yet acknowledged message.
-pub struct Unacked {
+pub(super) struct Unacked {
     /// Delivery tag on this channel.
     pub tag: u64,
     /// Queue it came from.
@@ -26,7 +26,7 @@ pub struct Unacked {
 impl Unacked {
     /// Its consumer timeout in ms (0: none): the consumer's, or for `basic.get` the queue's
     /// or the broker's.
-    pub fn timeout(&self, broker_default: u64) -> u64 {
+    pub(super) fn timeout(&self, broker_default: u64) -> u64 {
         match &self.consumer {
             Some(c) => c.timeout,
             None => self.queue.args.consumer_timeout.unwrap_or(broker_default),
@@ -36,7 +36,7 @@ impl Unacked {
 
 /// What to do with acknowledged messages.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(super) enum Settle {
     /// `basic.ack`.
     Ack,
     /// `nack`/`reject` with requeue.
@@ -117,7 +117,10 @@ impl Channel {
 
     /// RabbitMQ's consumer timeout looks at the oldest unacked delivery only: its deadline,
     /// and its timeout in ms, if it has one.
-    pub fn oldest_deadline(&self, broker_default: u64) -> Option<(tokio::time::Instant, u64)> {
+    pub(crate) fn oldest_deadline(
+        &self,
+        broker_default: u64,
+    ) -> Option<(tokio::time::Instant, u64)> {
         let u = self.unacked.front()?;
         match u.timeout(broker_default) {
             0 => None,

@@ -17,17 +17,17 @@ use amq_protocol::protocol::{
     AMQPClass, basic, channel as chan, confirm, exchange as ex, queue as qu, tx,
 };
 use bytes::{Bytes, BytesMut};
-pub use context::{ConnCtx, Fault, decode_method};
+pub(crate) use context::{ConnCtx, Fault, decode_method};
 use delivery::{Settle, Unacked};
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-pub use topology::generated_name;
+pub(crate) use topology::generated_name;
 
 /// Whether the channel can be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChannelState {
+pub(crate) enum ChannelState {
     /// Open; frames are processed.
     Open,
     /// We sent `channel.close`; everything but close/close-ok is discarded.
@@ -36,7 +36,7 @@ pub enum ChannelState {
 
 /// What a frame on a closing channel (we sent `channel.close`) amounts to.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Closing {
+pub(crate) enum Closing {
     /// Discarded, as RabbitMQ's closing channel discards methods and whole contents.
     Discard,
     /// The client's close-ok: the channel is gone.
@@ -47,7 +47,7 @@ pub enum Closing {
 
 /// What the connection should do with the channel after a frame.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Keep it.
     Open,
     /// The client closed it (close-ok already queued): forget it.
@@ -77,7 +77,7 @@ enum Assembly {
 }
 
 /// One open channel.
-pub struct Channel {
+pub(crate) struct Channel {
     /// Channel number.
     pub id: u16,
     /// Open or closing.
@@ -121,7 +121,7 @@ struct TxBuffer {
 
 impl Channel {
     /// A freshly opened channel.
-    pub fn new(id: u16) -> Channel {
+    pub(crate) fn new(id: u16) -> Channel {
         Channel {
             id,
             state: ChannelState::Open,
@@ -157,7 +157,7 @@ impl Channel {
 
     /// Release what the channel holds: unacked messages go back to their queues (at their
     /// original positions, marked redelivered).
-    pub fn release(&mut self, ctx: &mut ConnCtx) {
+    pub(crate) fn release(&mut self, ctx: &mut ConnCtx) {
         self.assembly = Assembly::Method;
         self.hold(ctx, -(self.held as i64));
         // Cancel first, so requeued messages are not handed back to this channel's consumers;
@@ -172,7 +172,7 @@ impl Channel {
 
     /// The message log synced the record of publish `seq` (`ok`), or could not write it: then
     /// the publish is nacked.
-    pub fn synced(&mut self, ctx: &mut ConnCtx, seq: u64, ok: bool) {
+    pub(crate) fn synced(&mut self, ctx: &mut ConnCtx, seq: u64, ok: bool) {
         if !self.unsynced.remove(&seq) {
             return;
         }
@@ -189,7 +189,7 @@ impl Channel {
 
     /// Send the publisher confirms owed since the last call (one `basic.ack` with `multiple`
     /// for a run of publishes): called once per connection loop turn, after returns.
-    pub fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
+    pub(crate) fn flush_confirms(&mut self, ctx: &mut ConnCtx) {
         let Some(seq) = self.confirm_seq else { return };
         // Only a prefix can be confirmed: up to the first publish still waiting for a sync.
         let seq = self.unsynced.first().map_or(seq, |s| s - 1);
@@ -235,7 +235,7 @@ impl Channel {
     /// close-ok is discarded (RabbitMQ 3.10.8, observed), but content frames still follow the
     /// assembler's rules (a content header with no publish before it is a 505) and a second
     /// `channel.open` is a 504.
-    pub fn closing_frame(&mut self, frame: &Frame) -> Result<Closing, Fault> {
+    pub(crate) fn closing_frame(&mut self, frame: &Frame) -> Result<Closing, Fault> {
         let unexpected = |text: &str| -> Fault { AmqpError::unexpected_frame(text).into() };
         match (&mut self.assembly, frame) {
             (
@@ -297,7 +297,11 @@ impl Channel {
     }
 
     /// Handle one frame on this (open) channel.
-    pub fn handle_frame(&mut self, ctx: &mut ConnCtx, frame: Frame) -> Result<Outcome, Fault> {
+    pub(crate) fn handle_frame(
+        &mut self,
+        ctx: &mut ConnCtx,
+        frame: Frame,
+    ) -> Result<Outcome, Fault> {
         match (
             std::mem::replace(&mut self.assembly, Assembly::Method),
             frame,

@@ -13,7 +13,7 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 
 /// The direct reply-to pseudo queue.
-pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+pub(super) const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Property flag bits (AMQP 0-9-1 basic class).
 const FLAG_HEADERS: u16 = 1 << 13;
@@ -51,7 +51,7 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
 
 /// Parse `expiration` as RabbitMQ does (`string:to_integer`, then the expiry range check);
 /// errors are its 406 texts.
-pub fn parse_expiration(s: &str) -> Result<u64, AmqpError> {
+pub(super) fn parse_expiration(s: &str) -> Result<u64, AmqpError> {
     let bytes = s.as_bytes();
     let sign = usize::from(matches!(bytes.first(), Some(b'+' | b'-')));
     let digits = bytes[sign..]

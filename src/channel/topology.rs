@@ -11,7 +11,7 @@ use amq_protocol::protocol::{AMQPClass, exchange as ex, queue as qu};
 use rand::RngCore;
 
 /// `amq.gen-` + 22 base64url characters of 16 random bytes, like RabbitMQ's `rabbit_guid`.
-pub fn generated_name(prefix: &str) -> String {
+pub(crate) fn generated_name(prefix: &str) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut raw = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut raw);

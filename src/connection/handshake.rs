@@ -21,12 +21,12 @@ use tracing::{info, warn};
 const READ_BUFFER_INITIAL: usize = 1024;
 
 /// The only protocol header Warren speaks, sent back to clients that ask for another.
-pub const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+pub(super) const PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
 /// The pre-standard 0-9-1 header RabbitMQ also accepts.
 const PROTOCOL_HEADER_ALT: &[u8; 8] = b"AMQP\x01\x01\x00\x09";
 
 /// Capabilities advertised in `connection.start`. Only what works: see docs/compatibility.md.
-pub const CAPABILITIES: &[&str] = &[
+pub(super) const CAPABILITIES: &[&str] = &[
     "authentication_failure_close",
     "basic.nack",
     "connection.blocked",
@@ -83,7 +83,7 @@ impl From<AmqpError> for Stop {
 }
 
 /// `connection.start` server-properties, as RabbitMQ sends them (keys sorted by the BTreeMap).
-pub fn server_properties(cluster_name: &str) -> FieldTable {
+pub(super) fn server_properties(cluster_name: &str) -> FieldTable {
     let mut caps = FieldTable::default();
     for c in CAPABILITIES {
         caps.insert((*c).into(), AMQPValue::Boolean(true));

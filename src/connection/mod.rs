@@ -4,7 +4,7 @@
 //! here and nowhere else. Writes go through the [`writer`] task, one batch per loop turn.
 
 mod handshake;
-pub mod writer;
+pub(crate) mod writer;
 
 use crate::channel::{Channel, ChannelState};
 use crate::protocol::codec::{CodecError, Frame, FrameCodec, put_heartbeat};
@@ -25,7 +25,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 use writer::Outbound;
 
-pub use crate::channel::{ConnCtx, Fault, decode_method};
+pub(crate) use crate::channel::{ConnCtx, Fault, decode_method};
 
 /// How long to wait for `connection.close-ok` after sending `connection.close`.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -44,20 +44,20 @@ enum Flow {
 }
 
 /// The read half of a client socket (plain TCP or TLS).
-pub type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+pub(crate) type ReadHalf = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
 /// The write half of a client socket (plain TCP or TLS).
-pub type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+pub(crate) type WriteHalf = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
 
 /// What TLS told about a connection.
 #[derive(Clone, Debug, Default)]
-pub struct TlsInfo {
+pub(crate) struct TlsInfo {
     /// The common name of the client's verified certificate (EXTERNAL logs in as it).
     pub peer_cn: Option<String>,
 }
 
 /// Serve one socket until it closes (`tls`: the AMQPS listener's acceptor). Never panics on
 /// client input.
-pub async fn serve(
+pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<BrokerState>,

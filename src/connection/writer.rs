@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 /// Handle to a connection's writer task.
 #[derive(Clone)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     tx: mpsc::UnboundedSender<Bytes>,
     /// The connection's backlog (`socket`: bytes handed to the writer, not yet written).
     pub backlog: Arc<Backlog>,
@@ -22,7 +22,7 @@ pub struct Outbound {
 impl Outbound {
     /// Spawn the writer for `half` (`flush`: after every batch, for TLS); it sends [`ConnEvent::Drained`] to `events` when a
     /// backlog that held queues back has drained.
-    pub fn spawn(
+    pub(crate) fn spawn(
         half: WriteHalf,
         flush: bool,
         backlog: Arc<Backlog>,
@@ -34,7 +34,7 @@ impl Outbound {
     }
 
     /// Queue a batch of frames. Returns false if the socket is gone.
-    pub fn send(&self, batch: Bytes) -> bool {
+    pub(crate) fn send(&self, batch: Bytes) -> bool {
         if batch.is_empty() {
             return true;
         }

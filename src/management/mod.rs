@@ -34,7 +34,7 @@ type Shared = Arc<BrokerState>;
 const RABBITMQ_COMPAT: &str = "3.10.8";
 
 /// The routes, behind basic authentication.
-pub fn router(state: Shared) -> Router {
+pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/api/overview", get(overview))
         .route("/api/vhosts", get(access::vhosts))
@@ -117,7 +117,7 @@ pub fn router(state: Shared) -> Router {
 
 /// The client's address, from either listener.
 #[derive(Clone, Copy, Debug)]
-pub struct Peer(pub std::net::SocketAddr);
+pub(crate) struct Peer(pub std::net::SocketAddr);
 
 impl
     axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
@@ -139,7 +139,7 @@ impl
 }
 
 /// Serve the API over HTTP on `listener` until the broker shuts down.
-pub async fn serve(listener: tokio::net::TcpListener, state: Shared) {
+pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Shared) {
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     if let Err(e) = axum::serve(listener, app)
@@ -151,7 +151,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Shared) {
 }
 
 /// Serve the API over HTTPS until the broker shuts down.
-pub async fn serve_tls(listener: crate::tls::HttpsListener, state: Shared) {
+pub(crate) async fn serve_tls(listener: crate::tls::HttpsListener, state: Shared) {
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     if let Err(e) = axum::serve(listener, app)
@@ -269,7 +269,7 @@ fn vhost(state: &BrokerState, user: &User, name: &str) -> Option<Arc<VHost>> {
 }
 
 /// A field table as RabbitMQ's management API shows it.
-pub fn table_json(t: &FieldTable) -> Value {
+pub(crate) fn table_json(t: &FieldTable) -> Value {
     Value::Object(
         t.inner()
             .iter()

@@ -379,11 +379,6 @@ pub fn assert_type_equivalent(
     Ok(())
 }
 
-/// Format used in tests and logs.
-pub fn describe(v: &AMQPValue) -> String {
-    format_value(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

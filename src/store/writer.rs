@@ -196,9 +196,9 @@ pub(super) struct Shared {
 }
 
 /// Publishing connections pause while the records waiting for the writer exceed this...
-pub const FLOW_HIGH: u64 = 64 << 20;
+pub(super) const FLOW_HIGH: u64 = 64 << 20;
 /// ...until they are below this.
-pub const FLOW_LOW: u64 = 32 << 20;
+pub(super) const FLOW_LOW: u64 = 32 << 20;
 
 impl Shared {
     /// The writer wrote `n` bytes of records: wake paused publishers once below the low mark.
@@ -214,7 +214,7 @@ impl Shared {
 }
 
 impl Shared {
-    pub fn file(&self, seg: u64) -> io::Result<Arc<File>> {
+    pub(super) fn file(&self, seg: u64) -> io::Result<Arc<File>> {
         if let Some(f) = self.files.read().get(&seg) {
             return Ok(f.clone());
         }
@@ -236,7 +236,7 @@ pub(super) struct Accounting {
 }
 
 impl Accounting {
-    pub fn add(&mut self, seg: u64, pairs: u64, live: u64) {
+    pub(super) fn add(&mut self, seg: u64, pairs: u64, live: u64) {
         *self.total.entry(seg).or_default() += pairs;
         *self.live.entry(seg).or_default() += live;
     }
@@ -302,7 +302,7 @@ pub(super) struct Writer {
 
 impl Writer {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         shared: Arc<Shared>,
         current: u64,
         size: u64,
@@ -337,7 +337,7 @@ impl Writer {
     }
 
     /// Open the current segment for appending (at start).
-    pub fn open_current(&mut self) -> io::Result<()> {
+    pub(super) fn open_current(&mut self) -> io::Result<()> {
         let f = OpenOptions::new()
             .create(true)
             .append(true)
@@ -385,7 +385,7 @@ impl Writer {
         self.update_refusing();
     }
 
-    pub fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    pub(super) fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut last_sync = Instant::now();
         let mut waiting: Vec<Done> = Vec::new();
         loop {
