@@ -28,3 +28,9 @@ pub mod vhost;
 
 pub use broker::Broker;
 pub use config::Config;
+
+/// Sans-IO harnesses for tests and fuzz targets (not a stable API).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::channel::harness::{ChannelHarness, State};
+}

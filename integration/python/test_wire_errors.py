@@ -963,6 +963,14 @@ def content_headers_table_malformed(port):
     return after_open(port, a.basic_publish(1, "", "nowhere") + header + a.body_frame(1, b"x"))
 
 
+@scenario
+def content_header_properties_truncated(port):
+    # content-encoding announced (flag bit 14) and nothing after the flags (found by the
+    # sans-IO channel fuzz target: Warren forwarded such headers to consumers unparsed)
+    header = a.frame(a.FRAME_HEADER, 1, a.short(60) + a.short(0) + a.longlong(1) + a.short(1 << 14))
+    return after_open(port, a.basic_publish(1, "", "nowhere") + header + a.body_frame(1, b"x"))
+
+
 # ---------------------------------------------------------------------------------------------
 
 EXPECTED = {
@@ -1250,6 +1258,8 @@ EXPECTED = {
     'start_ok_malformed_client_properties':
         {'kind': 'eof', 'seen': [], 'after': 'eof delayed'},
     'content_headers_table_malformed':
+        {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 0, 'method_id': 0, 'code': 541, 'text': 'INTERNAL_ERROR', 'after': 'eof immediate'},
+    'content_header_properties_truncated':
         {'kind': 'connection.close', 'seen': [], 'channel': 0, 'class_id': 0, 'method_id': 0, 'code': 541, 'text': 'INTERNAL_ERROR', 'after': 'eof immediate'},
 }
 

@@ -5,6 +5,7 @@
 mod consume;
 mod context;
 mod delivery;
+pub(crate) mod harness;
 mod publish;
 mod topology;
 

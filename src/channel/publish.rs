@@ -27,11 +27,6 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
     if raw.len() < 2 {
         return Err(AmqpError::frame_error("content header too short"));
     }
-    let flags = u16::from_be_bytes([raw[0], raw[1]]);
-    if flags & (FLAG_HEADERS | FLAG_USER_ID | FLAG_PRIORITY | FLAG_EXPIRATION | FLAG_REPLY_TO) == 0
-    {
-        return Ok(None);
-    }
     // RabbitMQ 3.10.8 decodes properties in the channel process, which crashes on a bad
     // table: the connection is closed with a bare `541 INTERNAL_ERROR`, 0/0 (observed). The
     // headers table is bounded before amq-protocol's recursive parser sees it.
@@ -40,6 +35,16 @@ fn decode_properties(raw: &Bytes) -> Result<Option<BasicProperties>, AmqpError> 
             .on(0, 0)
             .connection()
     };
+    // Properties that announce more than they hold would reach consumers as a header they
+    // cannot parse (RabbitMQ's decoder fails on them the same way as on a bad table).
+    if !crate::protocol::table::properties_fit(raw) {
+        return Err(undecodable());
+    }
+    let flags = u16::from_be_bytes([raw[0], raw[1]]);
+    if flags & (FLAG_HEADERS | FLAG_USER_ID | FLAG_PRIORITY | FLAG_EXPIRATION | FLAG_REPLY_TO) == 0
+    {
+        return Ok(None);
+    }
     if crate::protocol::table::check_properties(raw).is_err() {
         return Err(undecodable());
     }

@@ -153,6 +153,44 @@ pub fn check_method(class_id: u16, method_id: u16, args: &[u8]) -> Result<(), Ta
     Ok(())
 }
 
+/// Whether raw `basic` content header properties (flags first) hold every property their flags
+/// announce: each short string's length, the table's length, the integers fit in the bytes.
+/// Contents are not interpreted (short strings are bytes, tables are checked elsewhere).
+pub fn properties_fit(raw: &[u8]) -> bool {
+    let Some(f) = raw.get(0..2) else {
+        return false;
+    };
+    let flags = u16::from_be_bytes([f[0], f[1]]);
+    let mut pos = 2usize;
+    // content-type, content-encoding, headers, delivery-mode, priority, correlation-id,
+    // reply-to, expiration, message-id, timestamp, type, user-id, app-id, cluster-id
+    // (bits 15 down to 2): s = short string, t = table, 1/8 = fixed size.
+    const LAYOUT: [u8; 14] = [
+        b's', b's', b't', 1, 1, b's', b's', b's', b's', 8, b's', b's', b's', b's',
+    ];
+    for (i, kind) in LAYOUT.iter().enumerate() {
+        if flags & (1 << (15 - i)) == 0 {
+            continue;
+        }
+        let len = match kind {
+            b's' => match raw.get(pos) {
+                Some(n) => 1 + *n as usize,
+                None => return false,
+            },
+            b't' => match raw.get(pos..pos + 4) {
+                Some(b) => 4 + u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+                None => return false,
+            },
+            n => *n as usize,
+        };
+        pos = match pos.checked_add(len) {
+            Some(p) if p <= raw.len() => p,
+            _ => return false,
+        };
+    }
+    true
+}
+
 /// Check the `headers` property of raw content header properties (flags first), the one
 /// property that holds a table. Properties too short to reach it are left to the decoder.
 pub fn check_properties(raw: &[u8]) -> Result<(), TableError> {
@@ -184,6 +222,24 @@ pub fn check_properties(raw: &[u8]) -> Result<(), TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_must_hold_what_their_flags_announce() {
+        assert!(properties_fit(&[0, 0]));
+        // content-encoding announced, nothing there (found by the channel fuzz target).
+        assert!(!properties_fit(&[0x40, 0]));
+        assert!(properties_fit(&[0x40, 0, 1, b'x']));
+        assert!(!properties_fit(&[0x40, 0, 2, b'x']));
+        // delivery-mode and priority: one octet each.
+        assert!(properties_fit(&[0x18, 0, 2, 5]));
+        assert!(!properties_fit(&[0x18, 0, 2]));
+        // timestamp: eight octets.
+        assert!(!properties_fit(&[0x00, 0x40, 0, 0, 0, 0]));
+        // headers: the table's length must fit.
+        assert!(properties_fit(&[0x20, 0, 0, 0, 0, 0]));
+        assert!(!properties_fit(&[0x20, 0, 0, 0, 0, 9]));
+        assert!(!properties_fit(&[0]));
+    }
     use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, generation::gen_field_table};
 
     fn encode(t: &FieldTable) -> Vec<u8> {
