@@ -1,0 +1,165 @@
+//! Virtual hosts: the topology shared by every connection (exchanges, queues, bindings) in
+//! concurrent maps (`DashMap`), looked up here; declaring, deleting and binding with RabbitMQ's
+//! rules in [`topology`], routing in [`routing`], durability (open/recover, the definitions
+//! journal, compaction) in [`persist`]. Durable topology changes are serialised by the
+//! definitions lock ([`VHost::topology`]); routing reads one exchange's bindings at a time.
+//! No message bodies are kept here, and nothing here knows connections: consumers learn of a
+//! deleted queue through their own event channel.
+
+mod persist;
+mod routing;
+mod topology;
+
+pub use persist::{Topology, VHostStore};
+
+use crate::args::{assert_equivalent, assert_flag, rs};
+use crate::exchange::{BindingDef, Destination, Exchange, ExchangeDef, ExchangeKind};
+use crate::protocol::{AmqpError, ReplyCode};
+use crate::queue::args::{EQUIVALENCE_KEYS, QueueArgs};
+use crate::queue::{Queue, QueueDef};
+use amq_protocol::types::FieldTable;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// A virtual host.
+pub struct VHost {
+    /// Its name, e.g. `/`.
+    pub name: String,
+    /// Exchanges by name (`""` is the default exchange).
+    pub exchanges: DashMap<String, Arc<Exchange>>,
+    /// Queues by name.
+    pub queues: DashMap<String, Arc<Queue>>,
+    /// Durable state (absent in memory mode).
+    pub store: Option<VHostStore>,
+}
+
+/// The exchanges every vhost has.
+const PREDECLARED: &[(&str, ExchangeKind)] = &[
+    ("", ExchangeKind::Direct),
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+/// Result of `queue.declare`.
+pub struct Declared {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// Whether this call created it.
+    pub created: bool,
+}
+
+fn default_exchange_error() -> AmqpError {
+    AmqpError::access_refused("operation not permitted on the default exchange")
+}
+
+impl VHost {
+    /// A vhost with the predeclared exchanges.
+    pub fn new(name: &str) -> VHost {
+        Self::with_store(name, None)
+    }
+
+    fn with_store(name: &str, store: Option<VHostStore>) -> VHost {
+        let v = VHost {
+            name: name.to_string(),
+            exchanges: DashMap::new(),
+            queues: DashMap::new(),
+            store,
+        };
+        for (n, kind) in PREDECLARED {
+            v.exchanges.insert(
+                n.to_string(),
+                Arc::new(Exchange::new(ExchangeDef {
+                    name: n.to_string(),
+                    kind: *kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::default(),
+                })),
+            );
+        }
+        v
+    }
+
+    /// The log, when this vhost is durable.
+    pub fn log(&self) -> Option<&Arc<crate::store::log::Log>> {
+        self.store.as_ref().map(|s| &s.log)
+    }
+
+    fn rs(&self, kind: &str, name: &str) -> String {
+        rs(kind, name, &self.name)
+    }
+
+    /// Look up an exchange or fail with RabbitMQ's 404.
+    pub fn exchange(&self, name: &str) -> Result<Arc<Exchange>, AmqpError> {
+        self.exchanges
+            .get(name)
+            .map(|e| e.clone())
+            .ok_or_else(|| AmqpError::not_found(format!("no {}", self.rs("exchange", name))))
+    }
+
+    /// Look up a queue or fail with RabbitMQ's 404.
+    pub fn queue(&self, name: &str) -> Result<Arc<Queue>, AmqpError> {
+        self.queues
+            .get(name)
+            .map(|q| q.clone())
+            .ok_or_else(|| AmqpError::not_found(format!("no {}", self.rs("queue", name))))
+    }
+
+    /// Look up a queue for use by connection `conn` (exclusive queues: owner only, else 405).
+    pub fn queue_for(&self, name: &str, conn: u64) -> Result<Arc<Queue>, AmqpError> {
+        let q = self.queue(name)?;
+        check_exclusive(&q, Some(conn), false)?;
+        Ok(q)
+    }
+
+    /// The vhost's directory, when durable.
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        self.store.as_ref().map(|s| s.dir.as_path())
+    }
+}
+
+/// The vhost as its queues see it (for dead-lettering).
+fn router(v: &Arc<VHost>) -> std::sync::Weak<dyn crate::queue::Router> {
+    let w: std::sync::Weak<VHost> = Arc::downgrade(v);
+    w
+}
+
+impl crate::queue::Router for VHost {
+    fn route_from(
+        &self,
+        exchange: &str,
+        keys: &[&[u8]],
+        headers: Option<&FieldTable>,
+    ) -> Option<Vec<Arc<Queue>>> {
+        let x = self.exchange(exchange).ok()?;
+        Some(self.route(&x, keys, headers))
+    }
+
+    fn enqueue(&self, queues: &[Arc<Queue>], msg: crate::message::Message) {
+        self.publish_to(queues, msg, None);
+    }
+}
+
+/// RabbitMQ's `check_exclusive_access`: `strict` (declare) also refuses a non-exclusive
+/// redeclare of an exclusive queue and an exclusive redeclare of a shared one.
+fn check_exclusive(q: &Queue, conn: Option<u64>, strict: bool) -> Result<(), AmqpError> {
+    let ok = match (q.owner, strict) {
+        (None, false) => true,
+        (owner, _) => owner == conn,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(AmqpError::resource_locked(format!(
+            "cannot obtain exclusive access to locked {}. It could be originally declared on another \
+             connection or the exclusive property value does not match that of the original declaration.",
+            q.resource()
+        )))
+    }
+}

@@ -1,0 +1,118 @@
+//! Routing a message through the vhost's exchanges (default exchange, exchange-to-exchange
+//! bindings, alternate exchanges, each queue once) and enqueueing it on the queues reached.
+
+use super::*;
+
+impl VHost {
+    /// Route a message from `exchange` with the given routing keys (routing key, then CC and
+    /// BCC) and headers: every queue once, following exchange-to-exchange bindings and
+    /// alternate exchanges, each exchange visited at most once.
+    pub fn route(
+        &self,
+        exchange: &Arc<Exchange>,
+        keys: &[&[u8]],
+        headers: Option<&FieldTable>,
+    ) -> Vec<Arc<Queue>> {
+        fn add(queues: &mut Vec<Arc<Queue>>, q: &Arc<Queue>) {
+            if !queues.iter().any(|x| Arc::ptr_eq(x, q)) {
+                queues.push(q.clone());
+            }
+        }
+        let mut queues: Vec<Arc<Queue>> = Vec::new();
+        // Exchanges still to route through, and those already seen (allocated only for
+        // exchange-to-exchange bindings and alternate exchanges).
+        let mut work: Vec<Arc<Exchange>> = Vec::new();
+        let mut seen_x: Vec<Arc<str>> = Vec::new();
+        let mut dests = Vec::new();
+        let mut x = exchange.clone();
+        loop {
+            if x.def.name.is_empty() {
+                // The default exchange: every queue is bound by its name (no further lookup).
+                for k in keys {
+                    if let Ok(name) = std::str::from_utf8(k)
+                        && let Some(q) = self.queues.get(name)
+                    {
+                        add(&mut queues, &q);
+                    }
+                }
+            } else {
+                dests.clear();
+                x.route(keys, headers, &mut dests);
+                if dests.is_empty()
+                    && let Some(ae) = &x.alternate
+                {
+                    dests.push(Destination::Exchange(ae.clone()));
+                }
+                for d in dests.drain(..) {
+                    match d {
+                        Destination::Queue(name) => {
+                            if let Some(q) = self.queues.get(name.as_ref()) {
+                                add(&mut queues, &q);
+                            }
+                        }
+                        Destination::Exchange(name) => {
+                            if name.as_ref() == exchange.def.name.as_str() || seen_x.contains(&name)
+                            {
+                                continue;
+                            }
+                            if let Some(next) = self.exchanges.get(name.as_ref()) {
+                                work.push(next.clone());
+                            }
+                            seen_x.push(name);
+                        }
+                    }
+                }
+            }
+            match work.pop() {
+                Some(next) => x = next,
+                None => return queues,
+            }
+        }
+    }
+
+    /// Enqueue a routed message in `queues`. A persistent message going to durable queues is
+    /// written to the message log first (one record whatever the number of queues); `synced`
+    /// runs once that record is durable. Returns (all queues accepted it, `synced` will run).
+    pub fn publish_to(
+        &self,
+        queues: &[Arc<Queue>],
+        mut msg: crate::message::Message,
+        synced: Option<crate::store::log::Done>,
+    ) -> (bool, bool) {
+        // A quorum queue stores every message (its single-node contract): a transient
+        // message routed to one is stored for the quorum queues only, as a persistent copy
+        // (the bytes are shared), and stays transient in the other queues.
+        if !msg.persistent && queues.iter().any(|q| q.args.quorum && q.log.is_some()) {
+            let (quorum, other): (Vec<_>, Vec<_>) = queues
+                .iter()
+                .cloned()
+                .partition(|q| q.args.quorum && q.log.is_some());
+            let mut stored = msg.clone();
+            stored.persistent = true;
+            let (accepted, waits) = self.publish_to(&quorum, stored, synced);
+            let (rest, _) = self.publish_to(&other, msg, None);
+            return (accepted && rest, waits);
+        }
+        let mut waits = false;
+        if msg.persistent
+            && let Some(log) = self.log()
+        {
+            let durable: Vec<crate::store::log::QueueState<'_>> = queues
+                .iter()
+                .filter(|q| q.log.is_some())
+                .map(|q| (q.name.as_ref(), false, 0))
+                .collect();
+            if !durable.is_empty() {
+                let rec = crate::store::log::publish_record(0, 0, &durable, &msg);
+                waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
+                msg.store_id = log.append(rec, if waits { synced } else { None });
+            }
+        }
+        let msg = Arc::new(msg);
+        let mut accepted = true;
+        for q in queues {
+            accepted &= q.publish(msg.clone()) == crate::queue::Accepted::Yes;
+        }
+        (accepted, waits)
+    }
+}

@@ -1,0 +1,386 @@
+//! Declaring and deleting exchanges and queues, binding and unbinding: RabbitMQ's rules and
+//! reply codes, auto-delete, exclusive ownership, `x-expires` timers; every durable change
+//! goes through the [`Topology`](super::persist::Topology) guard.
+
+use super::*;
+
+impl VHost {
+    /// `exchange.declare`.
+    pub fn declare_exchange(
+        &self,
+        def: ExchangeDef,
+        kind_name: &str,
+        passive: bool,
+    ) -> Result<(), AmqpError> {
+        if passive {
+            if def.name.is_empty() {
+                return Err(default_exchange_error());
+            }
+            self.exchange(&def.name)?;
+            return Ok(());
+        }
+        if ExchangeKind::parse(kind_name).is_none() {
+            return Err(AmqpError::command_invalid(format!(
+                "invalid exchange type '{kind_name}'"
+            )));
+        }
+        if def.name.is_empty() {
+            return Err(default_exchange_error());
+        }
+        let mut t = self.topology();
+        if let Some(ae) = def.arguments.inner().get("alternate-exchange")
+            && crate::args::as_str_bytes(ae).is_none()
+        {
+            return Err(AmqpError::precondition_failed(format!(
+                "invalid type '{}' for arg 'alternate-exchange' in {}",
+                crate::args::type_name(ae),
+                self.rs("exchange", &def.name)
+            )));
+        }
+        match self.exchanges.entry(def.name.clone()) {
+            Entry::Occupied(e) => {
+                let cur = &e.get().def;
+                let res = self.rs("exchange", &def.name);
+                if cur.kind != def.kind {
+                    return Err(AmqpError::precondition_failed(format!(
+                        "inequivalent arg 'type' for {res}: received '{}' but current is '{}'",
+                        def.kind.as_str(),
+                        cur.kind.as_str()
+                    )));
+                }
+                assert_flag("durable", cur.durable, def.durable, &res)?;
+                assert_flag("auto_delete", cur.auto_delete, def.auto_delete, &res)?;
+                assert_flag("internal", cur.internal, def.internal, &res)?;
+                assert_equivalent(
+                    &cur.arguments,
+                    &def.arguments,
+                    &["alternate-exchange"],
+                    &res,
+                )?;
+                Ok(())
+            }
+            Entry::Vacant(v) => {
+                if def.name.starts_with("amq.") {
+                    return Err(AmqpError::access_refused(format!(
+                        "exchange name '{}' contains reserved prefix 'amq.*'",
+                        def.name
+                    )));
+                }
+                if def.durable {
+                    t.record(crate::store::journal::Change::PutExchange {
+                        exchange: def.clone(),
+                    });
+                }
+                v.insert(Arc::new(Exchange::new(def)));
+                Ok(())
+            }
+        }
+    }
+
+    /// `exchange.delete`.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            return Err(default_exchange_error());
+        }
+        if name.starts_with("amq.") && PREDECLARED.iter().any(|(n, _)| *n == name) {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system {} not allowed",
+                self.rs("exchange", name)
+            )));
+        }
+        let mut t = self.topology();
+        let Some(x) = self.exchanges.get(name).map(|x| x.clone()) else {
+            // RabbitMQ 3.10: deleting a missing exchange is not an error.
+            return Ok(());
+        };
+        let is_destination = || {
+            let me = Destination::Exchange(name.into());
+            self.exchanges
+                .iter()
+                .any(|e| e.bindings().iter().any(|b| b.destination == me))
+        };
+        if if_unused && (x.binding_count() > 0 || is_destination()) {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} in use",
+                self.rs("exchange", name)
+            )));
+        }
+        self.exchanges.remove(name);
+        if x.def.durable {
+            t.record(crate::store::journal::Change::DelExchange { name: name.into() });
+        }
+        self.remove_destination(&mut t, &Destination::Exchange(name.into()));
+        Ok(())
+    }
+
+    /// Remove every binding to `dest`, auto-deleting source exchanges left without bindings.
+    /// (The journal's record of the destination's deletion removes these bindings too.)
+    pub(super) fn remove_destination(&self, t: &mut Topology<'_>, dest: &Destination) {
+        let sources: Vec<Arc<Exchange>> = self.exchanges.iter().map(|e| e.clone()).collect();
+        for x in sources {
+            if x.unbind_destination(dest) > 0 {
+                self.maybe_auto_delete(t, &x);
+            }
+        }
+    }
+
+    pub(super) fn maybe_auto_delete(&self, t: &mut Topology<'_>, x: &Arc<Exchange>) {
+        if x.def.auto_delete && x.binding_count() == 0 {
+            let name = x.def.name.clone();
+            if self
+                .exchanges
+                .remove_if(&name, |_, cur| Arc::ptr_eq(cur, x))
+                .is_some()
+            {
+                if x.def.durable {
+                    t.record(crate::store::journal::Change::DelExchange { name: name.clone() });
+                }
+                self.remove_destination(t, &Destination::Exchange(name.into()));
+            }
+        }
+    }
+
+    /// `queue.bind` / `exchange.bind`.
+    pub fn bind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
+        let mut t = self.topology();
+        let x = self.binding_source(&b, conn)?;
+        x.validate_binding(&b.arguments)?;
+        let durable = x.def.durable && self.is_durable_destination(&b.destination);
+        let rec = durable.then(|| b.clone());
+        if x.bind(b)?
+            && let Some(binding) = rec
+        {
+            t.record(crate::store::journal::Change::PutBinding { binding });
+        }
+        Ok(())
+    }
+
+    /// `queue.unbind` / `exchange.unbind`: idempotent, as in RabbitMQ 3.10.8 (observed): a
+    /// missing binding, source or destination answers unbind-ok. The default exchange is a
+    /// 403; another connection's exclusive queue a 405 only if the binding exists (absence is
+    /// checked first).
+    pub fn unbind(&self, b: BindingDef, conn: u64) -> Result<(), AmqpError> {
+        if b.source.is_empty() || matches!(&b.destination, Destination::Exchange(d) if d.is_empty())
+        {
+            return Err(default_exchange_error());
+        }
+        let mut t = self.topology();
+        let Ok(x) = self.exchange(&b.source) else {
+            return Ok(());
+        };
+        if !x.has_binding(&b) {
+            return Ok(());
+        }
+        match self.check_destination(&b.destination, conn) {
+            Err(e) if e.code == ReplyCode::NotFound => return Ok(()),
+            r => r?,
+        }
+        if x.unbind(&b) {
+            if x.def.durable {
+                t.record(crate::store::journal::Change::DelBinding { binding: b });
+            }
+            self.maybe_auto_delete(&mut t, &x);
+        }
+        Ok(())
+    }
+
+    /// Checks shared by bind and unbind: neither end may be the default exchange (403), both
+    /// must exist (404), an exclusive queue must be ours (405). Returns the source.
+    pub(super) fn binding_source(
+        &self,
+        b: &BindingDef,
+        conn: u64,
+    ) -> Result<Arc<Exchange>, AmqpError> {
+        if b.source.is_empty() || matches!(&b.destination, Destination::Exchange(d) if d.is_empty())
+        {
+            return Err(default_exchange_error());
+        }
+        let x = self.exchange(&b.source)?;
+        self.check_destination(&b.destination, conn)?;
+        Ok(x)
+    }
+
+    pub(super) fn check_destination(&self, d: &Destination, conn: u64) -> Result<(), AmqpError> {
+        match d {
+            Destination::Queue(q) => self.queue_for(q, conn).map(|_| ()),
+            Destination::Exchange(x) => self.exchange(x).map(|_| ()),
+        }
+    }
+
+    pub(super) fn destination_exists(&self, d: &Destination) -> bool {
+        match d {
+            Destination::Queue(n) => self.queues.contains_key(n.as_ref()),
+            Destination::Exchange(n) => self.exchanges.contains_key(n.as_ref()),
+        }
+    }
+
+    /// `queue.declare` (the name is already resolved, `server_named` if we generated it; `conn` is
+    /// the declaring connection).
+    pub fn declare_queue(
+        self: &Arc<Self>,
+        def: QueueDef,
+        passive: bool,
+        server_named: bool,
+        conn: u64,
+    ) -> Result<Declared, AmqpError> {
+        let res = self.rs("queue", &def.name);
+        if passive {
+            let q = self.queue(&def.name)?;
+            check_exclusive(&q, Some(conn), false)?;
+            q.touch();
+            return Ok(Declared {
+                queue: q,
+                created: false,
+            });
+        }
+        let args = QueueArgs::parse(&def.arguments, &res)?;
+        let mut t = self.topology();
+        match self.queues.entry(def.name.clone()) {
+            Entry::Occupied(e) => {
+                let q = e.get().clone();
+                drop(e);
+                check_exclusive(&q, def.exclusive.then_some(conn), true)?;
+                assert_flag("durable", q.def.durable, def.durable, &res)?;
+                assert_flag("auto_delete", q.def.auto_delete, def.auto_delete, &res)?;
+                crate::queue::args::assert_type_equivalent(&q, &def.arguments, &res)?;
+                assert_equivalent(&q.def.arguments, &def.arguments, EQUIVALENCE_KEYS, &res)?;
+                q.touch();
+                Ok(Declared {
+                    queue: q,
+                    created: false,
+                })
+            }
+            Entry::Vacant(v) => {
+                if args.quorum {
+                    crate::queue::args::check_quorum(&def, server_named, &res)?;
+                }
+                if def.name.starts_with("amq.") && !server_named {
+                    return Err(AmqpError::access_refused(format!(
+                        "queue name '{}' contains reserved prefix 'amq.*'",
+                        def.name
+                    )));
+                }
+                let owner = def.exclusive.then_some(conn);
+                let expires = args.expires;
+                // Exclusive queues never survive a restart, even if declared durable.
+                let log = match (def.durable && !def.exclusive, self.log()) {
+                    (true, Some(l)) => Some(l.clone()),
+                    _ => None,
+                };
+                if log.is_some() {
+                    // Before the queue is visible: nothing routed to it is synced before it.
+                    t.record(crate::store::journal::Change::PutQueue { queue: def.clone() });
+                }
+                let q = Arc::new(
+                    Queue::new(&self.name, router(self), def, args, owner, log)
+                        .with_spool(self.log().cloned()),
+                );
+                v.insert(q.clone());
+                if let Some(ms) = expires {
+                    spawn_expiry(
+                        Arc::downgrade(self),
+                        Arc::downgrade(&q),
+                        Duration::from_millis(ms),
+                    );
+                }
+                Ok(Declared {
+                    queue: q,
+                    created: true,
+                })
+            }
+        }
+    }
+
+    /// `queue.delete`: returns the number of messages the queue held.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        conn: u64,
+    ) -> Result<u32, AmqpError> {
+        let q = match self.queue(name) {
+            Ok(q) => q,
+            // RabbitMQ 3.10: deleting a missing queue succeeds with a count of 0.
+            Err(_) => return Ok(0),
+        };
+        check_exclusive(&q, Some(conn), false)?;
+        if if_unused && q.consumer_count() > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} in use",
+                q.resource()
+            )));
+        }
+        if if_empty && q.message_count() > 0 {
+            return Err(AmqpError::precondition_failed(format!(
+                "{} not empty",
+                q.resource()
+            )));
+        }
+        Ok(self.remove_queue(&q))
+    }
+
+    /// Remove a queue and its bindings; returns its message count.
+    pub fn remove_queue(&self, q: &Arc<Queue>) -> u32 {
+        let mut t = self.topology();
+        if self
+            .queues
+            .remove_if(q.name.as_ref(), |_, cur| Arc::ptr_eq(cur, q))
+            .is_none()
+        {
+            return 0;
+        }
+        if let Some(log) = &q.log {
+            t.record(crate::store::journal::Change::DelQueue {
+                name: q.name.to_string(),
+            });
+            log.append(crate::store::log::queue_deleted_record(&q.name), None);
+        }
+        self.remove_destination(&mut t, &Destination::Queue(q.name.clone()));
+        // Consumers learn it (basic.cancel from the server, RabbitMQ's consumer_cancel_notify).
+        for c in q.consumers() {
+            let _ = c.events.send(crate::queue::consumer::ConnEvent::Cancelled {
+                channel: c.channel,
+                tag: c.tag.clone(),
+            });
+        }
+        q.mark_deleted()
+    }
+
+    /// Delete every queue (the vhost itself is being deleted).
+    pub fn delete_everything(&self) {
+        let all: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
+        for q in all {
+            self.remove_queue(&q);
+        }
+    }
+}
+
+/// `x-expires`: delete the queue once it has been unused (no consumers, no declare or get) for
+/// the period. One sleeping task per such queue; it ends when the queue goes.
+pub(super) fn spawn_expiry(vhost: Weak<VHost>, queue: Weak<Queue>, period: Duration) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        let mut wait = period;
+        loop {
+            tokio::time::sleep(wait).await;
+            let (Some(v), Some(q)) = (vhost.upgrade(), queue.upgrade()) else { return };
+            if q.is_deleted() {
+                return;
+            }
+            wait = match q.idle_since() {
+                None => period,
+                Some(since) => match (since + period).checked_duration_since(std::time::Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => {
+                        tracing::info!(queue = %q.name, vhost = %v.name, "queue expired (x-expires)");
+                        v.remove_queue(&q);
+                        return;
+                    }
+                },
+            };
+        }
+    });
+}
