@@ -8,7 +8,8 @@
 #   svc-all  NEW_WARREN, user svc (no tags, ".*" permissions: the row)
 #   svc-re   NEW_WARREN, user svc with patterns that must run a regex on every check
 #            (configure "^bench-", write "^(amq\.default|bench-.*)$", read "^bench-")
-# ROWS="r1" limits the rows. CLIENT=go runs row 1 with bench/goperf (RabbitMQ's Go client,
+# ROWS="r1 r2 r3 r4 r5" picks rows (default r1 r3; r2 manual ack, r4 4x4, r5 fanout 10 as in
+# bench/run.sh); AB_ONLY=1 runs only old and admin (a before/after comparison of two builds). CLIENT=go runs row 1 with bench/goperf (RabbitMQ's Go client,
 # an independent load generator) instead of warren-perf. Every broker starts fresh (empty data dir, ephemeral port). Prints one line per run and a
 # median table. Needs target/release/warren-perf.
 set -euo pipefail
@@ -85,11 +86,18 @@ EOF
 
 for r in $(seq 1 "$ROUNDS"); do
   for row in ${ROWS:-r1 r3}; do
-    if [ $row = r1 ]; then args="--autoack --queue bench-r1"; else args="--persistent --size 1024 --confirm 100 --prefetch 100 --multi-ack 10 --queue bench-r3"; fi
+    case $row in
+      r1) args="--autoack --queue bench-r1";;
+      r2) args="--prefetch 100 --multi-ack 10 --queue bench-r2";;
+      r3) args="--persistent --size 1024 --confirm 100 --prefetch 100 --multi-ack 10 --queue bench-r3";;
+      r4) args="--producers 4 --consumers 4 --autoack --queue bench-r4";;
+      r5) args="--fanout 10 --autoack --queue bench-r5";;
+    esac
     # shellcheck disable=SC2086
     run old "$OLD" "$OLD_CFG" guest $row -- $args
     # shellcheck disable=SC2086
     run admin "$NEW" "$GUEST" guest $row -- $args
+    [ -n "${AB_ONLY:-}" ] && continue
     # shellcheck disable=SC2086
     run svc-all "$NEW" "$SVC_ALL" svc $row -- $args
     MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -68,6 +68,15 @@ pub(super) enum Outcome {
     Failed(Option<Reader>),
 }
 
+/// What `start-ok` said.
+struct Started {
+    failure_close: bool,
+    cancel_notify: bool,
+    blocked_notify: bool,
+    mechanism: String,
+    response: Vec<u8>,
+}
+
 /// Why the handshake stopped early.
 enum Stop {
     /// Send `connection.close` with this error, then drain.
@@ -175,37 +184,57 @@ impl Handshake {
         }
     }
 
+    /// The handshake's steps in order: start/start-ok, authentication, tune/tune-ok, open.
     async fn negotiate(&self, reader: &mut Reader) -> Result<(ConnCtx, u16, u16), Stop> {
-        let config = &self.broker.config;
+        let started = self.start(reader).await?;
+        let user = self.authenticate(&started)?;
+        let (frame_max, channel_max, heartbeat) = self.tune(reader).await?;
+        let (vhost, vhost_name) = self.open(reader, &user).await?;
+        Ok((
+            ConnCtx {
+                broker: self.broker.clone(),
+                id: self.id,
+                peer: self.peer,
+                user: user.name.clone(),
+                access: crate::auth::Access::new(&self.broker.auth, user.clone(), &vhost_name),
+                vhost,
+                frame_max,
+                out: BytesMut::new(),
+                exclusive_queues: Vec::new(),
+                events: self.events.clone(),
+                backlog: self.backlog.clone(),
+                cancel_notify: started.cancel_notify,
+                blocked_notify: started.blocked_notify,
+                published: false,
+                topology_changed: false,
+                confirms_dirty: Vec::new(),
+                clock: None,
+                timeout_check: None,
+            },
+            heartbeat,
+            channel_max,
+        ))
+    }
+
+    /// `connection.start` out, `start-ok` in: the client's capabilities, mechanism, response.
+    async fn start(&self, reader: &mut Reader) -> Result<Started, Stop> {
         self.send(conn::AMQPMethod::Start(conn::Start {
             version_major: 0,
             version_minor: 9,
-            server_properties: server_properties(&config.cluster_name),
+            server_properties: server_properties(&self.broker.config.cluster_name),
             mechanisms: self.mechanisms().into(),
             locales: "en_US".into(),
         }));
-
         let AMQPClass::Connection(conn::AMQPMethod::StartOk(start_ok)) =
             next_method(reader, "starting").await?
         else {
             unreachable!("next_method only returns connection methods")
         };
-        let client_caps = match start_ok.client_properties.inner().get("capabilities") {
+        let caps = match start_ok.client_properties.inner().get("capabilities") {
             Some(AMQPValue::FieldTable(t)) => t.clone(),
             _ => FieldTable::default(),
         };
-        let failure_close = matches!(
-            client_caps.inner().get("authentication_failure_close"),
-            Some(AMQPValue::Boolean(true))
-        );
-        let cancel_notify = matches!(
-            client_caps.inner().get("consumer_cancel_notify"),
-            Some(AMQPValue::Boolean(true))
-        );
-        let blocked_notify = matches!(
-            client_caps.inner().get("connection.blocked"),
-            Some(AMQPValue::Boolean(true))
-        );
+        let cap = |name: &str| matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)));
         let mechanism = start_ok.mechanism.as_str().to_string();
         if !self.mechanisms().split(' ').any(|m| m == mechanism) {
             // RabbitMQ 3.10.8: no close frame before the connection is tuned.
@@ -213,6 +242,21 @@ impl Handshake {
                 "unknown authentication mechanism '{mechanism}'"
             )));
         }
+        Ok(Started {
+            failure_close: cap("authentication_failure_close"),
+            cancel_notify: cap("consumer_cancel_notify"),
+            blocked_notify: cap("connection.blocked"),
+            mechanism,
+            response: start_ok.response.as_bytes().to_vec(),
+        })
+    }
+
+    /// Who the client is: SASL PLAIN/AMQPLAIN checked against the password hashes, or EXTERNAL
+    /// (the verified certificate's common name); then `loopback_users`. A refusal is logged,
+    /// slows the next ones from this address, and is RabbitMQ's 403 (or a silent close for
+    /// clients without `authentication_failure_close`).
+    fn authenticate(&self, started: &Started) -> Result<Arc<crate::auth::User>, Stop> {
+        let mechanism = &started.mechanism;
         let refused = |why: String| -> Stop {
             warn!(conn = self.id, peer = %self.peer, "login refused: {why}");
             let delay = self.broker.login_failures.failed(self.peer.ip());
@@ -225,54 +269,53 @@ impl Handshake {
             ))
             .on(0, 0)
             .connection();
-            if failure_close {
+            if started.failure_close {
                 Stop::Close(e)
             } else {
                 Stop::Silent(why)
             }
         };
-        let external = self.tls.as_ref().and_then(|t| t.peer_cn.clone());
-        let creds = if mechanism == "EXTERNAL" {
+        let (name, login) = if mechanism == "EXTERNAL" {
             // The user is the verified certificate's common name; the response (an optional
             // authorisation identity) is not used, as rabbitmq_auth_mechanism_ssl.
-            sasl::Credentials {
-                username: external.unwrap_or_default(),
-                password: String::new(),
-            }
+            let name = self
+                .tls
+                .as_ref()
+                .and_then(|t| t.peer_cn.clone())
+                .unwrap_or_default();
+            let user = self.broker.auth.user(&name);
+            (name, user.ok_or(crate::auth::LoginError::NoUser))
         } else {
-            match sasl::parse(&mechanism, start_ok.response.as_bytes()) {
-                Some(c) => c,
-                None => return Err(refused("malformed SASL response".into())),
-            }
-        };
-        let login = if mechanism == "EXTERNAL" {
-            self.broker
-                .auth
-                .user(&creds.username)
-                .ok_or(crate::auth::LoginError::NoUser)
-        } else {
-            self.broker.auth.login(&creds.username, &creds.password)
+            let Some(creds) = sasl::parse(mechanism, &started.response) else {
+                return Err(refused("malformed SASL response".into()));
+            };
+            let login = self.broker.auth.login(&creds.username, &creds.password);
+            (creds.username, login)
         };
         let user = match login {
             Ok(u) => u,
             Err(crate::auth::LoginError::NoUser) => {
-                return Err(refused(format!("user '{}' does not exist", creds.username)));
+                return Err(refused(format!("user '{name}' does not exist")));
             }
             Err(crate::auth::LoginError::BadPassword) => {
-                return Err(refused(format!(
-                    "invalid credentials for user '{}'",
-                    creds.username
-                )));
+                return Err(refused(format!("invalid credentials for user '{name}'")));
             }
         };
-        if config.loopback_only(&user.name) && !self.peer.ip().to_canonical().is_loopback() {
+        if self.broker.config.loopback_only(&user.name)
+            && !self.peer.ip().to_canonical().is_loopback()
+        {
             return Err(refused(format!(
                 "user '{}' can only connect via localhost",
                 user.name
             )));
         }
+        Ok(user)
+    }
 
-        let limits = &config.limits;
+    /// `connection.tune` out, `tune-ok` in, RabbitMQ's negotiation rules; the reader takes the
+    /// negotiated frame_max. Returns (frame_max, channel_max, heartbeat).
+    async fn tune(&self, reader: &mut Reader) -> Result<(u32, u16, u16), Stop> {
+        let limits = &self.broker.config.limits;
         self.send(conn::AMQPMethod::Tune(conn::Tune {
             channel_max: limits.channel_max,
             frame_max: limits.frame_max,
@@ -309,7 +352,15 @@ impl Handshake {
             tune.channel_max
         };
         reader.decoder_mut().frame_max = frame_max;
+        Ok((frame_max, channel_max, tune.heartbeat))
+    }
 
+    /// `connection.open` in: the vhost must exist, then [`Handshake::admit`]; `open-ok` out.
+    async fn open(
+        &self,
+        reader: &mut Reader,
+        user: &crate::auth::User,
+    ) -> Result<(Arc<crate::vhost::VHost>, String), Stop> {
         let AMQPClass::Connection(conn::AMQPMethod::Open(open)) =
             next_method(reader, "opening").await?
         else {
@@ -323,32 +374,9 @@ impl Handshake {
                     .into(),
             );
         };
-        self.admit(&user, vhost_name)?;
+        self.admit(user, vhost_name)?;
         self.send(conn::AMQPMethod::OpenOk(conn::OpenOk {}));
-        Ok((
-            ConnCtx {
-                broker: self.broker.clone(),
-                id: self.id,
-                peer: self.peer,
-                user: user.name.clone(),
-                access: crate::auth::Access::new(&self.broker.auth, user.clone(), vhost_name),
-                vhost,
-                frame_max,
-                out: BytesMut::new(),
-                exclusive_queues: Vec::new(),
-                events: self.events.clone(),
-                backlog: self.backlog.clone(),
-                cancel_notify,
-                blocked_notify,
-                published: false,
-                topology_changed: false,
-                confirms_dirty: Vec::new(),
-                clock: None,
-                timeout_check: None,
-            },
-            tune.heartbeat,
-            channel_max,
-        ))
+        Ok((vhost, vhost_name.to_string()))
     }
 }
 
