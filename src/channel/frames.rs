@@ -71,6 +71,100 @@ impl Channel {
         }
     }
 
+    /// A content header after `basic.publish`: checked (class, weight, RabbitMQ's size limit,
+    /// known here and refused once the body is in); an empty body publishes at once.
+    fn on_header(
+        &mut self,
+        ctx: &mut ConnCtx,
+        publish: Publish,
+        (class_id, weight, body_size): (u16, u16, u64),
+        properties: Bytes,
+    ) -> Result<Outcome, Fault> {
+        if class_id != 60 {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content header for class 60, got one for class {class_id} instead"
+            ))
+            .on(60, 40)
+            .into());
+        }
+        if weight != 0 {
+            return Err(AmqpError::unexpected_frame(
+                "expected content header for class 60, got non content header frame instead",
+            )
+            .on(60, 40)
+            .into());
+        }
+        let max = ctx.broker.config.limits.max_message_size;
+        if body_size > max {
+            // Known at the header, refused once the body is in: nothing of it is kept.
+            self.assembly = Assembly::Oversized {
+                body_size,
+                remaining: body_size,
+            };
+            return Ok(Outcome::Open);
+        }
+        if body_size == 0 {
+            self.on_publish(ctx, publish, properties, Bytes::new())
+                .map_err(|e| e.on_if_unset(60, 40))?;
+        } else {
+            self.assembly = Assembly::Body(Partial {
+                publish,
+                properties,
+                body_size,
+                parts: Vec::new(),
+                remaining: body_size,
+            });
+        }
+        Ok(Outcome::Open)
+    }
+
+    /// A body frame: kept until the body is complete, then published; the bytes held count
+    /// toward the memory alarm meanwhile.
+    fn on_body(
+        &mut self,
+        ctx: &mut ConnCtx,
+        mut p: Partial,
+        payload: Bytes,
+    ) -> Result<Outcome, Fault> {
+        let len = payload.len() as u64;
+        if p.remaining == u64::MAX {
+            // An overflowed body (see below): discard until the client sends a method.
+            self.assembly = Assembly::Body(p);
+            return Ok(Outcome::Open);
+        }
+        if len > p.remaining {
+            // RabbitMQ 3.10.8 accepts the frame and keeps waiting for a body that can never
+            // complete: the next method is then a 505. Do the same, keeping nothing more in
+            // memory.
+            let earlier = p.body_size - p.remaining;
+            self.hold(ctx, -(earlier as i64));
+            self.assembly = Assembly::Body(Partial {
+                publish: p.publish,
+                properties: Bytes::new(),
+                body_size: p.body_size,
+                parts: Vec::new(),
+                remaining: u64::MAX,
+            });
+            return Ok(Outcome::Open);
+        }
+        p.remaining -= len;
+        if len > 0 {
+            p.parts.push(payload);
+        }
+        if p.remaining == 0 {
+            // What earlier frames of this body held is released now.
+            let earlier = p.body_size - len;
+            self.hold(ctx, -(earlier as i64));
+            let body = join(p.parts, p.body_size as usize);
+            self.on_publish(ctx, p.publish, p.properties, body)
+                .map_err(|e| e.on_if_unset(60, 40))?;
+        } else {
+            self.hold(ctx, len as i64);
+            self.assembly = Assembly::Body(p);
+        }
+        Ok(Outcome::Open)
+    }
+
     /// Handle one frame on this (open) channel.
     pub(crate) fn handle_frame(
         &mut self,
@@ -107,110 +201,16 @@ impl Channel {
                     properties,
                     ..
                 },
-            ) => {
-                if class_id != 60 {
-                    return Err(AmqpError::unexpected_frame(format!(
-                        "expected content header for class 60, got one for class {class_id} instead"
-                    ))
-                    .on(60, 40)
-                    .into());
-                }
-                if weight != 0 {
-                    return Err(AmqpError::unexpected_frame(
-                        "expected content header for class 60, got non content header frame instead",
-                    )
-                    .on(60, 40)
-                    .into());
-                }
-                let max = ctx.broker.config.limits.max_message_size;
-                if body_size > max {
-                    // Known at the header, refused once the body is in: nothing of it is kept.
-                    self.assembly = Assembly::Oversized {
-                        body_size,
-                        remaining: body_size,
-                    };
-                    return Ok(Outcome::Open);
-                }
-                if body_size == 0 {
-                    self.on_publish(ctx, publish, properties, Bytes::new())
-                        .map_err(|e| e.on_if_unset(60, 40))?;
-                } else {
-                    self.assembly = Assembly::Body {
-                        publish,
-                        properties,
-                        body_size,
-                        parts: Vec::new(),
-                        remaining: body_size,
-                    };
-                }
-                Ok(Outcome::Open)
-            }
+            ) => self.on_header(ctx, publish, (class_id, weight, body_size), properties),
             (Assembly::Header(_), _) => Err(AmqpError::unexpected_frame(
                 "expected content header for class 60, got non content header frame instead",
             )
             .on(60, 40)
             .into()),
-            (
-                Assembly::Body {
-                    publish,
-                    properties,
-                    body_size,
-                    mut parts,
-                    remaining,
-                },
-                Frame::Body { payload, .. },
-            ) => {
-                let len = payload.len() as u64;
-                if remaining == u64::MAX {
-                    // An overflowed body (see below): discard until the client sends a method.
-                    self.assembly = Assembly::Body {
-                        publish,
-                        properties,
-                        body_size,
-                        parts,
-                        remaining,
-                    };
-                    return Ok(Outcome::Open);
-                }
-                if len > remaining {
-                    // RabbitMQ 3.10.8 accepts the frame and keeps waiting for a body that can
-                    // never complete: the next method is then a 505. Do the same, keeping
-                    // nothing more in memory.
-                    let earlier = body_size - remaining;
-                    self.hold(ctx, -(earlier as i64));
-                    self.assembly = Assembly::Body {
-                        publish,
-                        properties: Bytes::new(),
-                        body_size,
-                        parts: Vec::new(),
-                        remaining: u64::MAX,
-                    };
-                    return Ok(Outcome::Open);
-                }
-                let remaining = remaining - len;
-                if len > 0 {
-                    parts.push(payload);
-                }
-                if remaining == 0 {
-                    // What earlier frames of this body held is released now.
-                    let earlier = body_size - len;
-                    self.hold(ctx, -(earlier as i64));
-                    let body = join(parts, body_size as usize);
-                    self.on_publish(ctx, publish, properties, body)
-                        .map_err(|e| e.on_if_unset(60, 40))?;
-                } else {
-                    self.hold(ctx, len as i64);
-                    self.assembly = Assembly::Body {
-                        publish,
-                        properties,
-                        body_size,
-                        parts,
-                        remaining,
-                    };
-                }
-                Ok(Outcome::Open)
+            (Assembly::Body(partial), Frame::Body { payload, .. }) => {
+                self.on_body(ctx, partial, payload)
             }
-            (Assembly::Body { .. }, _) => Err(AmqpError::unexpected_frame(
+            (Assembly::Body(_), _) => Err(AmqpError::unexpected_frame(
                 "expected content body, got non content body frame instead",
             )
             .on(60, 40)

@@ -69,14 +69,19 @@ enum Assembly {
     Discarding { header: bool, remaining: u64 },
     /// Got `basic.publish`, expecting its content header.
     Header(Publish),
-    /// Got the header, expecting `remaining` more body bytes.
-    Body {
-        publish: Publish,
-        properties: Bytes,
-        body_size: u64,
-        parts: Vec<Bytes>,
-        remaining: u64,
-    },
+    /// Got the header, expecting more body bytes.
+    Body(Partial),
+}
+
+/// A message whose body is still arriving.
+struct Partial {
+    publish: Publish,
+    properties: Bytes,
+    body_size: u64,
+    parts: Vec<Bytes>,
+    /// Body bytes still expected (`u64::MAX`: the body overflowed; frames are discarded until
+    /// the next method, which is then a 505).
+    remaining: u64,
 }
 
 /// One open channel.
