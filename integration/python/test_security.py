@@ -340,6 +340,8 @@ def test_management_tags(node):
     assert Api(http, names["management"], "pw").get("/vhosts") == (200, [])
     status, vhosts = Api(http, names["monitoring"], "pw").get("/vhosts")
     assert status == 200 and "/" in [v["name"] for v in vhosts]
+    # Any management user may read the user limits (3.10.8, observed).
+    assert Api(http, names["management"], "pw").get("/user-limits")[0] == 200
     assert Api(http, names["management"], "pw").get("/whoami") == \
         (200, {"name": names["management"], "tags": ["management"]})
     status, body = Api(http, "guest", "wrong").get("/overview")

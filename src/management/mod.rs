@@ -251,10 +251,11 @@ fn may_see(state: &BrokerState, user: &User, vhost: &str) -> bool {
 
 /// The vhosts the caller may see, by name order.
 fn visible(state: &BrokerState, user: &User) -> Vec<Arc<VHost>> {
+    let auth = state.auth.snapshot();
     let mut v: Vec<Arc<VHost>> = state
         .vhosts
         .iter()
-        .filter(|v| may_see(state, user, v.key()))
+        .filter(|v| user.is_monitor() || auth.permission(v.key(), &user.name).is_some())
         .map(|v| v.value().clone())
         .collect();
     v.sort_by(|a, b| a.name.cmp(&b.name));
