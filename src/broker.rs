@@ -46,6 +46,11 @@ impl Broker {
             vhosts.insert(name.clone(), crate::state::open_vhost(&config, name)?);
         }
         let state = Arc::new(BrokerState::new(config, vhosts, auth));
+        state.add_listener("amqp", local_addr);
+        if let Some(path) = &state.config.load_definitions {
+            crate::management::load_definitions(&state, path).await?;
+            info!(file = %path.display(), "definitions imported");
+        }
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();
         if limit > 0 {
@@ -82,6 +87,7 @@ impl Broker {
             let addr = listener.local_addr()?;
             info!(address = %addr, "listening for AMQPS (AMQP 0-9-1 over TLS) connections on {addr}");
             amqps_addr = Some(addr);
+            state.add_listener("amqp/ssl", addr);
             tracker.spawn(accept_loop(
                 listener,
                 state.clone(),
@@ -109,6 +115,7 @@ impl Broker {
             let listener = TcpListener::bind(addr).await?;
             let addr = listener.local_addr()?;
             management_addr = Some(addr);
+            state.add_listener(if m.tls { "https" } else { "http" }, addr);
             match (&acceptor, m.tls) {
                 (Some(acceptor), true) => {
                     info!(address = %addr, "management API listening on https://{addr}/api/");

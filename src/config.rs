@@ -56,6 +56,38 @@ pub struct Config {
     pub amqps: TlsListener,
     /// Certificates for AMQPS and HTTPS (RabbitMQ's `ssl_options`).
     pub tls: Tls,
+    /// The Prometheus endpoint (RabbitMQ's `rabbitmq_prometheus`).
+    pub prometheus: Prometheus,
+    /// A definitions file (RabbitMQ's JSON export) imported at every start, after the
+    /// configured users and vhosts (RabbitMQ's `load_definitions`; also `--definitions`).
+    pub load_definitions: Option<PathBuf>,
+}
+
+/// The Prometheus metrics endpoint (`/metrics`, `/metrics/per-object`, `/metrics/detailed`),
+/// with RabbitMQ's metric names so its Grafana dashboards work.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prometheus {
+    /// Serve it (off by default, as the plugin is in RabbitMQ).
+    pub enabled: bool,
+    /// Address to bind.
+    pub bind: String,
+    /// Port (RabbitMQ's 15692; 0 for any free port).
+    pub port: u16,
+    /// Serve per-object metrics on `/metrics` too (RabbitMQ's
+    /// `prometheus.return_per_object_metrics`).
+    pub return_per_object_metrics: bool,
+}
+
+impl Default for Prometheus {
+    fn default() -> Self {
+        Prometheus {
+            enabled: false,
+            bind: "127.0.0.1".into(),
+            port: 15692,
+            return_per_object_metrics: false,
+        }
+    }
 }
 
 /// The AMQPS listener.
@@ -109,6 +141,9 @@ pub struct Management {
     pub port: u16,
     /// Serve HTTPS with the `[tls]` certificate instead of HTTP.
     pub tls: bool,
+    /// How often message rates are sampled, in milliseconds (RabbitMQ's
+    /// `collect_statistics_interval`).
+    pub stats_interval_ms: u64,
 }
 
 impl Default for Management {
@@ -118,6 +153,7 @@ impl Default for Management {
             bind: "127.0.0.1".into(),
             port: 15672,
             tls: false,
+            stats_interval_ms: 5000,
         }
     }
 }
@@ -378,6 +414,8 @@ impl Default for Config {
             management: Management::default(),
             amqps: TlsListener::default(),
             tls: Tls::default(),
+            prometheus: Prometheus::default(),
+            load_definitions: None,
         }
     }
 }

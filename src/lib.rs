@@ -22,6 +22,7 @@ pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod state;
+pub mod stats;
 pub mod store;
 pub(crate) mod tls;
 pub mod vhost;

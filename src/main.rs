@@ -35,6 +35,13 @@ struct Cli {
     /// management.enabled and management.port).
     #[arg(long, env = "WARREN_MANAGEMENT_PORT")]
     management_port: Option<u16>,
+    /// Serve Prometheus metrics on this port, 0 for any free port (sets prometheus.enabled
+    /// and prometheus.port).
+    #[arg(long, env = "WARREN_PROMETHEUS_PORT")]
+    prometheus_port: Option<u16>,
+    /// Import this RabbitMQ definitions file at start (sets load_definitions).
+    #[arg(long, env = "WARREN_DEFINITIONS")]
+    definitions: Option<PathBuf>,
     /// Keep nothing on disk (storage.mode = "memory").
     #[arg(long, env = "WARREN_IN_MEMORY")]
     in_memory: bool,
@@ -70,6 +77,13 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if let Some(p) = cli.management_port {
         config.management.enabled = true;
         config.management.port = p;
+    }
+    if let Some(p) = cli.prometheus_port {
+        config.prometheus.enabled = true;
+        config.prometheus.port = p;
+    }
+    if let Some(d) = &cli.definitions {
+        config.load_definitions = Some(d.clone());
     }
     config.validate()?;
     Ok(config)

@@ -44,6 +44,16 @@ pub struct BrokerState {
     pub registry: DashMap<u64, ConnInfo>,
     /// Serialises vhost creation and deletion.
     vhost_lifecycle: tokio::sync::Mutex<()>,
+    /// Message counts of closed connections, by vhost (totals only grow).
+    pub retired: std::sync::Mutex<std::collections::HashMap<String, crate::stats::MessageCounts>>,
+    /// When the broker started.
+    pub started: std::time::Instant,
+    /// Message and byte rates, sampled by the management API.
+    pub rates: crate::stats::Rates,
+    /// Connections and channels opened and closed.
+    pub churn: crate::stats::Churn,
+    /// The addresses the broker listens on, by protocol (`amqp`, `amqp/ssl`, `http`, ...).
+    pub listeners: std::sync::Mutex<Vec<(String, SocketAddr)>>,
 }
 
 /// What the broker knows of an open connection.
@@ -58,6 +68,50 @@ pub struct ConnInfo {
     pub channels: Arc<std::sync::atomic::AtomicU32>,
     /// Its event channel (a forced close goes there).
     pub events: tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
+    /// What the management API shows of it and never changes.
+    pub details: Arc<ConnDetails>,
+    /// Its output backlog (bytes written so far, for `send_oct`).
+    pub backlog: Arc<crate::queue::consumer::Backlog>,
+}
+
+/// An open connection's fixed facts, as RabbitMQ's management API names them.
+#[derive(Debug, Clone)]
+pub struct ConnDetails {
+    /// RabbitMQ's name: `peer_host:peer_port -> host:port`.
+    pub name: String,
+    /// The broker's end.
+    pub local: SocketAddr,
+    /// The client's `start-ok` properties.
+    pub client_properties: amq_protocol::types::FieldTable,
+    /// Milliseconds since the Unix epoch when it opened.
+    pub connected_at: u64,
+    /// The SASL mechanism used.
+    pub auth_mechanism: String,
+    /// Over TLS.
+    pub tls: bool,
+    /// Negotiated frame_max.
+    pub frame_max: u32,
+    /// Negotiated channel_max.
+    pub channel_max: u16,
+    /// Negotiated heartbeat in seconds.
+    pub heartbeat: u16,
+}
+
+impl ConnInfo {
+    /// Ask the connection for its channels and counters (`None` if it closed meanwhile or does
+    /// not answer within a second).
+    pub async fn inspect(
+        events: &tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
+    ) -> Option<crate::stats::ConnSnapshot> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        events
+            .send(crate::queue::consumer::ConnEvent::Inspect(tx))
+            .ok()?;
+        tokio::time::timeout(std::time::Duration::from_secs(1), rx)
+            .await
+            .ok()?
+            .ok()
+    }
 }
 
 /// Resource alarms in effect (RabbitMQ's memory and disk alarms).
@@ -134,6 +188,20 @@ impl BrokerState {
             .fold((0, 0), |(n, ch), c| {
                 (n + 1, ch + c.channels.load(Ordering::Relaxed) as u64)
             })
+    }
+
+    /// Add a closing connection's counts to its vhost's totals.
+    pub fn retire_counts(&self, vhost: &str, counts: crate::stats::MessageCounts) {
+        let mut r = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        *r.entry(vhost.to_string()).or_default() += counts;
+    }
+
+    /// A listener is up (health checks and `listeners` in the overview).
+    pub fn add_listener(&self, protocol: &str, addr: SocketAddr) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((protocol.to_string(), addr));
     }
 
     /// Connections open to `vhost`.
@@ -217,8 +285,19 @@ impl BrokerState {
             auth,
             registry: DashMap::new(),
             vhost_lifecycle: tokio::sync::Mutex::new(()),
+            retired: Default::default(),
+            started: std::time::Instant::now(),
+            rates: Default::default(),
+            churn: Default::default(),
+            listeners: Default::default(),
         }
     }
+}
+
+/// An address as RabbitMQ writes it in connection names: `host:port`, IPv4-mapped IPv6
+/// addresses as IPv4.
+pub fn host_port(a: SocketAddr) -> String {
+    format!("{}:{}", a.ip().to_canonical(), a.port())
 }
 
 /// Free bytes available to the broker on the filesystem holding `dir` (`statvfs`).

@@ -15,6 +15,7 @@
 pub(crate) mod admission;
 pub(crate) mod password;
 pub(crate) mod perms;
+pub(crate) mod policy;
 
 use crate::config::{Config, StorageMode};
 use parking_lot::{Mutex, RwLock};
@@ -175,6 +176,14 @@ pub struct AuthData {
     pub permissions: BTreeMap<(String, String), Permission>,
     /// Topic permissions by (vhost, user), one per exchange.
     pub topic_permissions: BTreeMap<(String, String), Vec<TopicPermission>>,
+    /// Policies by (vhost, name).
+    pub policies: BTreeMap<(String, String), policy::PolicyDef>,
+    /// Operator policies by (vhost, name).
+    pub operator_policies: BTreeMap<(String, String), policy::PolicyDef>,
+    /// Runtime parameters by (vhost, component, name).
+    pub parameters: BTreeMap<(String, String, String), policy::ParameterDef>,
+    /// Global runtime parameters by name.
+    pub global_parameters: BTreeMap<String, policy::GlobalParameterDef>,
 }
 
 impl AuthData {
@@ -192,6 +201,9 @@ impl AuthData {
 
     /// Delete a vhost record with every permission in it.
     pub fn delete_vhost(&mut self, name: &str) -> bool {
+        self.policies.retain(|(v, _), _| v != name);
+        self.operator_policies.retain(|(v, _), _| v != name);
+        self.parameters.retain(|(v, _, _), _| v != name);
         self.permissions.retain(|(v, _), _| v != name);
         self.topic_permissions.retain(|(v, _), _| v != name);
         self.vhosts.remove(name).is_some()
@@ -255,6 +267,14 @@ struct AuthFile {
     permissions: Vec<PermissionDef>,
     #[serde(default)]
     topic_permissions: Vec<TopicPermissionDef>,
+    #[serde(default)]
+    policies: Vec<policy::PolicyDef>,
+    #[serde(default)]
+    operator_policies: Vec<policy::PolicyDef>,
+    #[serde(default)]
+    parameters: Vec<policy::ParameterDef>,
+    #[serde(default)]
+    global_parameters: Vec<policy::GlobalParameterDef>,
 }
 
 impl UserDef {
@@ -321,6 +341,10 @@ impl AuthData {
                     })
                 })
                 .collect(),
+            policies: self.policies.values().cloned().collect(),
+            operator_policies: self.operator_policies.values().cloned().collect(),
+            parameters: self.parameters.values().cloned().collect(),
+            global_parameters: self.global_parameters.values().cloned().collect(),
         }
     }
 
@@ -338,6 +362,20 @@ impl AuthData {
         }
         for t in f.topic_permissions {
             d.set_topic_permission(&t);
+        }
+        for p in f.policies {
+            d.policies.insert((p.vhost.clone(), p.name.clone()), p);
+        }
+        for p in f.operator_policies {
+            d.operator_policies
+                .insert((p.vhost.clone(), p.name.clone()), p);
+        }
+        for p in f.parameters {
+            d.parameters
+                .insert((p.vhost.clone(), p.component.clone(), p.name.clone()), p);
+        }
+        for p in f.global_parameters {
+            d.global_parameters.insert(p.name.clone(), p);
         }
         Ok(d)
     }

@@ -232,6 +232,12 @@ impl Channel {
         self.next_tag += 1;
         let tag = self.next_tag;
         let e = &d.entry;
+        if d.consumer.no_ack {
+            self.counts.deliver_no_ack += 1;
+        } else {
+            self.counts.deliver += 1;
+        }
+        self.counts.redeliver += e.redelivered as u64;
         put_basic_deliver(
             &mut ctx.out,
             self.id,

@@ -51,11 +51,20 @@ impl Channel {
         ctx.check(crate::auth::perms::Perm::Read, "queue", &name)?;
         let q = ctx.vhost.queue_for(&name, ctx.id)?;
         match q.get(m.no_ack) {
-            None => ctx.send_method(
-                self.id,
-                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-            ),
+            None => {
+                self.counts.get_empty += 1;
+                ctx.send_method(
+                    self.id,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                )
+            }
             Some((entry, left)) => {
+                if m.no_ack {
+                    self.counts.get_no_ack += 1;
+                } else {
+                    self.counts.get += 1;
+                }
+                self.counts.redeliver += entry.redelivered as u64;
                 self.next_tag += 1;
                 let tag = self.next_tag;
                 if !m.no_ack {
@@ -111,6 +120,9 @@ impl Channel {
                 }
             }
         };
+        if how == Settle::Ack {
+            self.counts.ack += taken.len() as u64;
+        }
         settle_all(taken, how);
         Ok(())
     }

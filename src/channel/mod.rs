@@ -118,6 +118,8 @@ pub(crate) struct Channel {
     /// Bytes this channel counts in the broker's `buffered` (a body still arriving, an
     /// uncommitted transaction's publishes): the memory alarm sees them.
     held: u64,
+    /// What the channel did with messages (the management API's `message_stats`).
+    pub(crate) counts: crate::stats::MessageCounts,
 }
 
 /// Work buffered by a transaction until `tx.commit`.
@@ -146,7 +148,23 @@ impl Channel {
             unsynced: Default::default(),
             tx: None,
             reply_queue: None,
+            counts: Default::default(),
             held: 0,
+        }
+    }
+
+    /// The channel as the management API shows it.
+    pub(crate) fn info(&self) -> crate::stats::ChannelInfo {
+        crate::stats::ChannelInfo {
+            number: self.id,
+            prefetch_count: self.consumer_prefetch,
+            global_prefetch_count: self.credit.limit.load(std::sync::atomic::Ordering::Relaxed),
+            confirm: self.confirm_seq.is_some(),
+            transactional: self.tx.is_some(),
+            unacked: self.unacked.len() as u32,
+            unconfirmed: self.confirm_seq.map_or(0, |s| (s - self.confirmed) as u32),
+            consumers: self.consumers.len() as u32,
+            counts: self.counts,
         }
     }
 
@@ -207,6 +225,8 @@ impl Channel {
             .partition(|n| *n <= seq);
         self.nacks = later;
         for n in now {
+            // Every message up to `n` is confirmed now: acked before it, nacked at it.
+            self.counts.confirm += n - self.confirmed;
             if n - 1 > self.confirmed {
                 ctx.send_method(
                     self.id,
@@ -227,6 +247,7 @@ impl Channel {
             self.confirmed = n;
         }
         if seq > self.confirmed {
+            self.counts.confirm += seq - self.confirmed;
             let multiple = seq - self.confirmed > 1;
             self.confirmed = seq;
             ctx.send_method(

@@ -217,8 +217,13 @@ impl Channel {
             store_id: None,
             bcc,
         };
+        self.counts.publish += 1;
+        if self.confirm_seq.is_some() {
+            self.counts.publish_confirm += 1;
+        }
         if queues.is_empty() {
             if p.mandatory {
+                self.counts.return_unroutable += 1;
                 put_basic_return(
                     &mut ctx.out,
                     self.id,
@@ -234,9 +239,12 @@ impl Channel {
                     &msg.body,
                     ctx.frame_max,
                 );
+            } else {
+                self.counts.drop_unroutable += 1;
             }
             return Ok(true);
         }
+        self.counts.routed += 1;
         // With confirms, a stored message is confirmed once the log has synced it.
         let synced: Option<crate::store::log::Done> = self.confirm_seq.map(|seq| {
             let events = ctx.events.clone();

@@ -60,6 +60,10 @@ pub(super) struct Opened {
     pub heartbeat: u16,
     pub channel_max: u16,
     pub reader: Reader,
+    /// What the client said of itself in `start-ok`.
+    pub client_properties: FieldTable,
+    /// The SASL mechanism it logged in with.
+    pub mechanism: String,
 }
 
 pub(super) enum Outcome {
@@ -70,6 +74,7 @@ pub(super) enum Outcome {
 
 /// What `start-ok` said.
 struct Started {
+    client_properties: FieldTable,
     failure_close: bool,
     cancel_notify: bool,
     blocked_notify: bool,
@@ -161,11 +166,13 @@ impl Handshake {
             tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
         match negotiated {
-            Ok((ctx, heartbeat, channel_max)) => Outcome::Opened(Box::new(Opened {
+            Ok((ctx, heartbeat, channel_max, started)) => Outcome::Opened(Box::new(Opened {
                 ctx,
                 heartbeat,
                 channel_max,
                 reader,
+                client_properties: started.client_properties,
+                mechanism: started.mechanism,
             })),
             Err(Stop::Close(e)) => {
                 warn!(conn = self.id, peer = %self.peer, error = %e, "handshake failed");
@@ -185,7 +192,7 @@ impl Handshake {
     }
 
     /// The handshake's steps in order: start/start-ok, authentication, tune/tune-ok, open.
-    async fn negotiate(&self, reader: &mut Reader) -> Result<(ConnCtx, u16, u16), Stop> {
+    async fn negotiate(&self, reader: &mut Reader) -> Result<(ConnCtx, u16, u16, Started), Stop> {
         let started = self.start(reader).await?;
         let user = self.authenticate(&started)?;
         let (frame_max, channel_max, heartbeat) = self.tune(reader).await?;
@@ -213,6 +220,7 @@ impl Handshake {
             },
             heartbeat,
             channel_max,
+            started,
         ))
     }
 
@@ -243,6 +251,7 @@ impl Handshake {
             )));
         }
         Ok(Started {
+            client_properties: start_ok.client_properties.clone(),
             failure_close: cap("authentication_failure_close"),
             cancel_notify: cap("consumer_cancel_notify"),
             blocked_notify: cap("connection.blocked"),

@@ -65,6 +65,7 @@ pub(crate) async fn serve(
 ) {
     let id = broker.next_connection_id();
     debug!(conn = id, %peer, "accepted");
+    let local = stream.local_addr().unwrap_or(peer);
     // Bounded handshakes: past the limit the socket is closed before anything is read.
     let Ok(permit) = broker.handshakes.clone().try_acquire_owned() else {
         warn!(conn = id, %peer, "too many handshakes in progress: connection refused");
@@ -84,6 +85,7 @@ pub(crate) async fn serve(
             }
         }
     };
+    let tls_on = tls_info.is_some();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
     let (outbound, writer_task) = Outbound::spawn(
@@ -118,6 +120,23 @@ pub(crate) async fn serve(
     let (mut reader, client_closed) = match outcome {
         handshake::Outcome::Opened(opened) => {
             let opened = *opened;
+            let details = Arc::new(crate::state::ConnDetails {
+                name: format!(
+                    "{} -> {}",
+                    crate::state::host_port(peer),
+                    crate::state::host_port(local)
+                ),
+                local,
+                client_properties: opened.client_properties,
+                connected_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                auth_mechanism: opened.mechanism,
+                tls: tls_on,
+                frame_max: opened.ctx.frame_max,
+                channel_max: opened.channel_max,
+                heartbeat: opened.heartbeat,
+            });
             let mut c = Connection {
                 ctx: opened.ctx,
                 heartbeat: opened.heartbeat,
@@ -133,6 +152,9 @@ pub(crate) async fn serve(
                 blocked: false,
                 sent_blocked: false,
                 channel_count: Default::default(),
+                closed_counts: Default::default(),
+                recv_oct: 0,
+                recv_cnt: 0,
             };
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, "connection opened");
             broker.registry.insert(
@@ -143,12 +165,23 @@ pub(crate) async fn serve(
                     peer,
                     channels: c.channel_count.clone(),
                     events: c.ctx.events.clone(),
+                    details,
+                    backlog: c.outbound.backlog.clone(),
                 },
             );
+            broker
+                .churn
+                .connection_created
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut reader = opened.reader;
             let reason = c.run(&mut reader, &mut events_rx).await;
             broker.registry.remove(&id);
             c.cleanup(&mut events_rx);
+            broker.retire_counts(&c.ctx.vhost.name, c.closed_counts);
+            broker
+                .churn
+                .connection_closed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             info!(conn = id, %peer, user = %c.ctx.user, vhost = %c.ctx.vhost.name, %reason, "connection closed");
             (Some(reader), c.client_closed)
         }
@@ -223,6 +256,11 @@ struct Connection {
     sent_blocked: bool,
     /// Channels open, shared with the broker's registry (user `max-channels` limits).
     channel_count: Arc<std::sync::atomic::AtomicU32>,
+    /// Message counts of the channels closed so far.
+    closed_counts: crate::stats::MessageCounts,
+    /// Bytes and frames received.
+    recv_oct: u64,
+    recv_cnt: u64,
 }
 
 type Reader = FramedRead<ReadHalf, FrameCodec>;
@@ -368,7 +406,11 @@ fn far_future() -> Instant {
 impl Connection {
     fn on_read(&mut self, r: Result<Frame, CodecError>) -> Flow {
         let frame = match r {
-            Ok(f) => f,
+            Ok(f) => {
+                self.recv_oct += f.wire_len() as u64;
+                self.recv_cnt += 1;
+                f
+            }
             Err(CodecError::Protocol(e)) => {
                 // The byte stream cannot be trusted any more: say why and stop reading.
                 self.send_connection_close(&e);
@@ -506,7 +548,7 @@ impl Connection {
                     crate::channel::Closing::Discard => {}
                     // close-ok for ours: the channel number is free again
                     crate::channel::Closing::Done => {
-                        self.channels.remove(&id);
+                        self.take_channel(id);
                     }
                     // A close crossing ours: answer it and keep waiting for the close-ok of
                     // ours (RabbitMQ's closing state; AMQP 0-9-1 2.2.4): a client that sends
@@ -523,7 +565,7 @@ impl Connection {
             ChannelState::Open => {
                 let outcome = channel.handle_frame(&mut self.ctx, frame)?;
                 if outcome == crate::channel::Outcome::Closed
-                    && let Some(mut ch) = self.channels.remove(&id)
+                    && let Some(mut ch) = self.take_channel(id)
                 {
                     ch.release(&mut self.ctx);
                 }
@@ -576,12 +618,52 @@ impl Connection {
             .into());
         }
         self.channels.insert(id, Channel::new(id));
+        self.ctx
+            .broker
+            .churn
+            .channel_created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.count_channels();
         self.ctx.send_method(
             id,
             AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
         );
         Ok(Flow::Continue)
+    }
+
+    /// Remove a channel, keeping its message counts.
+    fn take_channel(&mut self, id: u16) -> Option<Channel> {
+        let ch = self.channels.remove(&id)?;
+        self.closed_counts += ch.counts;
+        self.ctx
+            .broker
+            .churn
+            .channel_closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(ch)
+    }
+
+    /// The connection's channels and counters, for the management API.
+    fn snapshot(&self) -> crate::stats::ConnSnapshot {
+        let mut channels: Vec<_> = self
+            .channels
+            .values()
+            .filter(|c| c.state == ChannelState::Open)
+            .map(|c| c.info())
+            .collect();
+        channels.sort_by_key(|c| c.number);
+        let mut closed = self.closed_counts;
+        for c in self.channels.values() {
+            if c.state != ChannelState::Open {
+                closed += c.counts;
+            }
+        }
+        crate::stats::ConnSnapshot {
+            channels,
+            closed,
+            recv_oct: self.recv_oct,
+            recv_cnt: self.recv_cnt,
+        }
     }
 
     /// Publish the number of open channels to the registry (user channel limits).
@@ -631,7 +713,7 @@ impl Connection {
         self.closing_since = Some(Instant::now());
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
-            if let Some(mut ch) = self.channels.remove(&id) {
+            if let Some(mut ch) = self.take_channel(id) {
                 ch.release(&mut self.ctx);
             }
         }
@@ -667,6 +749,9 @@ impl Connection {
                 for ch in self.channels.values() {
                     ch.redispatch();
                 }
+            }
+            ConnEvent::Inspect(reply) => {
+                let _ = reply.send(self.snapshot());
             }
             ConnEvent::Close { text } => {
                 if self.closing_since.is_none() {
@@ -818,7 +903,7 @@ impl Connection {
     fn cleanup(&mut self, events: &mut mpsc::UnboundedReceiver<ConnEvent>) {
         let ids: Vec<u16> = self.channels.keys().copied().collect();
         for id in ids {
-            if let Some(mut ch) = self.channels.remove(&id) {
+            if let Some(mut ch) = self.take_channel(id) {
                 ch.release(&mut self.ctx);
             }
         }

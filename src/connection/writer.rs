@@ -72,6 +72,8 @@ async fn run(
             return;
         }
         backlog.socket.fetch_sub(total, Ordering::Relaxed);
+        backlog.sent.fetch_add(total as u64, Ordering::Relaxed);
+        backlog.writes.fetch_add(1, Ordering::Relaxed);
         if backlog.total() < MAX_CONNECTION_BACKLOG / 2
             && backlog.blocked.swap(false, Ordering::Relaxed)
         {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// The reason the change closures give for a missing object (a 404, not a 400).
-const NOT_FOUND: &str = "\0not found";
+pub(super) const NOT_FOUND: &str = "\0not found";
 
 pub(super) fn bad_request(reason: &str) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", reason)

@@ -1,36 +1,138 @@
-//! `GET/POST /api/definitions`: RabbitMQ's definitions export and import, for the sections
-//! the security model owns (users with their password hashes and limits, vhosts, permissions,
-//! topic permissions, vhost limits as `vhost-limits` parameters). A RabbitMQ export imported
-//! here lets the same users in with the same rights. Queues, exchanges, bindings and policies
-//! in the file are not imported yet (the management issue adds them); the reply says how many
-//! were skipped.
+//! RabbitMQ's definitions, exported and imported in its JSON: users (with password hashes and
+//! limits), vhosts, permissions, topic permissions, parameters (vhost limits, operator
+//! policies, others kept as they are), global parameters, policies, queues, exchanges and
+//! bindings. `GET/POST /api/definitions` for the whole broker, `/api/definitions/{vhost}` for
+//! one vhost (objects without their `vhost`, importable into another one), and
+//! `load_definitions` at boot. A RabbitMQ export imported here brings its topology and lets
+//! the same users in with the same rights.
+//!
+//! Exported as RabbitMQ 3.10.8 does (recorded): every queue and exchange but exclusive queues
+//! and the predeclared exchanges, every binding but the default exchange's implicit ones.
 
-use super::access::{bad_request, change, vhost_json};
+// Handlers stop early with the error response itself: a cold path, once per request.
+#![allow(clippy::result_large_err)]
+
+use super::access::{bad_request, change};
+use super::amqp_json::{arguments, table_json};
 use super::{Caller, RABBITMQ_COMPAT, Shared, not_authorised};
+use crate::auth::policy::{GlobalParameterDef, ParameterDef, PolicyDef};
 use crate::auth::{
-    PermissionDef, TopicPermissionDef, UserDef, VHOST_LIMITS, VhostRecord, validate_limits,
+    AuthData, PermissionDef, TopicPermissionDef, UserDef, VHOST_LIMITS, VhostRecord,
+    validate_limits,
 };
-use axum::extract::State;
+use crate::defs::{BindingDef, Destination, ExchangeDef, ExchangeKind, QueueDef};
+use crate::state::BrokerState;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
-pub(super) async fn export(
-    State(state): State<Shared>,
-    axum::Extension(caller): Caller,
-) -> Response {
-    if !caller.is_admin() {
-        return not_authorised("Not administrator user");
+/// Exchanges every vhost has (never exported).
+fn predeclared(name: &str) -> bool {
+    name.is_empty()
+        || matches!(
+            name,
+            "amq.direct" | "amq.fanout" | "amq.topic" | "amq.headers" | "amq.match"
+        )
+}
+
+/// One vhost's queues, exchanges and bindings (`with_vhost`: each object names its vhost).
+fn topology(v: &crate::vhost::VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let tag = |mut o: Map<String, Value>| {
+        if with_vhost {
+            o.insert("vhost".into(), json!(v.name));
+        }
+        Value::Object(o)
+    };
+    let mut queues: Vec<_> = v
+        .queues
+        .iter()
+        .filter(|q| !q.def.exclusive)
+        .map(|q| q.def.clone())
+        .collect();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let queues = queues
+        .into_iter()
+        .map(|q| {
+            let mut o = Map::new();
+            o.insert("name".into(), json!(q.name));
+            o = tag(o).as_object().cloned().unwrap_or_default();
+            o.insert("durable".into(), json!(q.durable));
+            o.insert("auto_delete".into(), json!(q.auto_delete));
+            o.insert("arguments".into(), table_json(&q.arguments));
+            Value::Object(o)
+        })
+        .collect();
+    let mut xs: Vec<_> = v
+        .exchanges
+        .iter()
+        .filter(|x| !predeclared(&x.def.name))
+        .map(|x| x.value().clone())
+        .collect();
+    xs.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+    let exchanges = xs
+        .iter()
+        .map(|x| {
+            let mut o = Map::new();
+            o.insert("name".into(), json!(x.def.name));
+            o = tag(o).as_object().cloned().unwrap_or_default();
+            o.insert("type".into(), json!(x.def.kind.as_str()));
+            o.insert("durable".into(), json!(x.def.durable));
+            o.insert("auto_delete".into(), json!(x.def.auto_delete));
+            o.insert("internal".into(), json!(x.def.internal));
+            o.insert("arguments".into(), table_json(&x.def.arguments));
+            Value::Object(o)
+        })
+        .collect();
+    let mut all: Vec<_> = v.exchanges.iter().map(|x| x.value().clone()).collect();
+    all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+    let mut bindings = Vec::new();
+    for x in all {
+        for b in x.bindings() {
+            let (dtype, dest) = match &b.destination {
+                Destination::Queue(n) => ("queue", n.to_string()),
+                Destination::Exchange(n) => ("exchange", n.to_string()),
+            };
+            let mut o = Map::new();
+            o.insert("source".into(), json!(b.source));
+            o = tag(o).as_object().cloned().unwrap_or_default();
+            o.insert("destination".into(), json!(dest));
+            o.insert("destination_type".into(), json!(dtype));
+            o.insert("routing_key".into(), json!(b.routing_key));
+            o.insert("arguments".into(), table_json(&b.arguments));
+            bindings.push(Value::Object(o));
+        }
     }
+    (queues, exchanges, bindings)
+}
+
+fn policies_json(data: &AuthData, vhost: Option<&str>) -> Vec<Value> {
+    data.policies
+        .values()
+        .filter(|p| vhost.is_none_or(|v| p.vhost == v))
+        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+        .collect()
+}
+
+fn parameters_json(data: &AuthData, vhost: Option<&str>) -> Vec<Value> {
+    super::policies::all_parameters(data)
+        .into_iter()
+        .filter(|p| vhost.is_none_or(|v| p.vhost == v))
+        .map(|p| serde_json::to_value(p).unwrap_or(Value::Null))
+        .collect()
+}
+
+/// The whole broker's definitions.
+pub(crate) fn export_all(state: &BrokerState) -> Value {
     let data = state.auth.snapshot();
     let users: Vec<UserDef> = data.users.values().map(|u| UserDef::of(u)).collect();
     let vhosts: Vec<Value> = data
         .vhosts
         .values()
         .map(|v| {
-            let full = vhost_json(&state, v);
+            let full = super::access::vhost_json(state, v);
             json!({
                 "name": v.name,
                 "description": v.description,
@@ -58,16 +160,25 @@ pub(super) async fn export(
             })
         })
         .collect();
-    let parameters: Vec<Value> = data
-        .vhosts
-        .values()
-        .filter(|v| !v.limits.is_empty())
-        .map(|v| {
-            json!({"vhost": v.name, "component": "vhost-limits", "name": "limits",
-                   "value": v.limits})
-        })
-        .collect();
-    axum::Json(json!({
+    let mut global_parameters = vec![json!({"name": "cluster_name",
+                                            "value": state.config.cluster_name})];
+    global_parameters.extend(
+        data.global_parameters
+            .values()
+            .map(|p| serde_json::to_value(p).unwrap_or(Value::Null)),
+    );
+    let (mut queues, mut exchanges, mut bindings) = (Vec::new(), Vec::new(), Vec::new());
+    let mut names: Vec<String> = state.vhosts.iter().map(|v| v.key().clone()).collect();
+    names.sort();
+    for name in names {
+        if let Some(v) = state.vhost(&name) {
+            let (q, x, b) = topology(&v, true);
+            queues.extend(q);
+            exchanges.extend(x);
+            bindings.extend(b);
+        }
+    }
+    json!({
         "rabbit_version": RABBITMQ_COMPAT,
         "rabbitmq_version": RABBITMQ_COMPAT,
         "product_name": "Warren",
@@ -76,25 +187,59 @@ pub(super) async fn export(
         "vhosts": vhosts,
         "permissions": permissions,
         "topic_permissions": topic_permissions,
-        "parameters": parameters,
-        "global_parameters": [],
-        "policies": [],
-        "queues": [],
-        "exchanges": [],
-        "bindings": [],
+        "parameters": parameters_json(&data, None),
+        "global_parameters": global_parameters,
+        "policies": policies_json(&data, None),
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
+}
+
+pub(super) async fn export(
+    State(state): State<Shared>,
+    axum::Extension(caller): Caller,
+) -> Response {
+    if !caller.is_admin() {
+        return not_authorised("Not administrator user");
+    }
+    axum::Json(export_all(&state)).into_response()
+}
+
+pub(super) async fn export_vhost(
+    State(state): State<Shared>,
+    axum::Extension(caller): Caller,
+    Path(vhost): Path<String>,
+) -> Response {
+    if !caller.is_admin() {
+        return not_authorised("Not administrator user");
+    }
+    let Some(v) = state.vhost(&vhost) else {
+        return super::not_found();
+    };
+    let data = state.auth.snapshot();
+    let (queues, exchanges, bindings) = topology(&v, false);
+    axum::Json(json!({
+        "rabbit_version": RABBITMQ_COMPAT,
+        "parameters": parameters_json(&data, Some(&vhost)),
+        "policies": policies_json(&data, Some(&vhost)),
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
     }))
     .into_response()
 }
 
-/// The sections of a definitions file that are imported.
+/// The sections of a definitions file.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Import {
+pub(crate) struct Import {
     users: Vec<UserDef>,
     vhosts: Vec<VhostRecord>,
     permissions: Vec<PermissionDef>,
     topic_permissions: Vec<TopicPermissionDef>,
     parameters: Vec<Parameter>,
+    global_parameters: Vec<GlobalParameterDef>,
     queues: Vec<Value>,
     exchanges: Vec<Value>,
     bindings: Vec<Value>,
@@ -102,66 +247,106 @@ pub(super) struct Import {
 }
 
 #[derive(Deserialize)]
-pub(super) struct Parameter {
+pub(crate) struct Parameter {
+    #[serde(default)]
     vhost: String,
     component: String,
+    #[serde(default)]
+    name: String,
     value: Value,
 }
 
-pub(super) async fn import(
-    State(state): State<Shared>,
-    axum::Extension(caller): Caller,
-    body: axum::body::Bytes,
-) -> Response {
-    if !caller.is_admin() {
-        return not_authorised("Not administrator user");
+/// Why an import failed: the HTTP status and RabbitMQ's reason.
+pub(crate) struct ImportError(StatusCode, String);
+
+impl ImportError {
+    fn bad(reason: impl Into<String>) -> Self {
+        ImportError(StatusCode::BAD_REQUEST, reason.into())
     }
-    let defs: Import = match serde_json::from_slice(&body) {
-        Ok(d) => d,
-        Err(e) => return bad_request(&format!("invalid definitions: {e}")),
-    };
-    // Validate everything before anything changes.
+
+    /// The reason text.
+    pub(crate) fn reason(&self) -> &str {
+        &self.1
+    }
+}
+
+fn str_field<'a>(o: &'a Value, k: &str) -> Result<&'a str, ImportError> {
+    o.get(k)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ImportError::bad(format!("[{{key_missing,{k}}}]")))
+}
+
+fn bool_field(o: &Value, k: &str, default: bool) -> bool {
+    o.get(k).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// The vhost an object goes to: the one of a per-vhost import, else its own.
+fn target<'a>(o: &'a Value, into: Option<&'a str>) -> Result<&'a str, ImportError> {
+    match into {
+        Some(v) => Ok(v),
+        None => str_field(o, "vhost"),
+    }
+}
+
+/// Import definitions (`into`: a per-vhost import, every object goes to that vhost).
+/// Security sections and policies are validated before anything changes; topology is then
+/// declared object by object with AMQP's rules, stopping at the first error.
+pub(crate) async fn import_definitions(
+    state: &Arc<BrokerState>,
+    defs: Import,
+    into: Option<&str>,
+) -> Result<(), ImportError> {
     let mut users = Vec::new();
     for u in &defs.users {
-        match u.to_user() {
-            Ok(u) => users.push(u),
-            Err(e) => return bad_request(&e),
-        }
+        users.push(u.to_user().map_err(ImportError::bad)?);
     }
     let mut perms = Vec::new();
     for p in &defs.permissions {
-        match p.to_permission() {
-            Ok(c) => perms.push(((p.vhost.clone(), p.user.clone()), c)),
-            Err(e) => return bad_request(&e),
-        }
+        let c = p.to_permission().map_err(ImportError::bad)?;
+        perms.push(((p.vhost.clone(), p.user.clone()), c));
     }
     let mut limits = Vec::new();
-    for p in defs
-        .parameters
-        .iter()
-        .filter(|p| p.component == "vhost-limits")
-    {
-        match validate_limits(VHOST_LIMITS, &p.value) {
-            Ok(l) => limits.push((p.vhost.clone(), l)),
-            Err(e) => return bad_request(&e),
+    let mut operator_policies = Vec::new();
+    let mut parameters = Vec::new();
+    for p in &defs.parameters {
+        let vhost = into.unwrap_or(&p.vhost).to_string();
+        match p.component.as_str() {
+            "vhost-limits" => limits.push((
+                vhost,
+                validate_limits(VHOST_LIMITS, &p.value).map_err(ImportError::bad)?,
+            )),
+            "operator_policy" => operator_policies.push(
+                crate::auth::policy::validate(&vhost, &p.name, &p.value, true)
+                    .map_err(ImportError::bad)?,
+            ),
+            _ => parameters.push(ParameterDef {
+                value: p.value.clone(),
+                vhost,
+                component: p.component.clone(),
+                name: p.name.clone(),
+            }),
         }
+    }
+    let mut policies: Vec<PolicyDef> = Vec::new();
+    for p in &defs.policies {
+        let vhost = target(p, into)?;
+        let name = str_field(p, "name")?;
+        policies
+            .push(crate::auth::policy::validate(vhost, name, p, false).map_err(ImportError::bad)?);
     }
     for v in &defs.vhosts {
-        if let Err(e) = state.create_vhost(&v.name).await {
-            return super::error(
+        state.create_vhost(&v.name).await.map_err(|e| {
+            ImportError(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_server_error",
-                &format!("cannot create vhost '{}': {e}", v.name),
-            );
-        }
+                format!("cannot create vhost '{}': {e}", v.name),
+            )
+        })?;
     }
-    let skipped =
-        defs.queues.len() + defs.exchanges.len() + defs.bindings.len() + defs.policies.len();
     let vhosts = defs.vhosts;
     let topic = defs.topic_permissions;
-    let r = change(&state, move |d| {
-        for v in vhosts {
-            let mut v = v;
+    let global = defs.global_parameters;
+    let r = change(state, move |d| {
+        for mut v in vhosts {
             if let Some(old) = d.vhosts.get(&v.name)
                 && v.limits.is_empty()
             {
@@ -189,17 +374,185 @@ pub(super) async fn import(
                 v.limits = l;
             }
         }
+        for p in policies {
+            d.policies.insert((p.vhost.clone(), p.name.clone()), p);
+        }
+        for p in operator_policies {
+            d.operator_policies
+                .insert((p.vhost.clone(), p.name.clone()), p);
+        }
+        for p in parameters {
+            d.parameters
+                .insert((p.vhost.clone(), p.component.clone(), p.name.clone()), p);
+        }
+        for g in global {
+            // The cluster name comes from the configuration.
+            if g.name != "cluster_name" && g.name != "internal_cluster_id" {
+                d.global_parameters.insert(g.name.clone(), g);
+            }
+        }
         Ok(())
     })
     .await;
     if let Err(r) = r {
-        return r;
+        return Err(ImportError(r.status(), "definitions import failed".into()));
     }
-    if skipped > 0 {
-        tracing::warn!(
-            skipped,
-            "definitions import: queues, exchanges, bindings and policies are not imported yet"
-        );
+    import_topology(state, &defs.exchanges, &defs.queues, &defs.bindings, into).await
+}
+
+/// Exchanges, then queues, then bindings, each with AMQP's rules (an HTTP-style import acts
+/// as no connection).
+async fn import_topology(
+    state: &Arc<BrokerState>,
+    exchanges: &[Value],
+    queues: &[Value],
+    bindings: &[Value],
+    into: Option<&str>,
+) -> Result<(), ImportError> {
+    let vhost = |o: &Value| -> Result<Arc<crate::vhost::VHost>, ImportError> {
+        let name = target(o, into)?;
+        state
+            .vhost(name)
+            .ok_or_else(|| ImportError::bad(format!("vhost_not_found: {name}")))
+    };
+    let amqp = |e: crate::protocol::AmqpError| ImportError::bad(e.text);
+    let mut touched: Vec<Arc<crate::vhost::VHost>> = Vec::new();
+    for x in exchanges {
+        let v = vhost(x)?;
+        let name = str_field(x, "name")?;
+        if predeclared(name) {
+            continue;
+        }
+        let kind_name = str_field(x, "type")?;
+        let kind = ExchangeKind::parse(kind_name)
+            .ok_or_else(|| ImportError::bad(format!("unknown exchange type '{kind_name}'")))?;
+        let def = ExchangeDef {
+            name: name.to_string(),
+            kind,
+            durable: bool_field(x, "durable", true),
+            auto_delete: bool_field(x, "auto_delete", false),
+            internal: bool_field(x, "internal", false),
+            arguments: arguments(x.get("arguments")).map_err(ImportError::bad)?,
+        };
+        v.declare_exchange(def, kind_name, false).map_err(amqp)?;
+        touched.push(v);
     }
-    StatusCode::NO_CONTENT.into_response()
+    for q in queues {
+        let v = vhost(q)?;
+        let def = QueueDef {
+            name: str_field(q, "name")?.to_string(),
+            durable: bool_field(q, "durable", true),
+            exclusive: false,
+            auto_delete: bool_field(q, "auto_delete", false),
+            arguments: arguments(q.get("arguments")).map_err(ImportError::bad)?,
+        };
+        v.declare_queue(def, false, false, 0).map_err(amqp)?;
+        touched.push(v);
+    }
+    for b in bindings {
+        let v = vhost(b)?;
+        let dest = str_field(b, "destination")?;
+        let destination = match str_field(b, "destination_type")? {
+            "queue" => Destination::Queue(dest.into()),
+            "exchange" => Destination::Exchange(dest.into()),
+            other => {
+                return Err(ImportError::bad(format!(
+                    "unknown destination type '{other}'"
+                )));
+            }
+        };
+        let def = BindingDef {
+            source: str_field(b, "source")?.to_string(),
+            destination,
+            routing_key: b
+                .get("routing_key")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            arguments: arguments(b.get("arguments")).map_err(ImportError::bad)?,
+        };
+        v.bind(def, 0).map_err(amqp)?;
+        touched.push(v);
+    }
+    // Durable: the definitions journal of every vhost changed is synced before the reply.
+    for v in touched {
+        if let Some((seq, mut rx)) = v.definitions_pending() {
+            let _ = rx.wait_for(|s| s.seq >= seq || s.failing).await;
+        }
+    }
+    Ok(())
+}
+
+fn parse(body: &[u8]) -> Result<Import, Response> {
+    serde_json::from_slice(body).map_err(|e| bad_request(&format!("invalid definitions: {e}")))
+}
+
+fn respond(r: Result<(), ImportError>) -> Response {
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(ImportError(status, reason)) if status == StatusCode::BAD_REQUEST => {
+            bad_request(&reason)
+        }
+        Err(ImportError(status, reason)) => super::error(status, "internal_server_error", &reason),
+    }
+}
+
+pub(super) async fn import(
+    State(state): State<Shared>,
+    axum::Extension(caller): Caller,
+    body: axum::body::Bytes,
+) -> Response {
+    if !caller.is_admin() {
+        return not_authorised("Not administrator user");
+    }
+    match parse(&body) {
+        Ok(defs) => respond(import_definitions(&state, defs, None).await),
+        Err(r) => r,
+    }
+}
+
+pub(super) async fn import_vhost(
+    State(state): State<Shared>,
+    axum::Extension(caller): Caller,
+    Path(vhost): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !caller.is_admin() {
+        return not_authorised("Not administrator user");
+    }
+    if state.vhost(&vhost).is_none() {
+        return super::not_found();
+    }
+    match parse(&body) {
+        Ok(mut defs) => {
+            // A vhost's definitions carry no users, vhosts or permissions.
+            defs.users.clear();
+            defs.vhosts.clear();
+            defs.permissions.clear();
+            defs.topic_permissions.clear();
+            defs.global_parameters.clear();
+            respond(import_definitions(&state, defs, Some(&vhost)).await)
+        }
+        Err(r) => r,
+    }
+}
+
+/// `load_definitions`: import a file at boot.
+pub(crate) async fn load_file(
+    state: &Arc<BrokerState>,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let defs: Import = serde_json::from_slice(&bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    import_definitions(state, defs, None).await.map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: {}", path.display(), e.reason()),
+        )
+    })
 }

@@ -10,22 +10,30 @@
 //! users, vhosts, permissions and limits.
 
 mod access;
+mod amqp_json;
+mod connections;
 mod definitions;
+mod listing;
+mod node;
+mod policies;
+mod topology;
 
-use crate::args::as_int;
+pub(crate) use amqp_json::{table_json, value_json};
+pub(crate) use definitions::load_file as load_definitions;
+pub(crate) use node::sampler;
+
 use crate::auth::User;
-use crate::queue::Queue;
 use crate::state::BrokerState;
+use crate::stats::Rates;
 use crate::vhost::VHost;
-use amq_protocol::types::{AMQPValue, FieldTable};
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
+use axum::routing::{delete, get, post, put};
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
 type Shared = Arc<BrokerState>;
@@ -36,17 +44,159 @@ const RABBITMQ_COMPAT: &str = "3.10.8";
 /// The routes, behind basic authentication.
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
-        .route("/api/overview", get(overview))
+        .route("/api/overview", get(node::overview))
+        .route("/api/cluster-name", get(node::cluster_name))
+        .route("/api/nodes", get(node::nodes))
+        .route("/api/nodes/{name}", get(node::one_node))
+        .route("/api/extensions", get(node::extensions))
+        .route("/api/health/checks/alarms", get(node::alarms_check))
+        .route(
+            "/api/health/checks/local-alarms",
+            get(node::local_alarms_check),
+        )
+        .route(
+            "/api/health/checks/port-listener/{port}",
+            get(node::port_listener),
+        )
+        .route(
+            "/api/health/checks/protocol-listener/{protocol}",
+            get(node::protocol_listener),
+        )
+        .route(
+            "/api/health/checks/virtual-hosts",
+            get(node::virtual_hosts_check),
+        )
+        .route(
+            "/api/health/checks/node-is-quorum-critical",
+            get(node::single_node_ok),
+        )
+        .route(
+            "/api/health/checks/node-is-mirror-sync-critical",
+            get(node::single_node_ok),
+        )
+        .route(
+            "/api/health/checks/certificate-expiration/{n}/{unit}",
+            get(node::certificate_expiration),
+        )
+        .route("/api/aliveness-test/{vhost}", get(topology::aliveness))
+        .route("/api/connections", get(connections::connections))
+        .route("/api/connections/", get(connections::connections))
+        .route(
+            "/api/connections/{name}",
+            get(connections::one_connection).delete(connections::close_connection),
+        )
+        .route(
+            "/api/connections/{name}/channels",
+            get(connections::connection_channels),
+        )
+        .route(
+            "/api/connections/username/{user}",
+            get(connections::user_connections).delete(connections::close_user_connections),
+        )
+        .route(
+            "/api/vhosts/{vhost}/connections",
+            get(connections::vhost_connections),
+        )
+        .route("/api/channels", get(connections::channels))
+        .route("/api/channels/{name}", get(connections::one_channel))
+        .route(
+            "/api/vhosts/{vhost}/channels",
+            get(connections::vhost_channels),
+        )
+        .route("/api/consumers", get(connections::consumers))
+        .route("/api/consumers/{vhost}", get(connections::vhost_consumers))
+        .route("/api/queues", get(topology::all_queues))
+        .route("/api/queues/{vhost}", get(topology::vhost_queues))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(topology::one_queue)
+                .put(topology::put_queue)
+                .delete(topology::delete_queue),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            delete(topology::purge),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/get",
+            post(topology::get_messages),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/bindings",
+            get(topology::queue_bindings),
+        )
+        .route("/api/exchanges", get(topology::all_exchanges))
+        .route("/api/exchanges/{vhost}", get(topology::vhost_exchanges))
+        .route(
+            "/api/exchanges/{vhost}/{name}",
+            get(topology::one_exchange)
+                .put(topology::put_exchange)
+                .delete(topology::delete_exchange),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/publish",
+            post(topology::publish),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/source",
+            get(topology::exchange_bindings_source),
+        )
+        .route(
+            "/api/exchanges/{vhost}/{name}/bindings/destination",
+            get(topology::exchange_bindings_destination),
+        )
+        .route("/api/bindings", get(topology::all_bindings))
+        .route("/api/bindings/{vhost}", get(topology::vhost_bindings))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}",
+            get(topology::bindings_between).post(topology::bind),
+        )
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
+            get(topology::one_binding).delete(topology::unbind),
+        )
+        .route("/api/policies", get(policies::policies))
+        .route("/api/policies/{vhost}", get(policies::vhost_policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policies::policy)
+                .put(policies::put_policy)
+                .delete(policies::delete_policy),
+        )
+        .route("/api/operator-policies", get(policies::operator_policies))
+        .route(
+            "/api/operator-policies/{vhost}",
+            get(policies::vhost_operator_policies),
+        )
+        .route(
+            "/api/operator-policies/{vhost}/{name}",
+            get(policies::operator_policy)
+                .put(policies::put_operator_policy)
+                .delete(policies::delete_operator_policy),
+        )
+        .route("/api/parameters", get(policies::parameters))
+        .route(
+            "/api/parameters/{component}",
+            get(policies::component_parameters),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}",
+            get(policies::vhost_component_parameters),
+        )
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(policies::parameter)
+                .put(policies::put_parameter)
+                .delete(policies::delete_parameter),
+        )
+        .route("/api/global-parameters", get(policies::global_parameters))
+        .route(
+            "/api/global-parameters/{name}",
+            get(policies::global_parameter)
+                .put(policies::put_global_parameter)
+                .delete(policies::delete_global_parameter),
+        )
         .route("/api/vhosts", get(access::vhosts))
-        .route("/api/queues", get(all_queues))
-        .route("/api/queues/{vhost}", get(vhost_queues))
-        .route("/api/queues/{vhost}/{name}", get(one_queue))
-        .route("/api/queues/{vhost}/{name}/contents", delete(purge))
-        .route("/api/exchanges", get(all_exchanges))
-        .route("/api/exchanges/{vhost}", get(vhost_exchanges))
-        .route("/api/nodes", get(nodes))
-        .route("/api/health/checks/alarms", get(alarms_check))
-        .route("/api/health/checks/local-alarms", get(local_alarms_check))
         .route("/api/whoami", get(access::whoami))
         .route("/api/users", get(access::users))
         .route(
@@ -111,6 +261,10 @@ pub(crate) fn router(state: Shared) -> Router {
             "/api/definitions",
             get(definitions::export).post(definitions::import),
         )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -140,6 +294,7 @@ impl
 
 /// Serve the API over HTTP on `listener` until the broker shuts down.
 pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Shared) {
+    tokio::spawn(sampler(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     if let Err(e) = axum::serve(listener, app)
@@ -152,6 +307,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, state: Shared) {
 
 /// Serve the API over HTTPS until the broker shuts down.
 pub(crate) async fn serve_tls(listener: crate::tls::HttpsListener, state: Shared) {
+    tokio::spawn(sampler(state.clone()));
     let shutdown = state.shutdown.clone();
     let app = router(state).into_make_service_with_connect_info::<Peer>();
     if let Err(e) = axum::serve(listener, app)
@@ -269,230 +425,16 @@ fn vhost(state: &BrokerState, user: &User, name: &str) -> Option<Arc<VHost>> {
     state.vhosts.get(name).map(|v| v.value().clone())
 }
 
-/// A field table as RabbitMQ's management API shows it.
-pub(crate) fn table_json(t: &FieldTable) -> Value {
-    Value::Object(
-        t.inner()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), value_json(v)))
-            .collect(),
-    )
-}
-
-fn value_json(v: &AMQPValue) -> Value {
-    if let Some(i) = as_int(v) {
-        return json!(i);
+/// `message_stats` (or churn rates): each counter with its `*_details.rate` from the last
+/// sample of object `key`.
+pub(crate) fn details(rates: &Rates, key: &str, values: &[(&'static str, u64)]) -> Value {
+    let mut m = Map::new();
+    for (name, v) in values {
+        m.insert((*name).to_string(), json!(v));
+        m.insert(
+            format!("{name}_details"),
+            json!({"rate": rates.rate(key, name)}),
+        );
     }
-    match v {
-        AMQPValue::Boolean(b) => json!(b),
-        AMQPValue::Float(f) => json!(f),
-        AMQPValue::Double(f) => json!(f),
-        AMQPValue::ShortString(s) => json!(s.as_str()),
-        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
-        AMQPValue::FieldTable(t) => table_json(t),
-        AMQPValue::Timestamp(t) => json!(t),
-        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
-        AMQPValue::DecimalValue(d) => json!(d.value as f64 / 10f64.powi(d.scale as i32)),
-        _ => Value::Null,
-    }
-}
-
-fn queue_json(state: &BrokerState, q: &Queue) -> Value {
-    let (ready, unacked, consumers, memory) = q.stats();
-    let kind = match q.def.arguments.inner().get("x-queue-type") {
-        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        _ => "classic".into(),
-    };
-    json!({
-        "name": q.def.name,
-        "vhost": &*q.vhost,
-        "durable": q.def.durable,
-        "auto_delete": q.def.auto_delete,
-        "exclusive": q.def.exclusive,
-        "arguments": table_json(&q.def.arguments),
-        "type": kind,
-        "state": "running",
-        "node": state.config.cluster_name,
-        "messages": ready as u64 + unacked as u64,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
-        "consumers": consumers,
-        "memory": memory,
-    })
-}
-
-fn queues_of(state: &BrokerState, v: &VHost) -> Vec<Value> {
-    let mut qs: Vec<Arc<Queue>> = v.queues.iter().map(|q| q.value().clone()).collect();
-    qs.sort_by(|a, b| a.name.cmp(&b.name));
-    qs.iter().map(|q| queue_json(state, q)).collect()
-}
-
-fn exchanges_of(v: &VHost) -> Vec<Value> {
-    let mut xs: Vec<_> = v.exchanges.iter().map(|x| x.value().clone()).collect();
-    xs.sort_by(|a, b| a.def.name.cmp(&b.def.name));
-    xs.iter()
-        .map(|x| {
-            json!({
-                "name": x.def.name,
-                "vhost": v.name.as_str(),
-                "type": x.def.kind.as_str(),
-                "durable": x.def.durable,
-                "auto_delete": x.def.auto_delete,
-                "internal": x.def.internal,
-                "arguments": table_json(&x.def.arguments),
-            })
-        })
-        .collect()
-}
-
-async fn overview(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
-    let (mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64);
-    let (mut ready, mut unacked) = (0u64, 0u64);
-    for v in visible(&state, &user) {
-        exchanges += v.exchanges.len() as u64;
-        for q in v.queues.iter() {
-            let (r, u, c, _) = q.stats();
-            queues += 1;
-            ready += r as u64;
-            unacked += u as u64;
-            consumers += c as u64;
-        }
-    }
-    axum::Json(json!({
-        "product_name": "Warren",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "rabbitmq_version": RABBITMQ_COMPAT,
-        "management_version": RABBITMQ_COMPAT,
-        "cluster_name": state.config.cluster_name,
-        "node": state.config.cluster_name,
-        "exchange_types": [
-            {"name": "direct"}, {"name": "fanout"}, {"name": "headers"}, {"name": "topic"}
-        ],
-        "object_totals": {
-            "connections": state.connections(),
-            "consumers": consumers,
-            "exchanges": exchanges,
-            "queues": queues,
-        },
-        "queue_totals": {
-            "messages": ready + unacked,
-            "messages_ready": ready,
-            "messages_unacknowledged": unacked,
-        },
-    }))
-    .into_response()
-}
-
-/// The node (one): its resource alarms and the figures behind them.
-async fn nodes(State(state): State<Shared>) -> Response {
-    let alarms = *state.alarms.borrow();
-    let disk_free = state.disk_free.load(std::sync::atomic::Ordering::Relaxed);
-    axum::Json(json!([{
-        "name": state.config.cluster_name,
-        "type": "disc",
-        "running": true,
-        "mem_alarm": alarms.memory,
-        "mem_limit": state.config.memory.limit(),
-        "mem_used": crate::state::heap_allocated(),
-        "disk_free_alarm": alarms.disk,
-        "disk_free": if disk_free == u64::MAX { Value::Null } else { json!(disk_free) },
-        "disk_free_limit": state.config.disk.limit(),
-    }]))
-    .into_response()
-}
-
-/// RabbitMQ's alarm health checks: 200 `{"status":"ok"}`, or 503 with the alarms in effect
-/// (recorded from 3.10.8: resources "disk space" then "memory").
-fn alarms_response(state: &BrokerState, reason: &str) -> Response {
-    let alarms = *state.alarms.borrow();
-    if !alarms.any() {
-        return axum::Json(json!({"status": "ok"})).into_response();
-    }
-    let node = &state.config.cluster_name;
-    let list: Vec<Value> = [("disk space", alarms.disk), ("memory", alarms.memory)]
-        .into_iter()
-        .filter(|(_, on)| *on)
-        .map(|(resource, _)| json!({"node": node, "resource": resource}))
-        .collect();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({"status": "failed", "reason": reason, "alarms": list})),
-    )
-        .into_response()
-}
-
-async fn alarms_check(State(state): State<Shared>) -> Response {
-    alarms_response(&state, "There are alarms in effect in the cluster")
-}
-
-async fn local_alarms_check(State(state): State<Shared>) -> Response {
-    alarms_response(&state, "There are alarms in effect on the node")
-}
-
-async fn all_queues(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
-    let list: Vec<Value> = visible(&state, &user)
-        .iter()
-        .flat_map(|v| queues_of(&state, v))
-        .collect();
-    axum::Json(list).into_response()
-}
-
-async fn vhost_queues(
-    State(state): State<Shared>,
-    axum::Extension(user): Caller,
-    Path(vh): Path<String>,
-) -> Response {
-    match vhost(&state, &user, &vh) {
-        Some(v) => axum::Json(queues_of(&state, &v)).into_response(),
-        None => not_found(),
-    }
-}
-
-async fn one_queue(
-    State(state): State<Shared>,
-    axum::Extension(user): Caller,
-    Path((vh, name)): Path<(String, String)>,
-) -> Response {
-    let Some(v) = vhost(&state, &user, &vh) else {
-        return not_found();
-    };
-    match v.queues.get(&name) {
-        Some(q) => axum::Json(queue_json(&state, &q)).into_response(),
-        None => not_found(),
-    }
-}
-
-async fn purge(
-    State(state): State<Shared>,
-    axum::Extension(user): Caller,
-    Path((vh, name)): Path<(String, String)>,
-) -> Response {
-    let Some(v) = vhost(&state, &user, &vh) else {
-        return not_found();
-    };
-    let Some(q) = v.queues.get(&name).map(|q| q.value().clone()) else {
-        return not_found();
-    };
-    q.purge();
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn all_exchanges(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
-    let list: Vec<Value> = visible(&state, &user)
-        .iter()
-        .flat_map(|v| exchanges_of(v))
-        .collect();
-    axum::Json(list).into_response()
-}
-
-async fn vhost_exchanges(
-    State(state): State<Shared>,
-    axum::Extension(user): Caller,
-    Path(vh): Path<String>,
-) -> Response {
-    match vhost(&state, &user, &vh) {
-        Some(v) => axum::Json(exchanges_of(&v)).into_response(),
-        None => not_found(),
-    }
+    Value::Object(m)
 }

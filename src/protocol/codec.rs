@@ -72,6 +72,16 @@ pub enum Frame {
 }
 
 impl Frame {
+    /// The frame's size on the wire (header, payload and frame-end octet).
+    pub fn wire_len(&self) -> usize {
+        FRAME_OVERHEAD
+            + match self {
+                Frame::Method { payload, .. } | Frame::Body { payload, .. } => payload.len(),
+                Frame::Header { properties, .. } => 12 + properties.len(),
+                Frame::Heartbeat { .. } => 0,
+            }
+    }
+
     /// The channel the frame is on.
     pub fn channel(&self) -> u16 {
         match self {

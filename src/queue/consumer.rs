@@ -25,6 +25,8 @@ pub enum ConnEvent {
     },
     /// The connection's backlog drained: queues may deliver again.
     Drained,
+    /// The management API asks for the connection's channels and counters.
+    Inspect(tokio::sync::oneshot::Sender<crate::stats::ConnSnapshot>),
     /// Close the connection with 320 CONNECTION_FORCED (its user or vhost was deleted).
     Close {
         /// The reply text after `CONNECTION_FORCED - `.
@@ -76,6 +78,10 @@ pub struct Backlog {
     pub socket: AtomicUsize,
     /// Set when a queue held back a delivery because of the backlog.
     pub blocked: AtomicBool,
+    /// Bytes written to the socket so far (the writer's count, for the management API).
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Writes to the socket so far.
+    pub writes: std::sync::atomic::AtomicU64,
 }
 
 impl Backlog {

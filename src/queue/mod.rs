@@ -115,6 +115,8 @@ struct State {
     timer_at: u64,
     /// Whether the expiry task runs.
     timer_running: bool,
+    /// What the queue did with messages (the management API's `message_stats`).
+    counts: crate::stats::QueueCounts,
 }
 
 /// A queue.
@@ -176,6 +178,7 @@ impl Queue {
                 moved_order: HashMap::new(),
                 timer_at: u64::MAX,
                 timer_running: false,
+                counts: Default::default(),
             }),
             args,
             owner,
@@ -269,6 +272,7 @@ impl Queue {
         }
         let e = self.entry(&mut s, msg);
         s.ready.push(e);
+        s.counts.publish += 1;
         if !s.consumers.is_empty() {
             self.dispatch_locked(&mut s);
         }
@@ -397,9 +401,13 @@ impl Queue {
                 continue;
             };
             c.take_credit();
-            if !c.no_ack {
+            if c.no_ack {
+                s.counts.deliver_no_ack += 1;
+            } else {
+                s.counts.deliver += 1;
                 self.mark_delivered(&entry);
             }
+            s.counts.redeliver += entry.redelivered as u64;
             let size = delivery_size(&entry);
             c.backlog.events.fetch_add(size, Ordering::Relaxed);
             if !c.no_ack {
@@ -491,9 +499,12 @@ impl Queue {
             };
         }
         if let Some(e) = &got {
+            s.counts.redeliver += e.redelivered as u64;
             if no_ack {
+                s.counts.get_no_ack += 1;
                 self.forget(e);
             } else {
+                s.counts.get += 1;
                 self.mark_delivered(e);
                 s.hold(e.clone());
             }
@@ -508,6 +519,7 @@ impl Queue {
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(e) = s.unhold(*seq) {
+                s.counts.ack += 1;
                 self.forget(&e);
             }
         }
@@ -612,6 +624,11 @@ impl Queue {
             s.consumers.len() as u32,
             s.ready.memory() + s.unacked_mem,
         )
+    }
+
+    /// What the queue did with messages since it was declared (or recovered).
+    pub fn counts(&self) -> crate::stats::QueueCounts {
+        self.state.lock().counts
     }
 
     /// Ready messages.

@@ -33,6 +33,8 @@ pub struct VHost {
     pub queues: DashMap<String, Arc<Queue>>,
     /// Durable state (absent in memory mode).
     pub store: Option<VHostStore>,
+    /// Queues created, declared and deleted (the management API's churn rates).
+    pub churn: crate::stats::QueueChurn,
 }
 
 /// The exchanges every vhost has.
@@ -69,6 +71,7 @@ impl VHost {
             exchanges: DashMap::new(),
             queues: DashMap::new(),
             store,
+            churn: Default::default(),
         };
         for (n, kind) in PREDECLARED {
             v.exchanges.insert(

@@ -234,6 +234,9 @@ impl VHost {
             });
         }
         let args = QueueArgs::parse(&def.arguments, &res)?;
+        self.churn
+            .declared
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut t = self.topology();
         match self.queues.entry(def.name.clone()) {
             Entry::Occupied(e) => {
@@ -276,6 +279,9 @@ impl VHost {
                         .with_spool(self.log().cloned()),
                 );
                 v.insert(q.clone());
+                self.churn
+                    .created
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Some(ms) = expires {
                     spawn_expiry(
                         Arc::downgrade(self),
@@ -330,6 +336,9 @@ impl VHost {
         {
             return 0;
         }
+        self.churn
+            .deleted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(log) = &q.log {
             t.record(crate::store::journal::Change::DelQueue {
                 name: q.name.to_string(),
