@@ -1,4 +1,4 @@
-//! The broker: starts the listeners (AMQP, AMQPS, management), the resource monitors and the
+//! The broker: starts the listeners (AMQP, AMQPS, management, Prometheus), the resource monitors and the
 //! accept loops that spawn one connection task per socket, and shuts it all down. The state
 //! they share lives in [`crate::state`]. Knows nothing of frames; `connection` does.
 
@@ -21,6 +21,7 @@ pub struct Broker {
     local_addr: SocketAddr,
     amqps_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
+    prometheus_addr: Option<SocketAddr>,
     tracker: TaskTracker,
 }
 
@@ -133,12 +134,29 @@ impl Broker {
                 }
             }
         }
+        let mut prometheus_addr = None;
+        if state.config.prometheus.enabled {
+            let p = &state.config.prometheus;
+            let addr = SocketAddr::new(
+                p.bind
+                    .parse()
+                    .map_err(|_| io::Error::other("bad prometheus bind address"))?,
+                p.port,
+            );
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            prometheus_addr = Some(addr);
+            state.add_listener("http/prometheus", addr);
+            info!(address = %addr, "Prometheus metrics on http://{addr}/metrics");
+            tracker.spawn(crate::prometheus::serve(listener, state.clone()));
+        }
         info!(address = %local_addr, "listening for AMQP 0-9-1 connections on {local_addr}");
         Ok(Broker {
             state,
             local_addr,
             amqps_addr,
             management_addr,
+            prometheus_addr,
             tracker,
         })
     }
@@ -156,6 +174,11 @@ impl Broker {
     /// The address of the management HTTP API, when enabled.
     pub fn management_addr(&self) -> Option<SocketAddr> {
         self.management_addr
+    }
+
+    /// The address of the Prometheus endpoint, when enabled.
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus_addr
     }
 
     /// Shared state, for tests and management.

@@ -491,6 +491,12 @@ impl Config {
                 self.amqps.bind
             ));
         }
+        if self.prometheus.bind.parse::<IpAddr>().is_err() {
+            return Err(format!(
+                "prometheus.bind: '{}' is not an IP address",
+                self.prometheus.bind
+            ));
+        }
         let tls_used = self.amqps.enabled || (self.management.enabled && self.management.tls);
         if tls_used && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
             return Err(

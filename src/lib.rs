@@ -19,6 +19,7 @@ pub mod defs;
 pub mod exchange;
 pub(crate) mod management;
 pub mod message;
+pub(crate) mod prometheus;
 pub mod protocol;
 pub mod queue;
 pub mod state;

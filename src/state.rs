@@ -312,6 +312,34 @@ pub fn disk_free(dir: &std::path::Path) -> io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// Resident memory of the process (`/proc/self/statm`), 0 if unknown.
+pub fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
+}
+
+/// File descriptors open (`/proc/self/fd`) and the limit (`RLIMIT_NOFILE`).
+pub fn file_descriptors() -> (u64, u64) {
+    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    // SAFETY: a zeroed rlimit that getrlimit fills in.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    let total = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        0
+    };
+    (used, total)
+}
+
 /// Bytes allocated on the heap by jemalloc (0 if its statistics cannot be read).
 pub fn heap_allocated() -> u64 {
     use tikv_jemalloc_ctl::{epoch, stats};

@@ -47,6 +47,25 @@ impl MessageCounts {
         self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
     }
 
+    /// Each counter the larger of the two (keeps totals read at different moments monotonic).
+    pub fn max(&self, o: &Self) -> Self {
+        MessageCounts {
+            publish: self.publish.max(o.publish),
+            publish_confirm: self.publish_confirm.max(o.publish_confirm),
+            routed: self.routed.max(o.routed),
+            confirm: self.confirm.max(o.confirm),
+            return_unroutable: self.return_unroutable.max(o.return_unroutable),
+            drop_unroutable: self.drop_unroutable.max(o.drop_unroutable),
+            deliver: self.deliver.max(o.deliver),
+            deliver_no_ack: self.deliver_no_ack.max(o.deliver_no_ack),
+            get: self.get.max(o.get),
+            get_no_ack: self.get_no_ack.max(o.get_no_ack),
+            get_empty: self.get_empty.max(o.get_empty),
+            redeliver: self.redeliver.max(o.redeliver),
+            ack: self.ack.max(o.ack),
+        }
+    }
+
     /// The counters by RabbitMQ's `message_stats` names.
     pub fn named(&self) -> [(&'static str, u64); 12] {
         [

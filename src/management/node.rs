@@ -4,41 +4,13 @@
 
 use super::listing::ListQuery;
 use super::{Caller, RABBITMQ_COMPAT, Shared, details, visible};
-use crate::state::BrokerState;
+use crate::state::{BrokerState, file_descriptors, rss_bytes};
 use crate::stats::{MessageCounts, Sample};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
-
-/// Resident memory of the process (`/proc/self/statm`), 0 if unknown.
-pub(crate) fn rss_bytes() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * page.max(0) as u64
-}
-
-/// File descriptors open (`/proc/self/fd`) and the limit (`RLIMIT_NOFILE`).
-pub(crate) fn file_descriptors() -> (u64, u64) {
-    let used = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    // SAFETY: a zeroed rlimit that getrlimit fills in.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    let total = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        0
-    };
-    (used, total)
-}
 
 const EXCHANGE_TYPES: &[(&str, &str)] = &[
     (

@@ -41,6 +41,48 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// Every reason, in the order [`Counts`] keeps them.
+    pub const ALL: [Reason; 4] = [
+        Reason::Expired,
+        Reason::Rejected,
+        Reason::Maxlen,
+        Reason::DeliveryLimit,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            Reason::Expired => 0,
+            Reason::Rejected => 1,
+            Reason::Maxlen => 2,
+            Reason::DeliveryLimit => 3,
+        }
+    }
+}
+
+/// Messages that died in a vhost's queues, by queue type (classic or quorum), reason, and
+/// whether the queue had a dead-letter exchange (RabbitMQ's `dead_letter_strategy`
+/// `at_most_once`) or not (`disabled`: the message was dropped): the counters behind
+/// RabbitMQ's `rabbitmq_global_messages_dead_lettered_*_total`. Counted when the message
+/// leaves the queue, whether or not the dead-letter exchange then routes it anywhere, as
+/// RabbitMQ 3.10 does. A cold path: one atomic add per message.
+#[derive(Debug, Default)]
+pub struct Counts([[[std::sync::atomic::AtomicU64; 2]; 4]; 2]);
+
+impl Counts {
+    /// Count one message.
+    pub fn add(&self, quorum: bool, reason: Reason, dlx: bool) {
+        self.0[quorum as usize][reason.index()][dlx as usize]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Messages counted so far.
+    pub fn get(&self, quorum: bool, reason: Reason, dlx: bool) -> u64 {
+        self.0[quorum as usize][reason.index()][dlx as usize]
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 fn lstr(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }

@@ -44,6 +44,9 @@ pub trait Router: Send + Sync {
     ) -> Option<Vec<Arc<Queue>>>;
     /// Enqueue `msg` on `queues` (persisting it where they are durable).
     fn enqueue(&self, queues: &[Arc<Queue>], msg: Message);
+    /// A message died in `queue` (dead-lettered if `dlx`, else dropped), for the vhost's
+    /// [`dead_letter::Counts`].
+    fn dead_lettered(&self, _queue: &Queue, _reason: Reason, _dlx: bool) {}
 }
 
 /// A message in a queue.
@@ -217,7 +220,13 @@ impl Queue {
     /// Dead-letter (or drop) messages taken out under the lock; they leave the log after
     /// being read back (a paged-out one is read before its removal is recorded).
     fn bury(self: &Arc<Self>, dead: Vec<(Queued, Reason)>) {
-        if self.args.dead_letter_exchange.is_none() {
+        let dlx = self.args.dead_letter_exchange.is_some();
+        if let Some(router) = self.vhost_ref.upgrade() {
+            for (_, reason) in &dead {
+                router.dead_lettered(self, *reason, dlx);
+            }
+        }
+        if !dlx {
             for (e, _) in &dead {
                 self.forget_held(&e.held);
             }

@@ -35,6 +35,8 @@ pub struct VHost {
     pub store: Option<VHostStore>,
     /// Queues created, declared and deleted (the management API's churn rates).
     pub churn: crate::stats::QueueChurn,
+    /// Messages that died in its queues (the Prometheus endpoint's dead-lettered totals).
+    pub dead_lettered: crate::queue::dead_letter::Counts,
 }
 
 /// The exchanges every vhost has.
@@ -72,6 +74,7 @@ impl VHost {
             queues: DashMap::new(),
             store,
             churn: Default::default(),
+            dead_lettered: Default::default(),
         };
         for (n, kind) in PREDECLARED {
             v.exchanges.insert(
@@ -146,6 +149,10 @@ impl crate::queue::Router for VHost {
 
     fn enqueue(&self, queues: &[Arc<Queue>], msg: crate::message::Message) {
         self.publish_to(queues, msg, None);
+    }
+
+    fn dead_lettered(&self, queue: &Queue, reason: crate::queue::dead_letter::Reason, dlx: bool) {
+        self.dead_lettered.add(queue.args.quorum, reason, dlx);
     }
 }
 
