@@ -415,7 +415,7 @@ async fn import_topology(
             .vhost(name)
             .ok_or_else(|| ImportError::bad(format!("vhost_not_found: {name}")))
     };
-    let amqp = |e: crate::protocol::AmqpError| ImportError::bad(e.text);
+    let amqp = |e: crate::protocol::AmqpError| ImportError::bad(e.detail());
     let mut touched: Vec<Arc<crate::vhost::VHost>> = Vec::new();
     for x in exchanges {
         let v = vhost(x)?;

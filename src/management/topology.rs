@@ -41,9 +41,9 @@ fn access_refused() -> Response {
 /// RabbitMQ's management API answers a failed AMQP operation with 400 and its text.
 fn amqp_error(e: AmqpError) -> Response {
     match e.code {
-        ReplyCode::NotFound => error(StatusCode::NOT_FOUND, "not_found", &e.text),
+        ReplyCode::NotFound => error(StatusCode::NOT_FOUND, "not_found", e.detail()),
         ReplyCode::AccessRefused => access_refused(),
-        _ => bad_request(&e.text),
+        _ => bad_request(e.detail()),
     }
 }
 
@@ -583,11 +583,13 @@ pub(super) async fn publish(
                 .map(bytes::Bytes::from)
                 .map_err(|_| bad_request("payload is not valid base64"))?,
             other => {
-                return Err(error(
+                // Recorded: the reason is a list here, not a string.
+                return Err((
                     StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    &format!("[\"unsupported_encoding\",\"{other}\"]"),
-                ));
+                    axum::Json(json!({"error": "bad_request",
+                                      "reason": ["unsupported_encoding", other]})),
+                )
+                    .into_response());
             }
         };
         let props = json_properties(b.properties.as_ref()).map_err(|e| bad_request(&e))?;
@@ -597,9 +599,7 @@ pub(super) async fn publish(
             xname
         };
         check(&state, &user, &vh, Perm::Write, shown)?;
-        let x = v
-            .exchange(xname)
-            .map_err(|e| bad_request(&format!("404 NOT_FOUND - {}", e.text)))?;
+        let x = v.exchange(xname).map_err(|e| bad_request(&e.to_string()))?;
         if x.def.internal {
             return Err(bad_request(&format!(
                 "403 ACCESS_REFUSED - cannot publish to internal {}",
@@ -983,7 +983,7 @@ pub(super) async fn aliveness(
     };
     let q = match v.declare_queue(def, false, false, HTTP_CONN) {
         Ok(d) => d.queue,
-        Err(e) => return failed(&e.text),
+        Err(e) => return failed(e.detail()),
     };
     let msg = crate::message::Message {
         exchange: bytes::Bytes::new(),

@@ -170,6 +170,13 @@ impl AmqpError {
         self.connection_level || self.code.is_hard()
     }
 
+    /// The text after `NAME - ` (the management API shows it so).
+    pub fn detail(&self) -> &str {
+        self.text
+            .split_once(" - ")
+            .map_or(self.text.as_str(), |(_, d)| d)
+    }
+
     /// Reply text truncated to a valid shortstr (255 bytes, on a char boundary).
     pub fn short_text(&self) -> String {
         truncate_shortstr(&self.text)
