@@ -449,3 +449,145 @@ async fn rabbitmq_definitions_round_trip() {
     let q = http.get_queue_info("shop", "shop.prio").await.unwrap();
     assert_eq!(q.arguments.0.get("x-max-priority"), Some(&json!(10)));
 }
+
+#[tokio::test]
+async fn users_vhosts_permissions_limits_and_parameters() {
+    use rabbitmq_http_client::commons::VirtualHostLimitTarget;
+    use rabbitmq_http_client::password_hashing;
+    use rabbitmq_http_client::requests::{
+        EnforcedLimitParams, GlobalRuntimeParameterDefinition, Permissions,
+        RuntimeParameterDefinition, UserParams, VirtualHostParams,
+    };
+    let (b, http) = broker().await;
+    http.create_vhost(&VirtualHostParams::builder("billing").build())
+        .await
+        .unwrap();
+    assert!(
+        http.list_vhosts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|v| v.name == "billing")
+    );
+    // A hash made by the client's own RabbitMQ-compatible hashing logs in over AMQP.
+    let salt = password_hashing::salt();
+    let hash = password_hashing::base64_encoded_salted_password_hash_sha256(&salt, "s3cret");
+    http.create_user(&UserParams {
+        name: "biller",
+        password_hash: &hash,
+        tags: "monitoring",
+    })
+    .await
+    .unwrap();
+    http.declare_permissions(&Permissions {
+        user: "biller",
+        vhost: "billing",
+        configure: "^billing\\.",
+        read: ".*",
+        write: ".*",
+    })
+    .await
+    .unwrap();
+    let p = http.get_permissions("billing", "biller").await.unwrap();
+    assert_eq!(p.configure, "^billing\\.");
+    let uri = format!("amqp://biller:s3cret@{}/billing", b.local_addr());
+    lapin::Connection::connect(&uri, Default::default())
+        .await
+        .expect("the user created over HTTP logs in");
+
+    http.set_vhost_limit(
+        "billing",
+        EnforcedLimitParams::new(VirtualHostLimitTarget::MaxQueues, 10),
+    )
+    .await
+    .unwrap();
+    let limits = http.list_vhost_limits("billing").await.unwrap();
+    assert_eq!(limits.len(), 1);
+
+    let mut value = Map::new();
+    value.insert("src-queue".into(), json!("a"));
+    value.insert("dest-queue".into(), json!("b"));
+    http.upsert_runtime_parameter(&RuntimeParameterDefinition {
+        name: "mover",
+        vhost: "billing",
+        component: "shovel",
+        value,
+    })
+    .await
+    .unwrap();
+    let params = http.list_runtime_parameters().await.unwrap();
+    assert!(
+        params
+            .iter()
+            .any(|p| p.name == "mover" && p.component == "shovel")
+    );
+    let mut g = Map::new();
+    g.insert("env".into(), json!("test"));
+    http.upsert_global_runtime_parameter(&GlobalRuntimeParameterDefinition {
+        name: "deployment",
+        value: g,
+    })
+    .await
+    .unwrap();
+    http.get_global_runtime_parameter("deployment")
+        .await
+        .unwrap();
+
+    let mut op = Map::new();
+    op.insert("max-length".into(), json!(5000));
+    http.declare_operator_policy(&PolicyParams {
+        vhost: "billing",
+        name: "cap",
+        pattern: ".*",
+        apply_to: PolicyTarget::Queues,
+        priority: 0,
+        definition: op,
+    })
+    .await
+    .unwrap();
+    assert_eq!(http.list_operator_policies().await.unwrap().len(), 1);
+
+    http.delete_user("biller", false).await.unwrap();
+    http.delete_vhost("billing", false).await.unwrap();
+    assert!(http.list_operator_policies().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn load_definitions_at_boot() {
+    // RabbitMQ's `load_definitions`: the file is imported before clients are served.
+    let mut cfg = Config::for_tests();
+    cfg.management.enabled = true;
+    cfg.management.port = 0;
+    cfg.load_definitions = Some(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/rabbitmq-3.10.8-definitions-topology.json"
+        )
+        .into(),
+    );
+    let b = start_with(cfg).await;
+    let http: Http = Client::new(
+        format!("http://{}/api", b.management_addr().unwrap()),
+        "guest",
+        "guest",
+    );
+    let x = http
+        .get_exchange_info("shop", "shop.with-ae")
+        .await
+        .unwrap();
+    assert_eq!(
+        x.arguments.0.get("alternate-exchange"),
+        Some(&json!("shop.unrouted"))
+    );
+    assert!(!http.list_queues_in("shop").await.unwrap().is_empty());
+    assert_eq!(http.list_policies_in("shop").await.unwrap().len(), 3);
+
+    // A file that does not parse stops the start with its name in the error.
+    let mut bad = Config::for_tests();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.json");
+    std::fs::write(&path, b"{not json").unwrap();
+    bad.load_definitions = Some(path);
+    let err = warren::Broker::start(bad).await.err().expect("refused");
+    assert!(err.to_string().contains("broken.json"), "{err}");
+}

@@ -96,6 +96,7 @@ fn topic_permissions_json(data: &AuthData, filter: impl Fn(&str, &str) -> bool) 
 
 /// A vhost as `GET /api/vhosts` shows it.
 pub(super) fn vhost_json(state: &BrokerState, record: &VhostRecord) -> Value {
+    let key = format!("vhost:{}", record.name);
     let (ready, unacked) = state.vhost(&record.name).map_or((0, 0), |v| {
         v.queues.iter().fold((0u64, 0u64), |(r, u), q| {
             let (qr, qu, _, _) = q.stats();
@@ -113,6 +114,14 @@ pub(super) fn vhost_json(state: &BrokerState, record: &VhostRecord) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
+        "message_stats": super::details(
+            &state.rates,
+            &key,
+            &state
+                .rates
+                .sampled(&key)
+                .unwrap_or_else(|| crate::stats::MessageCounts::default().named().to_vec()),
+        ),
     })
 }
 
