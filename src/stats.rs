@@ -296,3 +296,49 @@ pub struct QueueChurn {
     /// Queues deleted.
     pub deleted: std::sync::atomic::AtomicU64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_the_change_per_second_between_samples() {
+        let rates = Rates::default();
+        let mut a = Sample::new();
+        a.put("q".into(), vec![("publish", 100), ("messages", 50)]);
+        let t0 = a.at;
+        rates.commit(a);
+        assert_eq!(rates.rate("q", "publish"), 0.0, "one sample: no rate yet");
+        let mut b = Sample::new();
+        b.at = t0 + std::time::Duration::from_secs(2);
+        b.put("q".into(), vec![("publish", 300), ("messages", 10)]);
+        b.put("new".into(), vec![("publish", 5)]);
+        rates.commit(b);
+        assert_eq!(rates.rate("q", "publish"), 100.0);
+        // Gauges fall as well as rise.
+        assert_eq!(rates.rate("q", "messages"), -20.0);
+        assert_eq!(rates.rate("new", "publish"), 0.0, "first seen: no rate");
+        assert_eq!(rates.sampled("q").unwrap()[0], ("publish", 300));
+    }
+
+    #[test]
+    fn snapshot_totals_include_closed_channels() {
+        let mut s = ConnSnapshot {
+            closed: MessageCounts {
+                publish: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        s.channels.push(ChannelInfo {
+            counts: MessageCounts {
+                publish: 2,
+                ack: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        let t = s.total();
+        assert_eq!((t.publish, t.ack), (5, 1));
+    }
+}

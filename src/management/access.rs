@@ -7,13 +7,14 @@
 // Handlers stop early with the error response itself: a cold path, once per request.
 #![allow(clippy::result_large_err)]
 
+use super::listing::ListQuery;
 use super::{Caller, Shared, error, may_see, not_authorised, not_found};
 use crate::auth::perms::Permission;
 use crate::auth::{
     AuthData, PermissionDef, TopicPermissionDef, USER_LIMITS, UserDef, VHOST_LIMITS, VhostRecord,
 };
 use crate::state::BrokerState;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -129,12 +130,16 @@ pub(super) async fn whoami(axum::extract::Extension(user): Caller) -> Response {
     axum::Json(json!({"name": user.name, "tags": user.tags})).into_response()
 }
 
-pub(super) async fn users(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
+pub(super) async fn users(
+    State(state): State<Shared>,
+    axum::Extension(user): Caller,
+    Query(q): Query<ListQuery>,
+) -> Response {
     done((|| {
         admin(&user)?;
         let data = state.auth.snapshot();
         let list: Vec<Value> = data.users.values().map(|u| user_json(u)).collect();
-        Ok(axum::Json(list).into_response())
+        Ok(q.respond(list))
     })())
 }
 
@@ -292,7 +297,11 @@ pub(super) async fn user_topic_permissions(
     })())
 }
 
-pub(super) async fn vhosts(State(state): State<Shared>, axum::Extension(user): Caller) -> Response {
+pub(super) async fn vhosts(
+    State(state): State<Shared>,
+    axum::Extension(user): Caller,
+    Query(q): Query<ListQuery>,
+) -> Response {
     let data = state.auth.snapshot();
     let list: Vec<Value> = data
         .vhosts
@@ -300,7 +309,7 @@ pub(super) async fn vhosts(State(state): State<Shared>, axum::Extension(user): C
         .filter(|v| may_see(&state, &user, &v.name))
         .map(|v| vhost_json(&state, v))
         .collect();
-    axum::Json(list).into_response()
+    q.respond(list)
 }
 
 pub(super) async fn one_vhost(
@@ -432,6 +441,7 @@ pub(super) async fn vhost_topic_permissions(
 pub(super) async fn permissions(
     State(state): State<Shared>,
     axum::Extension(caller): Caller,
+    Query(q): Query<ListQuery>,
 ) -> Response {
     done((|| {
         admin(&caller)?;
@@ -441,7 +451,7 @@ pub(super) async fn permissions(
             .iter()
             .map(|((v, u), p)| permission_json(v, u, p))
             .collect();
-        Ok(axum::Json(list).into_response())
+        Ok(q.respond(list))
     })())
 }
 
