@@ -6,10 +6,12 @@ client listing in a loop slows publishers down (the management issue's benchmark
 
 Starts the release binary in memory mode with the management API on a free port, declares
 QUEUES queues (default 10000), times 20 listings (full, and one page of 100), then runs
-warren-perf (1 producer, 1 consumer, 16 B, SECONDS, default 10) twice: alone, and while a
+warren-perf (1 producer, 1 consumer, 16 B, SECONDS, default 10; or with GOPERF set, the
+independent amqp091-go client bench/goperf) twice: alone, and while a
 thread lists every queue in a loop. Prints a Markdown row per figure.
 """
 import base64
+import json
 import os
 import re
 import statistics
@@ -27,6 +29,8 @@ BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "releas
 QUEUES = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
 SECONDS = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 PERF = os.path.join(ROOT, "target", "release", "warren-perf")
+# GOPERF=/path/to/goperf: measure the publish rate with the independent Go client instead.
+GOPERF = os.environ.get("GOPERF")
 
 
 def start():
@@ -64,6 +68,12 @@ def timed(http, path, n=20):
 
 
 def perf_rate(amqp):
+    if GOPERF:
+        # The independent client (amqp091-go): bench/goperf, built with `go build -o GOPERF`.
+        out = subprocess.run([GOPERF, "-uri", f"amqp://guest:guest@127.0.0.1:{amqp}/",
+                              "-duration", f"{SECONDS}s", "-size", "16"],
+                             capture_output=True, text=True).stdout
+        return json.loads(out)["send_rate"], out
     out = subprocess.run([PERF, "--uri", f"amqp://guest:guest@127.0.0.1:{amqp}/%2f",
                           "-x", "1", "-y", "1", "-s", "16", "-z", str(SECONDS)],
                          capture_output=True, text=True).stdout
@@ -97,7 +107,8 @@ def main():
         busy, _ = perf_rate(amqp)
         stop.set()
         t.join()
-        print(f"| publish rate (1 → 1, 16 B), alone | {alone:,.0f} msg/s |")
+        client = "goperf" if GOPERF else "warren-perf"
+        print(f"| publish rate (1 → 1, 16 B, {client}), alone | {alone:,.0f} msg/s |")
         print(f"| publish rate, while listing {QUEUES} queues in a loop ({listings[0]} listings) | {busy:,.0f} msg/s ({busy / alone:.2f}×) |")
     finally:
         p.terminate()
