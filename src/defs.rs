@@ -105,3 +105,58 @@ pub struct QueueDef {
     /// Arguments, as declared.
     pub arguments: FieldTable,
 }
+
+/// A policy or operator policy of a vhost, compiled for matching names (RabbitMQ's
+/// policies; stored and validated by the metadata layer above, applied by the vhost).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Its name (shown on the queue or exchange it applies to).
+    pub name: String,
+    /// The regular expression names must match.
+    pub pattern: regex::Regex,
+    /// `apply-to` includes queues.
+    pub queues: bool,
+    /// `apply-to` includes exchanges.
+    pub exchanges: bool,
+    /// Highest wins.
+    pub priority: i64,
+    /// The keys it sets.
+    pub definition: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A vhost's policies and operator policies.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    /// Policies.
+    pub policies: Vec<Policy>,
+    /// Operator policies.
+    pub operator: Vec<Policy>,
+}
+
+impl Policies {
+    /// The one policy of `list` that applies to `name`: the highest priority among those that
+    /// match (ties: the first name in order).
+    fn best<'a>(list: &'a [Policy], name: &str, queue: bool) -> Option<&'a Policy> {
+        list.iter()
+            .filter(|p| if queue { p.queues } else { p.exchanges })
+            .filter(|p| p.pattern.is_match(name))
+            .max_by(|a, b| {
+                a.priority
+                    .cmp(&b.priority)
+                    .then_with(|| b.name.cmp(&a.name))
+            })
+    }
+
+    /// The policy and the operator policy that apply to queue `name`.
+    pub fn for_queue(&self, name: &str) -> (Option<&Policy>, Option<&Policy>) {
+        (
+            Self::best(&self.policies, name, true),
+            Self::best(&self.operator, name, true),
+        )
+    }
+
+    /// The policy that applies to exchange `name`.
+    pub fn for_exchange(&self, name: &str) -> Option<&Policy> {
+        Self::best(&self.policies, name, false)
+    }
+}

@@ -204,6 +204,19 @@ impl BrokerState {
             .push((protocol.to_string(), addr));
     }
 
+    /// Apply the stored policies of `vhost` (all vhosts: `None`) to their queues and
+    /// exchanges: after a policy changes, a definitions import, a vhost's creation, at boot.
+    pub fn apply_policies(&self, vhost: Option<&str>) {
+        let data = self.auth.snapshot();
+        let vhosts: Vec<Arc<VHost>> = match vhost {
+            Some(name) => self.vhost(name).into_iter().collect(),
+            None => self.vhosts.iter().map(|v| v.value().clone()).collect(),
+        };
+        for v in vhosts {
+            v.set_policies(crate::auth::policy::for_vhost(&data, &v.name));
+        }
+    }
+
     /// Connections open to `vhost`.
     pub fn vhost_connections(&self, vhost: &str) -> u64 {
         self.registry.iter().filter(|c| c.vhost == vhost).count() as u64
@@ -226,6 +239,7 @@ impl BrokerState {
             .await
             .map_err(io::Error::other)??;
         self.vhosts.insert(name.to_string(), v);
+        self.apply_policies(Some(name));
         Ok(())
     }
 

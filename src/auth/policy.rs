@@ -46,6 +46,34 @@ pub struct GlobalParameterDef {
     pub value: Value,
 }
 
+impl PolicyDef {
+    /// Compiled for matching (a pattern that no longer compiles matches nothing).
+    fn compile(&self) -> Option<crate::defs::Policy> {
+        Some(crate::defs::Policy {
+            name: self.name.clone(),
+            pattern: regex::Regex::new(&self.pattern).ok()?,
+            queues: matches!(self.apply_to.as_str(), "queues" | "all"),
+            exchanges: matches!(self.apply_to.as_str(), "exchanges" | "all"),
+            priority: self.priority,
+            definition: self.definition.clone(),
+        })
+    }
+}
+
+/// The policies and operator policies of `vhost`, compiled.
+pub(crate) fn for_vhost(data: &super::AuthData, vhost: &str) -> crate::defs::Policies {
+    let of = |m: &std::collections::BTreeMap<(String, String), PolicyDef>| {
+        m.values()
+            .filter(|p| p.vhost == vhost)
+            .filter_map(PolicyDef::compile)
+            .collect()
+    };
+    crate::defs::Policies {
+        policies: of(&data.policies),
+        operator: of(&data.operator_policies),
+    }
+}
+
 /// A JSON value as Erlang's `~p` prints the term RabbitMQ decoded it to.
 pub(crate) fn erlang_term(v: &Value) -> String {
     match v {

@@ -31,8 +31,10 @@ struct Bindings {
 pub struct Exchange {
     /// The definition.
     pub def: ExchangeDef,
-    /// `alternate-exchange`, if set.
+    /// `alternate-exchange` argument, if set.
     pub alternate: Option<Arc<str>>,
+    /// The policy that applies to it, and the alternate exchange it sets (the argument wins).
+    policy: RwLock<Option<(String, Option<Arc<str>>)>>,
     bindings: RwLock<Bindings>,
 }
 
@@ -54,11 +56,38 @@ impl Exchange {
         Exchange {
             def,
             alternate,
+            policy: RwLock::new(None),
             bindings: RwLock::new(Bindings {
                 all: Vec::new(),
                 index,
             }),
         }
+    }
+
+    /// The alternate exchange in force: the argument's, else the policy's (RabbitMQ's
+    /// precedence). Read on the unroutable path only.
+    pub fn alternate(&self) -> Option<Arc<str>> {
+        if let Some(a) = &self.alternate {
+            return Some(a.clone());
+        }
+        self.policy.read().as_ref().and_then(|(_, ae)| ae.clone())
+    }
+
+    /// Apply a policy (`None`: none applies any more).
+    pub fn set_policy(&self, p: Option<&crate::defs::Policy>) {
+        *self.policy.write() = p.map(|p| {
+            let ae = p
+                .definition
+                .get("alternate-exchange")
+                .and_then(|v| v.as_str())
+                .map(Arc::from);
+            (p.name.clone(), ae)
+        });
+    }
+
+    /// The name of the policy that applies to it.
+    pub fn policy_name(&self) -> Option<String> {
+        self.policy.read().as_ref().map(|(n, _)| n.clone())
     }
 
     /// Validate a binding for this exchange type (headers: `x-match`).

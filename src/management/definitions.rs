@@ -397,7 +397,9 @@ pub(crate) async fn import_definitions(
     if let Err(r) = r {
         return Err(ImportError(r.status(), "definitions import failed".into()));
     }
-    import_topology(state, &defs.exchanges, &defs.queues, &defs.bindings, into).await
+    let r = import_topology(state, &defs.exchanges, &defs.queues, &defs.bindings, into).await;
+    state.apply_policies(into);
+    r
 }
 
 /// Exchanges, then queues, then bindings, each with AMQP's rules (an HTTP-style import acts

@@ -162,6 +162,7 @@ async fn put(
             .is_none())
     })
     .await;
+    state.apply_policies(Some(&vhost));
     match r {
         Ok(true) => StatusCode::CREATED.into_response(),
         Ok(false) => StatusCode::NO_CONTENT.into_response(),
@@ -200,6 +201,7 @@ async fn delete(state: Shared, user: &User, kind: Kind, vhost: String, name: Str
     if !may_change_policies(user) {
         return not_authorised("Not policymaker user");
     }
+    let v = vhost.clone();
     let r = change(&state, move |d| {
         kind.map_mut(d)
             .remove(&(vhost, name))
@@ -207,6 +209,7 @@ async fn delete(state: Shared, user: &User, kind: Kind, vhost: String, name: Str
             .ok_or_else(|| NOT_FOUND.to_string())
     })
     .await;
+    state.apply_policies(Some(&v));
     match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => r,

@@ -93,6 +93,7 @@ pub(super) fn queue_json(state: &BrokerState, q: &Queue) -> Value {
     let depth = format!("qd:{}\0{}", q.vhost, q.name);
     let rate = |n: &str| json!({"rate": state.rates.rate(&depth, n)});
     let counts = q.counts();
+    let applied = q.applied_policy();
     let mut v = json!({
         "name": &*q.name,
         "vhost": &*q.vhost,
@@ -116,9 +117,9 @@ pub(super) fn queue_json(state: &BrokerState, q: &Queue) -> Value {
         "exclusive_consumer_tag": null,
         "single_active_consumer_tag": null,
         "memory": memory,
-        "policy": null,
-        "operator_policy": null,
-        "effective_policy_definition": {},
+        "policy": applied.policy,
+        "operator_policy": applied.operator_policy,
+        "effective_policy_definition": applied.definition,
         "recoverable_slaves": null,
     });
     if counts != Default::default() {
@@ -401,7 +402,7 @@ fn exchange_json(state: &BrokerState, v: &VHost, x: &crate::exchange::Exchange) 
         "internal": x.def.internal,
         "arguments": table_json(&x.def.arguments),
         "user_who_performed_action": "rmq-internal",
-        "policy": null,
+        "policy": x.policy_name(),
     })
 }
 

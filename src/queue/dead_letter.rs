@@ -150,6 +150,7 @@ pub fn make_message(
     msg: &Message,
     reason: Reason,
     dlx: &str,
+    dlrk: Option<&str>,
 ) -> (Message, Vec<Bytes>, FieldTable) {
     let props = decode(&msg.properties);
     let mut headers: BTreeMap<ShortString, AMQPValue> = props
@@ -168,7 +169,7 @@ pub fn make_message(
                 .map(Bytes::copy_from_slice),
         );
     }
-    let route_keys = match &queue.args.dead_letter_routing_key {
+    let route_keys = match dlrk {
         Some(k) => {
             headers.remove("CC");
             vec![Bytes::copy_from_slice(k.as_bytes())]
@@ -284,7 +285,7 @@ pub fn with_delivery_count(raw: &Bytes, count: u32) -> Bytes {
 /// The properties to deliver an entry with: `x-delivery-count` once it was delivered before,
 /// and on every `basic.get` from a quorum queue (RabbitMQ 3.10.8 adds it there even at 0).
 pub fn delivered_properties(queue: &Queue, e: &Entry, get: bool) -> Bytes {
-    if queue.args.counts_deliveries && (e.delivery_count > 0 || (get && queue.args.quorum)) {
+    if queue.counts_deliveries() && (e.delivery_count > 0 || (get && queue.args.quorum)) {
         with_delivery_count(&e.msg.properties, e.delivery_count)
     } else {
         e.msg.properties.clone()
@@ -416,14 +417,15 @@ fn drop_cascade() {
 /// Route and enqueue dead letters; returns how many were handled.
 fn publish_now(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) -> usize {
     let n = entries.len();
-    let Some(dlx) = &queue.args.dead_letter_exchange else {
+    let (dlx, dlrk) = queue.dead_letter_target();
+    let Some(dlx) = &dlx else {
         return n;
     };
     let Some(vhost) = queue.vhost_ref.upgrade() else {
         return n;
     };
     for (e, reason) in entries {
-        let (msg, keys, headers) = make_message(queue, &e.msg, reason, dlx);
+        let (msg, keys, headers) = make_message(queue, &e.msg, reason, dlx, dlrk.as_deref());
         let key_refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         let Some(targets) = vhost.route_from(dlx, &key_refs, Some(&headers)) else {
             tracing::debug!(queue = %queue.name, dlx = %dlx, "dead-letter exchange does not exist; messages dropped");

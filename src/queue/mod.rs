@@ -120,6 +120,22 @@ struct State {
     timer_running: bool,
     /// What the queue did with messages (the management API's `message_stats`).
     counts: crate::stats::QueueCounts,
+    /// The arguments in force: the declared ones with the applying policies merged in
+    /// ([`QueueArgs::with_policy`]). Limits, TTL, dead-lettering and overflow read these.
+    eff: QueueArgs,
+    /// The policy and operator policy that apply, and their merged definition.
+    policy: AppliedPolicy,
+}
+
+/// The policies that apply to a queue, as the management API shows them.
+#[derive(Debug, Clone, Default)]
+pub struct AppliedPolicy {
+    /// The policy's name.
+    pub policy: Option<String>,
+    /// The operator policy's name.
+    pub operator_policy: Option<String>,
+    /// RabbitMQ's `effective_policy_definition`.
+    pub definition: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A queue.
@@ -138,6 +154,11 @@ pub struct Queue {
     pub owner: Option<u64>,
     /// Set once the queue is deleted (late publishers and acks see it).
     pub deleted: AtomicBool,
+    /// Deliveries are counted in `x-delivery-count` (declared or by policy: a delivery limit);
+    /// read per delivery, outside the lock.
+    counts_deliveries: AtomicBool,
+    /// An `x-expires` task runs for this queue.
+    pub(crate) expiry_task: AtomicBool,
     state: Mutex<State>,
     /// Wakes the expiry task when the head's deadline moved earlier.
     timer: tokio::sync::Notify,
@@ -182,7 +203,11 @@ impl Queue {
                 timer_at: u64::MAX,
                 timer_running: false,
                 counts: Default::default(),
+                eff: args.clone(),
+                policy: AppliedPolicy::default(),
             }),
+            counts_deliveries: AtomicBool::new(args.counts_deliveries),
+            expiry_task: AtomicBool::new(false),
             args,
             owner,
             deleted: AtomicBool::new(false),
@@ -203,6 +228,59 @@ impl Queue {
         crate::args::rs("queue", &self.name, &self.vhost)
     }
 
+    /// The dead-letter exchange and routing key in force (arguments or policy).
+    pub fn dead_letter_target(&self) -> (Option<String>, Option<String>) {
+        let s = self.state.lock();
+        (
+            s.eff.dead_letter_exchange.clone(),
+            s.eff.dead_letter_routing_key.clone(),
+        )
+    }
+
+    /// Whether deliveries carry `x-delivery-count` (a quorum queue, or a delivery limit).
+    pub fn counts_deliveries(&self) -> bool {
+        self.counts_deliveries.load(Ordering::Relaxed)
+    }
+
+    /// `x-expires` in force (argument or policy).
+    pub fn expires(&self) -> Option<u64> {
+        self.state.lock().eff.expires
+    }
+
+    /// The policies that apply, as the management API shows them.
+    pub fn applied_policy(&self) -> AppliedPolicy {
+        self.state.lock().policy.clone()
+    }
+
+    /// Apply a policy and an operator policy (either may be `None`): the arguments in force
+    /// become the declared ones with their merged definition, at once (a lower `max-length`
+    /// drops or dead-letters the excess now, as in RabbitMQ). Returns whether `x-expires` is
+    /// now in force and its timer is not running (the vhost starts it).
+    pub fn apply_policy(
+        self: &Arc<Self>,
+        policy: Option<&crate::defs::Policy>,
+        operator: Option<&crate::defs::Policy>,
+    ) -> bool {
+        let definition = args::merge_policies(
+            policy.map(|p| &p.definition),
+            operator.map(|p| &p.definition),
+        );
+        let mut s = self.state.lock();
+        s.eff = self.args.with_policy(&self.def.arguments, &definition);
+        self.counts_deliveries
+            .store(s.eff.counts_deliveries, Ordering::Relaxed);
+        s.policy = AppliedPolicy {
+            policy: policy.map(|p| p.name.clone()),
+            operator_policy: operator.map(|p| p.name.clone()),
+            definition,
+        };
+        let start_timer = s.eff.expires.is_some() && !self.expiry_task.load(Ordering::Relaxed);
+        self.drop_over_limit(&mut s);
+        self.dispatch_locked(&mut s);
+        self.finish(s);
+        start_timer
+    }
+
     /// Release the lock, then dead-letter what died under it.
     fn finish(self: &Arc<Self>, mut s: MutexGuard<'_, State>) {
         self.arm_timer(&mut s);
@@ -220,7 +298,7 @@ impl Queue {
     /// Dead-letter (or drop) messages taken out under the lock; they leave the log after
     /// being read back (a paged-out one is read before its removal is recorded).
     fn bury(self: &Arc<Self>, dead: Vec<(Queued, Reason)>) {
-        let dlx = self.args.dead_letter_exchange.is_some();
+        let dlx = self.dead_letter_target().0.is_some();
         if let Some(router) = self.vhost_ref.upgrade() {
             for (_, reason) in &dead {
                 router.dead_lettered(self, *reason, dlx);
@@ -247,8 +325,8 @@ impl Queue {
 
     /// The effective TTL of a message in this queue: the smaller of `x-message-ttl` and the
     /// message's `expiration`.
-    fn ttl(&self, expiration: Option<u64>) -> Option<u64> {
-        match (self.args.message_ttl, expiration) {
+    fn ttl(message_ttl: Option<u64>, expiration: Option<u64>) -> Option<u64> {
+        match (message_ttl, expiration) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -256,9 +334,12 @@ impl Queue {
 
     /// The deadline of a message enqueued now with this `expiration` (`u64::MAX`: none); the
     /// clock is read only if there is a TTL.
-    fn deadline(&self, expiration: Option<u64>, now: impl FnOnce() -> u64) -> u64 {
-        self.ttl(expiration)
-            .map_or(u64::MAX, |ttl| now().saturating_add(ttl))
+    fn deadline(
+        message_ttl: Option<u64>,
+        expiration: Option<u64>,
+        now: impl FnOnce() -> u64,
+    ) -> u64 {
+        Self::ttl(message_ttl, expiration).map_or(u64::MAX, |ttl| now().saturating_add(ttl))
     }
 
     /// Append a message, deliver it if a consumer has credit, then apply expiry and length
@@ -268,8 +349,8 @@ impl Queue {
         if self.is_deleted() {
             return Accepted::Yes;
         }
-        if self.args.overflow != Overflow::DropHead && self.is_full(&s, msg.body.len() as u64) {
-            if self.args.overflow == Overflow::RejectPublishDlx {
+        if s.eff.overflow != Overflow::DropHead && Self::is_full(&s, msg.body.len() as u64) {
+            if s.eff.overflow == Overflow::RejectPublishDlx {
                 let e = self.entry(&mut s, msg);
                 s.dead.push((e, Reason::Maxlen));
             } else {
@@ -296,7 +377,7 @@ impl Queue {
     fn entry(&self, s: &mut State, msg: Arc<Message>) -> Queued {
         let seq = s.next_seq;
         s.next_seq += 1;
-        let expires_at = self.deadline(msg.expiration, now_ms);
+        let expires_at = Self::deadline(s.eff.message_ttl, msg.expiration, now_ms);
         Queued {
             seq,
             expires_at,
@@ -307,28 +388,26 @@ impl Queue {
     }
 
     /// Whether one more message of `size` bytes would exceed a limit (reject-publish modes).
-    fn is_full(&self, s: &State, size: u64) -> bool {
-        self.args
+    fn is_full(s: &State, size: u64) -> bool {
+        s.eff
             .max_length
             .is_some_and(|max| s.ready.len() as u64 >= max)
-            || self
-                .args
+            || s.eff
                 .max_length_bytes
                 .is_some_and(|max| s.ready.bytes() + size > max)
     }
 
     /// drop-head: remove (and dead-letter) from the head until within the limits.
     fn drop_over_limit(&self, s: &mut State) {
-        if self.args.overflow != Overflow::DropHead {
+        if s.eff.overflow != Overflow::DropHead {
             return;
         }
         loop {
-            let over = self
-                .args
+            let over = s
+                .eff
                 .max_length
                 .is_some_and(|max| s.ready.len() as u64 > max)
-                || self
-                    .args
+                || s.eff
                     .max_length_bytes
                     .is_some_and(|max| s.ready.bytes() > max);
             if !over {
@@ -543,7 +622,7 @@ impl Queue {
             if let Some(mut e) = s.unhold(*seq) {
                 e.redelivered = true;
                 e.delivery_count += 1;
-                if self.args.counts_deliveries
+                if s.eff.counts_deliveries
                     && let (Some(log), Some(id)) = (&self.log, e.msg.store_id)
                 {
                     log.append(
@@ -551,8 +630,7 @@ impl Queue {
                         None,
                     );
                 }
-                if self
-                    .args
+                if s.eff
                     .delivery_limit
                     .is_some_and(|limit| e.delivery_count as u64 > limit)
                 {

@@ -265,6 +265,7 @@ impl Queue {
     pub fn recover(self: &Arc<Self>, msgs: Vec<crate::store::log::RecoveredMsg>) {
         let mut s = self.state.lock();
         let now = now_ms();
+        let message_ttl = s.eff.message_ttl;
         let State {
             next_seq,
             moved_order,
@@ -282,7 +283,7 @@ impl Queue {
                 let expiration = (m.expiration != u64::MAX).then_some(m.expiration);
                 Queued {
                     seq,
-                    expires_at: self.deadline(expiration, || now),
+                    expires_at: Self::deadline(message_ttl, expiration, || now),
                     delivery_count: m.count,
                     redelivered: m.delivered,
                     held: Held::Disk {

@@ -37,6 +37,8 @@ pub struct VHost {
     pub churn: crate::stats::QueueChurn,
     /// Messages that died in its queues (the Prometheus endpoint's dead-lettered totals).
     pub dead_lettered: crate::queue::dead_letter::Counts,
+    /// Its policies and operator policies (set from above: [`VHost::set_policies`]).
+    pub(crate) policies: parking_lot::RwLock<Arc<crate::defs::Policies>>,
 }
 
 /// The exchanges every vhost has.
@@ -75,6 +77,7 @@ impl VHost {
             store,
             churn: Default::default(),
             dead_lettered: Default::default(),
+            policies: Default::default(),
         };
         for (n, kind) in PREDECLARED {
             v.exchanges.insert(
@@ -122,6 +125,26 @@ impl VHost {
         let q = self.queue(name)?;
         check_exclusive(&q, Some(conn), false)?;
         Ok(q)
+    }
+
+    /// Replace the vhost's policies and apply them at once to every queue and exchange
+    /// (RabbitMQ re-applies on every policy change); queues declared later get them when
+    /// created.
+    pub fn set_policies(self: &Arc<Self>, policies: crate::defs::Policies) {
+        let policies = Arc::new(policies);
+        *self.policies.write() = policies.clone();
+        let queues: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.value().clone()).collect();
+        for q in queues {
+            let (policy, operator) = policies.for_queue(&q.name);
+            if q.apply_policy(policy, operator) {
+                topology::spawn_expiry(Arc::downgrade(self), Arc::downgrade(&q));
+            }
+        }
+        for x in self.exchanges.iter() {
+            if !x.def.name.is_empty() {
+                x.set_policy(policies.for_exchange(&x.def.name));
+            }
+        }
     }
 
     /// The vhost's directory, when durable.

@@ -163,12 +163,8 @@ impl VHost {
             let expires = args.expires;
             let log = v.store.as_ref().map(|s| s.log.clone());
             let queue = Arc::new(Queue::new(name, router(&v), q, args, None, log));
-            if let Some(ms) = expires {
-                spawn_expiry(
-                    Arc::downgrade(&v),
-                    Arc::downgrade(&queue),
-                    Duration::from_millis(ms),
-                );
+            if expires.is_some() {
+                spawn_expiry(Arc::downgrade(&v), Arc::downgrade(&queue));
             }
             v.queues.insert(queue.def.name.clone(), queue);
         }

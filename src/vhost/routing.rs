@@ -39,9 +39,9 @@ impl VHost {
                 dests.clear();
                 x.route(keys, headers, &mut dests);
                 if dests.is_empty()
-                    && let Some(ae) = &x.alternate
+                    && let Some(ae) = x.alternate()
                 {
-                    dests.push(Destination::Exchange(ae.clone()));
+                    dests.push(Destination::Exchange(ae));
                 }
                 for d in dests.drain(..) {
                     match d {

@@ -71,7 +71,9 @@ impl VHost {
                         exchange: def.clone(),
                     });
                 }
-                v.insert(Arc::new(Exchange::new(def)));
+                let x = Exchange::new(def);
+                x.set_policy(self.policies.read().for_exchange(&x.def.name));
+                v.insert(Arc::new(x));
                 Ok(())
             }
         }
@@ -282,12 +284,16 @@ impl VHost {
                 self.churn
                     .created
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if let Some(ms) = expires {
-                    spawn_expiry(
-                        Arc::downgrade(self),
-                        Arc::downgrade(&q),
-                        Duration::from_millis(ms),
-                    );
+                let (policy, operator) = {
+                    let p = self.policies.read();
+                    let (a, b) = p.for_queue(&q.name);
+                    (a.cloned(), b.cloned())
+                };
+                if policy.is_some() || operator.is_some() {
+                    q.apply_policy(policy.as_ref(), operator.as_ref());
+                }
+                if expires.is_some() || q.expires().is_some() {
+                    spawn_expiry(Arc::downgrade(self), Arc::downgrade(&q));
                 }
                 Ok(Declared {
                     queue: q,
@@ -367,18 +373,33 @@ impl VHost {
 
 /// `x-expires`: delete the queue once it has been unused (no consumers, no declare or get) for
 /// the period. One sleeping task per such queue; it ends when the queue goes.
-pub(super) fn spawn_expiry(vhost: Weak<VHost>, queue: Weak<Queue>, period: Duration) {
+/// The period is read at every wake: a policy may set, change or remove it.
+pub(super) fn spawn_expiry(vhost: Weak<VHost>, queue: Weak<Queue>) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    let Some(q) = queue.upgrade() else { return };
+    let Some(first) = q.expires() else { return };
+    if q.expiry_task
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return;
+    }
+    drop(q);
     rt.spawn(async move {
-        let mut wait = period;
+        let mut wait = Duration::from_millis(first);
         loop {
             tokio::time::sleep(wait).await;
             let (Some(v), Some(q)) = (vhost.upgrade(), queue.upgrade()) else { return };
             if q.is_deleted() {
                 return;
             }
+            let Some(ms) = q.expires() else {
+                q.expiry_task
+                    .store(false, std::sync::atomic::Ordering::Release);
+                return;
+            };
+            let period = Duration::from_millis(ms);
             wait = match q.idle_since() {
                 None => period,
                 Some(since) => match (since + period).checked_duration_since(std::time::Instant::now()) {
