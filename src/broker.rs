@@ -49,6 +49,7 @@ impl Broker {
         let state = Arc::new(BrokerState::new(config, vhosts, auth));
         state.add_listener("amqp", local_addr);
         state.apply_policies(None);
+        crate::shovel::sync(&state);
         if let Some(path) = &state.config.load_definitions {
             crate::management::load_definitions(&state, path).await?;
             info!(file = %path.display(), "definitions imported");

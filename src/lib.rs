@@ -22,6 +22,7 @@ pub mod message;
 pub(crate) mod prometheus;
 pub mod protocol;
 pub mod queue;
+pub(crate) mod shovel;
 pub mod state;
 pub mod stats;
 pub mod store;

@@ -52,6 +52,8 @@ pub struct BrokerState {
     pub rates: crate::stats::Rates,
     /// Connections and channels opened and closed.
     pub churn: crate::stats::Churn,
+    /// Dynamic shovels, by (vhost, name) (run by `crate::shovel`).
+    pub shovels: DashMap<(String, String), Arc<crate::stats::Shovel>>,
     /// The addresses the broker listens on, by protocol (`amqp`, `amqp/ssl`, `http`, ...).
     pub listeners: std::sync::Mutex<Vec<(String, SocketAddr)>>,
 }
@@ -303,6 +305,7 @@ impl BrokerState {
             started: std::time::Instant::now(),
             rates: Default::default(),
             churn: Default::default(),
+            shovels: DashMap::new(),
             listeners: Default::default(),
         }
     }

@@ -297,6 +297,63 @@ pub struct QueueChurn {
     pub deleted: std::sync::atomic::AtomicU64,
 }
 
+/// A running (or ended) shovel, as `/api/shovels` shows it.
+pub struct Shovel {
+    /// Its vhost.
+    pub vhost: String,
+    /// Its name.
+    pub name: String,
+    /// The parameter's value.
+    pub value: serde_json::Value,
+    /// Messages moved so far.
+    pub moved: std::sync::atomic::AtomicU64,
+    /// `running` or `terminated`, and why.
+    pub state: std::sync::Mutex<(String, Option<String>)>,
+    /// Stops it.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// When it started (for the `timestamp` field).
+    pub started: String,
+}
+
+impl Shovel {
+    /// The status object of `/api/shovels`.
+    pub fn status(&self, node: &str) -> serde_json::Value {
+        let (state, reason) = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let v = &self.value;
+        let mut o = serde_json::json!({
+            "node": node,
+            "timestamp": self.started,
+            "name": self.name,
+            "vhost": self.vhost,
+            "type": "dynamic",
+            "state": state,
+            "src_uri": v.get("src-uri"),
+            "src_protocol": v.get("src-protocol").cloned().unwrap_or(serde_json::json!("amqp091")),
+            "dest_protocol": v.get("dest-protocol").cloned().unwrap_or(serde_json::json!("amqp091")),
+            "dest_uri": v.get("dest-uri"),
+            "src_queue": v.get("src-queue"),
+            "messages_moved": self.moved.load(std::sync::atomic::Ordering::Relaxed),
+        });
+        for (k, field) in [
+            ("dest-queue", "dest_queue"),
+            ("dest-exchange", "dest_exchange"),
+            ("dest-exchange-key", "dest_exchange_key"),
+        ] {
+            if let Some(x) = v.get(k) {
+                o[field] = x.clone();
+            }
+        }
+        if let Some(r) = reason {
+            o["reason"] = serde_json::json!(r);
+        }
+        o
+    }
+
+    pub fn set_state(&self, state: &str, reason: Option<String>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (state.to_string(), reason);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -399,6 +399,7 @@ pub(crate) async fn import_definitions(
     }
     let r = import_topology(state, &defs.exchanges, &defs.queues, &defs.bindings, into).await;
     state.apply_policies(into);
+    crate::shovel::sync(state);
     r
 }
 

@@ -189,6 +189,8 @@ pub(crate) fn router(state: Shared) -> Router {
                 .put(policies::put_parameter)
                 .delete(policies::delete_parameter),
         )
+        .route("/api/shovels", get(policies::shovels))
+        .route("/api/shovels/{vhost}", get(policies::vhost_shovels))
         .route("/api/global-parameters", get(policies::global_parameters))
         .route(
             "/api/global-parameters/{name}",

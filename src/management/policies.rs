@@ -348,6 +348,11 @@ pub(super) async fn put_parameter(
     let Some(value) = parsed.get("value").cloned() else {
         return bad_request("[{key_missing,value}]");
     };
+    if component == "shovel"
+        && let Err(e) = crate::shovel::validate(&name, &value)
+    {
+        return bad_request(&escaped(&e));
+    }
     let p = ParameterDef {
         value,
         vhost: vhost.clone(),
@@ -358,6 +363,7 @@ pub(super) async fn put_parameter(
         Ok(d.parameters.insert((vhost, component, name), p).is_none())
     })
     .await;
+    crate::shovel::sync(&state);
     match r {
         Ok(true) => StatusCode::CREATED.into_response(),
         Ok(false) => StatusCode::NO_CONTENT.into_response(),
@@ -380,6 +386,7 @@ pub(super) async fn delete_parameter(
             .ok_or_else(|| NOT_FOUND.to_string())
     })
     .await;
+    crate::shovel::sync(&state);
     match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => r,
@@ -467,4 +474,34 @@ pub(super) async fn delete_global_parameter(
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => r,
     }
+}
+
+/// `GET /api/shovels[/{vhost}]`: the dynamic shovels and their state (RabbitMQ's
+/// `rabbitmq_shovel_management`).
+pub(super) async fn shovels(
+    State(state): State<Shared>,
+    axum::Extension(user): Caller,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let list = crate::shovel::statuses(&state, None)
+        .into_iter()
+        .filter(|s| {
+            s["vhost"]
+                .as_str()
+                .is_some_and(|v| may_see(&state, &user, v))
+        })
+        .collect();
+    q.respond(list)
+}
+
+pub(super) async fn vhost_shovels(
+    State(state): State<Shared>,
+    axum::Extension(user): Caller,
+    Path(vhost): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if super::vhost(&state, &user, &vhost).is_none() {
+        return not_found();
+    }
+    q.respond(crate::shovel::statuses(&state, Some(&vhost)))
 }

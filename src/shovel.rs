@@ -1,0 +1,331 @@
+//! Dynamic shovels within the broker: RabbitMQ's `shovel` runtime parameters
+//! (`PUT /api/parameters/shovel/{vhost}/{name}`) that move messages from a queue to a queue or
+//! an exchange, as runbooks and the management UI's "move messages" use them to replay a
+//! dead-letter queue.
+//!
+//! Both ends are in this broker (`amqp://` or `amqp:///vhost` URIs, no host): messages move
+//! through the queues' own APIs, no AMQP loopback. The guarantee is RabbitMQ's `on-confirm`
+//! whatever `ack-mode` says: a message leaves the source only once the destination has it,
+//! a persistent one routed to durable queues only once the log has synced it; a crash in
+//! between leaves it in both (at least once, never lost). `src-delete-after` (`never`,
+//! `queue-length`: the depth when the shovel starts, or a number) ends the shovel, which then
+//! deletes its parameter, as RabbitMQ's does. A shovel with a remote URI is reported
+//! `terminated` with the reason.
+
+use crate::defs::QueueDef;
+use crate::message::Message;
+use crate::state::BrokerState;
+use crate::stats::Shovel;
+use crate::vhost::VHost;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// RabbitMQ's validation of a shovel parameter's value (texts recorded from 3.10.8, before
+/// HTML escaping).
+pub(crate) fn validate(name: &str, value: &Value) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for key in ["dest-uri", "src-uri"] {
+        if value.get(key).is_none() {
+            errors.push(format!("Key \"{key}\" not found in {name}"));
+        }
+    }
+    match value.get("src-delete-after") {
+        None => {}
+        Some(Value::String(s)) if s == "never" || s == "queue-length" => {}
+        Some(v) if v.as_u64().is_some() => {}
+        Some(other) => errors.push(format!(
+            "src-delete-after should be a number greater than or equal to 0, \"never\" or \"queue-length\", actually was {}",
+            crate::auth::policy::erlang_term(other)
+        )),
+    }
+    if value.get("src-queue").is_none() && value.get("src-exchange").is_none() {
+        errors.push("Key \"src-queue\" not found in ".to_string() + name);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("Validation failed\n\n{}\n", errors.join("\n")))
+    }
+}
+
+/// The vhost of a URI that names this broker (`amqp://`, `amqp:///vhost`, `amqp://localhost/...`
+/// is refused: only the host-less form means "this broker", as in RabbitMQ's direct connection).
+fn local_vhost(uri: &str, default: &str) -> Result<String, String> {
+    let rest = uri
+        .strip_prefix("amqp://")
+        .ok_or_else(|| format!("unsupported URI '{uri}'"))?;
+    if rest.is_empty() {
+        return Ok(default.to_string());
+    }
+    let path = rest.strip_prefix('/').ok_or_else(|| {
+        format!("remote URI '{uri}': Warren's shovels move messages within the broker")
+    })?;
+    Ok(percent_decode(path))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(h) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn text<'a>(v: &'a Value, k: &str) -> Option<&'a str> {
+    v.get(k).and_then(Value::as_str)
+}
+
+/// Start, restart or stop shovels so that they match the stored `shovel` parameters.
+pub(crate) fn sync(state: &Arc<BrokerState>) {
+    let data = state.auth.snapshot();
+    let wanted: Vec<(String, String, Value)> = data
+        .parameters
+        .values()
+        .filter(|p| p.component == "shovel")
+        .map(|p| (p.vhost.clone(), p.name.clone(), p.value.clone()))
+        .collect();
+    // Stop those whose parameter went away or changed.
+    state.shovels.retain(|(vhost, name), s| {
+        let keep = wanted
+            .iter()
+            .any(|(v, n, val)| v == vhost && n == name && *val == s.value);
+        if !keep {
+            s.stop.cancel();
+        }
+        keep
+    });
+    for (vhost, name, value) in wanted {
+        let key = (vhost.clone(), name.clone());
+        if state.shovels.contains_key(&key) {
+            continue;
+        }
+        let shovel = Arc::new(Shovel {
+            vhost,
+            name,
+            value,
+            moved: AtomicU64::new(0),
+            state: std::sync::Mutex::new(("starting".into(), None)),
+            stop: state.shutdown.child_token(),
+            started: now_timestamp(),
+        });
+        state.shovels.insert(key, shovel.clone());
+        tokio::spawn(run(state.clone(), shovel));
+    }
+}
+
+fn now_timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Where moved messages go.
+enum Dest {
+    Queue(String),
+    Exchange(String, Option<String>),
+}
+
+async fn run(state: Arc<BrokerState>, shovel: Arc<Shovel>) {
+    match move_messages(&state, &shovel).await {
+        Ok(true) => {
+            // `src-delete-after` reached: the shovel deletes its own parameter.
+            shovel.set_state("terminated", Some("src-delete-after reached".into()));
+            let (vhost, name) = (shovel.vhost.clone(), shovel.name.clone());
+            let st = state.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                st.auth.update(|d| {
+                    d.parameters.remove(&(vhost, "shovel".to_string(), name));
+                    Ok(())
+                })
+            })
+            .await;
+            state
+                .shovels
+                .remove_if(&(shovel.vhost.clone(), shovel.name.clone()), |_, s| {
+                    Arc::ptr_eq(s, &shovel)
+                });
+            tracing::info!(vhost = %shovel.vhost, shovel = %shovel.name, moved = shovel.moved.load(Ordering::Relaxed), "shovel done");
+        }
+        Ok(false) => {}
+        Err(reason) => {
+            tracing::warn!(vhost = %shovel.vhost, shovel = %shovel.name, %reason, "shovel terminated");
+            shovel.set_state("terminated", Some(reason));
+        }
+    }
+}
+
+/// Move messages until stopped (`Ok(false)`) or `src-delete-after` is reached (`Ok(true)`).
+async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, String> {
+    let v = &shovel.value;
+    let src_vhost = local_vhost(text(v, "src-uri").unwrap_or("amqp://"), &shovel.vhost)?;
+    let dest_vhost = local_vhost(text(v, "dest-uri").unwrap_or("amqp://"), &shovel.vhost)?;
+    let src_name = text(v, "src-queue")
+        .ok_or("src-exchange shovels are not supported; use src-queue")?
+        .to_string();
+    let dest = match (text(v, "dest-queue"), text(v, "dest-exchange")) {
+        (Some(q), _) => Dest::Queue(q.to_string()),
+        (None, Some(x)) => Dest::Exchange(
+            x.to_string(),
+            text(v, "dest-exchange-key").map(String::from),
+        ),
+        // No destination: the source queue's name on the default exchange (RabbitMQ's default).
+        (None, None) => Dest::Queue(src_name.clone()),
+    };
+    let src = state
+        .vhost(&src_vhost)
+        .ok_or_else(|| format!("no vhost '{src_vhost}'"))?;
+    let dst = state
+        .vhost(&dest_vhost)
+        .ok_or_else(|| format!("no vhost '{dest_vhost}'"))?;
+    // A dynamic shovel declares its source queue (and a destination queue) if missing.
+    let declare = |vh: &Arc<VHost>, name: &str| {
+        if vh.queues.contains_key(name) {
+            return Ok(());
+        }
+        let def = QueueDef {
+            name: name.to_string(),
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: Default::default(),
+        };
+        vh.declare_queue(def, false, false, 0)
+            .map(|_| ())
+            .map_err(|e| e.text)
+    };
+    declare(&src, &src_name)?;
+    if let Dest::Queue(q) = &dest {
+        declare(&dst, q)?;
+    }
+    let src_q = src.queue(&src_name).map_err(|e| e.text)?;
+    let mut remaining: Option<u64> = match v.get("src-delete-after") {
+        Some(Value::String(s)) if s == "queue-length" => Some(src_q.message_count() as u64),
+        Some(n) if n.as_u64().is_some() => n.as_u64(),
+        _ => None,
+    };
+    shovel.set_state("running", None);
+    let mut idle = Duration::from_millis(1);
+    loop {
+        if remaining == Some(0) {
+            return Ok(true);
+        }
+        if shovel.stop.is_cancelled() || src_q.is_deleted() {
+            return Ok(false);
+        }
+        // A batch: taken (unacked) from the source, published, then acked at the source once
+        // every stored copy is synced (one group commit for the batch).
+        let want = remaining.map_or(BATCH, |r| r.min(BATCH as u64) as usize);
+        let mut batch = Vec::with_capacity(want);
+        while batch.len() < want
+            && let Some((entry, _)) = src_q.get(false)
+        {
+            batch.push(entry);
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = shovel.stop.cancelled() => return Ok(false),
+            }
+            idle = (idle * 2).min(Duration::from_millis(50));
+            continue;
+        }
+        idle = Duration::from_millis(1);
+        let mut waiting = Vec::new();
+        let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+        for entry in batch {
+            let (xname, rk) = match &dest {
+                Dest::Queue(q) => (String::new(), q.clone()),
+                Dest::Exchange(x, key) => (
+                    x.clone(),
+                    key.clone().unwrap_or_else(|| {
+                        String::from_utf8_lossy(&entry.msg.routing_key).into_owned()
+                    }),
+                ),
+            };
+            let Ok(x) = dst.exchange(&xname) else {
+                src_q.requeue(&seqs);
+                return Err(format!("no exchange '{xname}' in vhost '{dest_vhost}'"));
+            };
+            let msg = Message {
+                exchange: bytes::Bytes::copy_from_slice(xname.as_bytes()),
+                routing_key: bytes::Bytes::copy_from_slice(rk.as_bytes()),
+                store_id: None,
+                bcc: Vec::new(),
+                ..(*entry.msg).clone()
+            };
+            // Headers are decoded for a headers exchange only.
+            let headers = (x.def.kind == crate::defs::ExchangeKind::Headers)
+                .then(|| amq_protocol::protocol::basic::parse_properties(&msg.properties[..]).ok())
+                .flatten()
+                .and_then(|(_, p)| p.headers().clone());
+            let queues = dst.route(&x, &[rk.as_bytes()], headers.as_ref());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let done: crate::store::log::Done = Box::new(move |ok| {
+                let _ = tx.send(ok);
+            });
+            let (_, waits) = dst.publish_to(&queues, msg, Some(done));
+            if waits {
+                waiting.push(rx);
+            }
+        }
+        let mut ok = true;
+        for rx in waiting {
+            ok &= rx.await.unwrap_or(false);
+        }
+        if !ok {
+            // Some copy is not stored: the whole batch stays at the source (at least once).
+            src_q.requeue(&seqs);
+            return Err("the destination could not store a message".into());
+        }
+        src_q.ack(&seqs);
+        shovel.moved.fetch_add(seqs.len() as u64, Ordering::Relaxed);
+        if let Some(r) = remaining.as_mut() {
+            *r -= seqs.len() as u64;
+        }
+    }
+}
+
+/// Messages moved per batch (one log sync per batch).
+const BATCH: usize = 256;
+
+/// Statuses of the shovels in `vhost` (all: `None`).
+pub(crate) fn statuses(state: &BrokerState, vhost: Option<&str>) -> Vec<Value> {
+    let mut list: Vec<Value> = state
+        .shovels
+        .iter()
+        .filter(|s| vhost.is_none_or(|v| s.vhost == v))
+        .map(|s| s.status(&state.config.cluster_name))
+        .collect();
+    list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    list
+}
