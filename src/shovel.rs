@@ -153,6 +153,38 @@ fn now_timestamp() -> String {
 enum Dest {
     Queue(String),
     Exchange(String, Option<String>),
+    /// Replay (Warren's `dest-x-death`): back where the message died, the exchange and
+    /// routing keys of its newest `x-death` entry.
+    XDeath,
+}
+
+/// Where a dead letter died: the exchange and routing keys of its newest `x-death` entry,
+/// with that entry's reason and queue (for the replay filters).
+fn last_death(props: &[u8]) -> Option<(String, Vec<String>, String, String)> {
+    use amq_protocol::types::AMQPValue;
+    let (_, p) = amq_protocol::protocol::basic::parse_properties(props).ok()?;
+    let headers = p.headers().as_ref()?;
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        return None;
+    };
+    let Some(AMQPValue::FieldTable(newest)) = deaths.as_slice().first() else {
+        return None;
+    };
+    let field = |k: &str| newest.inner().get(k).and_then(crate::args::as_string);
+    let keys = match newest.inner().get("routing-keys") {
+        Some(AMQPValue::FieldArray(a)) => a
+            .as_slice()
+            .iter()
+            .filter_map(crate::args::as_string)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some((
+        field("exchange")?,
+        keys,
+        field("reason").unwrap_or_default(),
+        field("queue").unwrap_or_default(),
+    ))
 }
 
 async fn run(state: Arc<BrokerState>, shovel: Arc<Shovel>) {
@@ -192,7 +224,9 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Str
     let src_name = text(v, "src-queue")
         .ok_or("src-exchange shovels are not supported; use src-queue")?
         .to_string();
+    let replay = v.get("dest-x-death").and_then(Value::as_bool) == Some(true);
     let dest = match (text(v, "dest-queue"), text(v, "dest-exchange")) {
+        _ if replay => Dest::XDeath,
         (Some(q), _) => Dest::Queue(q.to_string()),
         (None, Some(x)) => Dest::Exchange(
             x.to_string(),
@@ -233,25 +267,44 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Str
         Some(n) if n.as_u64().is_some() => n.as_u64(),
         _ => None,
     };
+    // Replay filters and rate (Warren's extension keys).
+    let filter_reason = text(v, "x-death-reason").map(String::from);
+    let filter_queue = text(v, "x-death-queue").map(String::from);
+    let rate = v
+        .get("rate-limit")
+        .and_then(Value::as_f64)
+        .filter(|r| *r > 0.0);
+    let mut skipped: Vec<u64> = Vec::new();
     shovel.set_state("running", None);
     let mut idle = Duration::from_millis(1);
     loop {
         if remaining == Some(0) {
+            give_back(&src_q, &mut skipped);
             return Ok(true);
         }
         if shovel.stop.is_cancelled() || src_q.is_deleted() {
+            give_back(&src_q, &mut skipped);
             return Ok(false);
         }
         // A batch: taken (unacked) from the source, published, then acked at the source once
         // every stored copy is synced (one group commit for the batch).
-        let want = remaining.map_or(BATCH, |r| r.min(BATCH as u64) as usize);
+        let mut want = remaining.map_or(BATCH, |r| r.min(BATCH as u64) as usize);
+        if let Some(rate) = rate {
+            want = want.min((rate as usize).max(1));
+        }
         let mut batch = Vec::with_capacity(want);
         while batch.len() < want
             && let Some((entry, _)) = src_q.get(false)
         {
             batch.push(entry);
         }
+        let taken = batch.len();
         if batch.is_empty() {
+            if !skipped.is_empty() {
+                // Everything left was filtered out: give it back, and the run is over.
+                give_back(&src_q, &mut skipped);
+                return Ok(remaining.is_some());
+            }
             tokio::select! {
                 _ = tokio::time::sleep(idle) => {}
                 _ = shovel.stop.cancelled() => return Ok(false),
@@ -261,17 +314,33 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Str
         }
         idle = Duration::from_millis(1);
         let mut waiting = Vec::new();
-        let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+        let mut seqs: Vec<u64> = Vec::with_capacity(batch.len());
         for entry in batch {
-            let (xname, rk) = match &dest {
-                Dest::Queue(q) => (String::new(), q.clone()),
+            let (xname, keys) = match &dest {
+                Dest::Queue(q) => (String::new(), vec![q.clone()]),
                 Dest::Exchange(x, key) => (
                     x.clone(),
-                    key.clone().unwrap_or_else(|| {
+                    vec![key.clone().unwrap_or_else(|| {
                         String::from_utf8_lossy(&entry.msg.routing_key).into_owned()
-                    }),
+                    })],
                 ),
+                Dest::XDeath => match last_death(&entry.msg.properties) {
+                    Some((x, keys, reason, queue))
+                        if filter_reason.as_ref().is_none_or(|r| *r == reason)
+                            && filter_queue.as_ref().is_none_or(|q| *q == queue) =>
+                    {
+                        (x, keys)
+                    }
+                    // Not a dead letter, or filtered out: it stays, and is not taken again
+                    // by this run (given back when the run ends).
+                    _ => {
+                        skipped.push(entry.seq);
+                        continue;
+                    }
+                },
             };
+            seqs.push(entry.seq);
+            let rk = keys.first().cloned().unwrap_or_default();
             let Ok(x) = dst.exchange(&xname) else {
                 src_q.requeue(&seqs);
                 return Err(format!("no exchange '{xname}' in vhost '{dest_vhost}'"));
@@ -288,7 +357,8 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Str
                 .then(|| amq_protocol::protocol::basic::parse_properties(&msg.properties[..]).ok())
                 .flatten()
                 .and_then(|(_, p)| p.headers().clone());
-            let queues = dst.route(&x, &[rk.as_bytes()], headers.as_ref());
+            let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+            let queues = dst.route(&x, &key_refs, headers.as_ref());
             let (tx, rx) = tokio::sync::oneshot::channel();
             let done: crate::store::log::Done = Box::new(move |ok| {
                 let _ = tx.send(ok);
@@ -310,8 +380,24 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Str
         src_q.ack(&seqs);
         shovel.moved.fetch_add(seqs.len() as u64, Ordering::Relaxed);
         if let Some(r) = remaining.as_mut() {
-            *r -= seqs.len() as u64;
+            *r -= taken as u64;
         }
+        if let Some(rate) = rate {
+            // At most `rate` messages a second: this batch's share of time.
+            let due = Duration::from_secs_f64(seqs.len() as f64 / rate);
+            tokio::select! {
+                _ = tokio::time::sleep(due) => {}
+                _ = shovel.stop.cancelled() => {}
+            }
+        }
+    }
+}
+
+/// Put back messages a replay run took but filtered out, as they were (no redelivery is
+/// counted: they were not delivered anywhere).
+fn give_back(q: &Arc<crate::queue::Queue>, seqs: &mut Vec<u64>) {
+    for seq in seqs.drain(..) {
+        q.return_undelivered_unacked(seq);
     }
 }
 

@@ -170,3 +170,54 @@ def test_kill_9_mid_move_loses_nothing(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait()
+
+
+def test_one_call_replay_sends_dead_letters_back_where_they_died(node):
+    """Warren's `POST /api/warren/replay/{vhost}/{queue}`: a poison message fails three times,
+    dead-letters after its delivery limit, the bug is fixed, one call replays the DLQ to the
+    queue it died in (the newest x-death entry's exchange and routing keys), and it is consumed
+    once; a dead letter from another queue, filtered out, stays."""
+    import os
+    import pytest
+    if os.environ.get("WARREN_EXTERNAL") == "1":
+        pytest.skip("Warren's own endpoint")
+    amqp, http = node
+    env = Env(amqp, http)
+    try:
+        ch = env.ch
+        ch.queue_declare("all.dlq", durable=True)
+        dl = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "all.dlq"}
+        ch.queue_declare("payments", durable=True,
+                         arguments=dict(dl, **{"x-queue-type": "quorum", "x-delivery-limit": 2}))
+        ch.queue_declare("emails", durable=True, arguments=dl)
+        ch.exchange_declare("billing", "topic", durable=True)
+        ch.queue_bind("payments", "billing", "pay.#")
+        ch.basic_publish("billing", "pay.card", b"poison", pika.BasicProperties(delivery_mode=2))
+        ch.basic_publish("", "emails", b"bounced")
+        # The payments consumer fails three times (nack + requeue), then it dead-letters.
+        for _ in range(3):
+            assert until(lambda: ch.queue_declare("payments", passive=True).method.message_count == 1)
+            method, _, _ = ch.basic_get("payments")
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        method, _, _ = ch.basic_get("emails")
+        ch.basic_reject(method.delivery_tag, requeue=False)
+        assert until(lambda: ch.queue_declare("all.dlq", passive=True).method.message_count == 2)
+        _, dead = call(http, "POST", f"/queues/{env.v}/all.dlq/get",
+                          {"count": 2, "ackmode": "ack_requeue_true", "encoding": "auto"})
+        reasons = sorted(m["properties"]["headers"]["x-death"][0]["reason"] for m in dead)
+        assert reasons == ["delivery_limit", "rejected"]
+
+        # After the fix: replay only what died in `payments`.
+        status, body = call(http, "POST", f"/warren/replay/{env.v}/all.dlq", {"queue": "payments"})
+        assert (status, body) == (201, {"shovel": "replay-all.dlq"})
+        assert until(lambda: ch.queue_declare("payments", passive=True).method.message_count == 1, 10)
+        assert until(lambda: call(http, "GET", f"/parameters/shovel/{env.v}/replay-all.dlq")[0] == 404, 10)
+        method, props, body = ch.basic_get("payments", auto_ack=True)
+        assert body == b"poison"
+        assert method.routing_key == "pay.card", "back through the exchange it was published to"
+        assert props.headers["x-death"][0]["reason"] == "delivery_limit", "history kept"
+        assert ch.basic_get("payments")[0] is None, "consumed once"
+        # The email's dead letter was filtered out: still in the DLQ.
+        assert ch.queue_declare("all.dlq", passive=True).method.message_count == 1
+    finally:
+        env.close()

@@ -190,6 +190,7 @@ pub(crate) fn router(state: Shared) -> Router {
                 .delete(policies::delete_parameter),
         )
         .route("/api/shovels", get(policies::shovels))
+        .route("/api/warren/replay/{vhost}/{queue}", post(policies::replay))
         .route("/api/shovels/{vhost}", get(policies::vhost_shovels))
         .route("/api/global-parameters", get(policies::global_parameters))
         .route(

@@ -505,3 +505,89 @@ pub(super) async fn vhost_shovels(
     }
     q.respond(crate::shovel::statuses(&state, Some(&vhost)))
 }
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+pub(super) struct ReplayBody {
+    /// Only dead letters that died for this reason (`rejected`, `expired`, `maxlen`,
+    /// `delivery_limit`).
+    reason: Option<String>,
+    /// Only those that died in this queue.
+    queue: Option<String>,
+    /// At most this many messages a second.
+    rate: Option<f64>,
+}
+
+/// `POST /api/warren/replay/{vhost}/{queue}` (Warren's own): send every dead letter in a
+/// queue back where it died (the exchange and routing keys of its newest `x-death` entry),
+/// optionally only those of one reason or original queue, at most `rate` a second. Runs as a
+/// shovel named `replay-{queue}` (progress in `/api/shovels`; it removes itself when done);
+/// the `x-death` history stays on the messages. Needs `policymaker`, like shovels.
+pub(super) async fn replay(
+    State(state): State<Shared>,
+    axum::Extension(user): Caller,
+    Path((vhost, queue)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if !may_change_policies(&user) {
+        return not_authorised("Not policymaker user");
+    }
+    let b: ReplayBody = if body.is_empty() {
+        ReplayBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return bad_request(&e.to_string()),
+        }
+    };
+    let Some(v) = super::vhost(&state, &user, &vhost) else {
+        return not_found();
+    };
+    if !v.queues.contains_key(&queue) {
+        return not_found();
+    }
+    let uri = format!("amqp:///{}", url_encode(&vhost));
+    let mut value = json!({
+        "src-uri": uri, "src-queue": queue, "dest-uri": uri, "dest-x-death": true,
+        "src-delete-after": "queue-length",
+    });
+    if let Some(r) = b.reason {
+        value["x-death-reason"] = json!(r);
+    }
+    if let Some(q) = b.queue {
+        value["x-death-queue"] = json!(q);
+    }
+    if let Some(r) = b.rate {
+        value["rate-limit"] = json!(r);
+    }
+    let name = format!("replay-{queue}");
+    let p = ParameterDef {
+        value,
+        vhost: vhost.clone(),
+        component: "shovel".into(),
+        name: name.clone(),
+    };
+    let r = change(&state, move |d| {
+        d.parameters
+            .insert((vhost, "shovel".into(), name.clone()), p);
+        Ok(name)
+    })
+    .await;
+    crate::shovel::sync(&state);
+    match r {
+        Ok(name) => (StatusCode::CREATED, axum::Json(json!({"shovel": name}))).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Percent-encode a vhost name for a URI path.
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
