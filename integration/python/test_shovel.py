@@ -206,6 +206,16 @@ def test_one_call_replay_sends_dead_letters_back_where_they_died(node):
                           {"count": 2, "ackmode": "ack_requeue_true", "encoding": "auto"})
         reasons = sorted(m["properties"]["headers"]["x-death"][0]["reason"] for m in dead)
         assert reasons == ["delivery_limit", "rejected"]
+        # Warren's summary of the DLQ: where and why its messages died.
+        status, summary = call(http, "GET", f"/warren/dead-letters/{env.v}/all.dlq")
+        assert status == 200
+        assert (summary["messages"], summary["inspected"], summary["paged_out"]) == (2, 2, 0)
+        groups = {(g["queue"], g["reason"]): g for g in summary["groups"]}
+        assert set(groups) == {("payments", "delivery_limit"), ("emails", "rejected")}
+        pay = groups[("payments", "delivery_limit")]
+        assert (pay["exchange"], pay["routing_keys"], pay["messages"], pay["deaths"]) == (
+            "billing", ["pay.card"], 1, 1)
+        assert pay["first_death"] and pay["first_death"] == pay["last_death"]
 
         # After the fix: replay only what died in `payments`.
         status, body = call(http, "POST", f"/warren/replay/{env.v}/all.dlq", {"queue": "payments"})

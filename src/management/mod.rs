@@ -191,6 +191,10 @@ pub(crate) fn router(state: Shared) -> Router {
         )
         .route("/api/shovels", get(policies::shovels))
         .route("/api/warren/replay/{vhost}/{queue}", post(policies::replay))
+        .route(
+            "/api/warren/dead-letters/{vhost}/{queue}",
+            get(topology::dead_letters),
+        )
         .route("/api/shovels/{vhost}", get(policies::vhost_shovels))
         .route("/api/global-parameters", get(policies::global_parameters))
         .route(

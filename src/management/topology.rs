@@ -1003,3 +1003,101 @@ pub(super) async fn aliveness(
         None => failed("aliveness-test: message not received"),
     }
 }
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(super) struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/warren/dead-letters/{vhost}/{queue}` (Warren's own): what a dead-letter queue
+/// holds, grouped by where and why each message died (its newest `x-death` entry: queue,
+/// reason, exchange, routing keys), with message counts, total deaths, and the first and last
+/// death time. Reads up to `limit` (10,000) messages from the head without taking them;
+/// paged-out ones are counted, not read.
+pub(super) async fn dead_letters(
+    State(state): State<Shared>,
+    axum::Extension(user): Caller,
+    Path((vh, name)): Path<(String, String)>,
+    Query(dq): Query<DeadLetterQuery>,
+) -> Response {
+    use std::collections::BTreeMap;
+    let v = match vhost_of(&state, &user, &vh) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Ok(q) = v.queue(&name) else {
+        return not_found();
+    };
+    if let Err(r) = check(&state, &user, &vh, Perm::Read, &name) {
+        return r;
+    }
+    let (messages, paged_out) = q.peek(dq.limit.unwrap_or(10_000).min(1_000_000));
+    #[derive(Default)]
+    struct Group {
+        exchange: String,
+        keys: Vec<String>,
+        messages: u64,
+        deaths: u64,
+        first: Option<u64>,
+        last: Option<u64>,
+    }
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    let mut not_dead = 0u64;
+    for m in &messages {
+        let newest = amq_protocol::protocol::basic::parse_properties(&m.properties[..])
+            .ok()
+            .and_then(|(_, p)| p.headers().clone())
+            .and_then(|h| match h.inner().get("x-death") {
+                Some(AMQPValue::FieldArray(a)) => match a.as_slice().first() {
+                    Some(AMQPValue::FieldTable(t)) => Some(t.clone()),
+                    _ => None,
+                },
+                _ => None,
+            });
+        let Some(d) = newest else {
+            not_dead += 1;
+            continue;
+        };
+        let get = |k: &str| d.inner().get(k);
+        let text = |k: &str| get(k).and_then(crate::args::as_string).unwrap_or_default();
+        let g = groups.entry((text("queue"), text("reason"))).or_default();
+        g.exchange = text("exchange");
+        if let Some(AMQPValue::FieldArray(a)) = get("routing-keys") {
+            g.keys = a
+                .as_slice()
+                .iter()
+                .filter_map(crate::args::as_string)
+                .collect();
+        }
+        g.messages += 1;
+        g.deaths += get("count")
+            .and_then(crate::args::as_int)
+            .unwrap_or(1)
+            .max(0) as u64;
+        if let Some(AMQPValue::Timestamp(t)) = get("time") {
+            g.first = Some(g.first.map_or(*t, |f| f.min(*t)));
+            g.last = Some(g.last.map_or(*t, |l| l.max(*t)));
+        }
+    }
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|((queue, reason), g)| {
+            json!({
+                "queue": queue, "reason": reason, "exchange": g.exchange,
+                "routing_keys": g.keys, "messages": g.messages, "deaths": g.deaths,
+                "first_death": g.first, "last_death": g.last,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "vhost": vh,
+        "queue": name,
+        "messages": q.message_count(),
+        "inspected": messages.len(),
+        "paged_out": paged_out,
+        "not_dead_lettered": not_dead,
+        "groups": groups,
+    }))
+    .into_response()
+}

@@ -713,6 +713,21 @@ impl Queue {
         )
     }
 
+    /// Up to `limit` ready messages from the head, without taking them: those held in memory,
+    /// and how many of the rest are paged out (not read here: no disk reads under the lock).
+    pub fn peek(&self, limit: usize) -> (Vec<Arc<Message>>, usize) {
+        let s = self.state.lock();
+        let mut paged_out = 0;
+        let mut out = Vec::new();
+        for q in s.ready.iter().take(limit) {
+            match &q.held {
+                Held::Mem(m) => out.push(m.clone()),
+                Held::Disk { .. } => paged_out += 1,
+            }
+        }
+        (out, paged_out)
+    }
+
     /// What the queue did with messages since it was declared (or recovered).
     pub fn counts(&self) -> crate::stats::QueueCounts {
         self.state.lock().counts
