@@ -504,13 +504,13 @@ async fn users_vhosts_permissions_limits_and_parameters() {
     let limits = http.list_vhost_limits("billing").await.unwrap();
     assert_eq!(limits.len(), 1);
 
+    // A component Warren keeps without running (shovels are tested in test_shovel.py).
     let mut value = Map::new();
-    value.insert("src-queue".into(), json!("a"));
-    value.insert("dest-queue".into(), json!("b"));
+    value.insert("uri".into(), json!("amqp://upstream.example"));
     http.upsert_runtime_parameter(&RuntimeParameterDefinition {
-        name: "mover",
+        name: "upstream",
         vhost: "billing",
-        component: "shovel",
+        component: "federation-upstream",
         value,
     })
     .await
@@ -519,7 +519,7 @@ async fn users_vhosts_permissions_limits_and_parameters() {
     assert!(
         params
             .iter()
-            .any(|p| p.name == "mover" && p.component == "shovel")
+            .any(|p| p.name == "upstream" && p.component == "federation-upstream")
     );
     let mut g = Map::new();
     g.insert("env".into(), json!("test"));

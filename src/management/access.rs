@@ -398,6 +398,8 @@ pub(super) async fn delete_vhost(
     .await;
     if r.is_ok() {
         state.delete_vhost(&name).await;
+        // Its shovels went with its parameters.
+        crate::shovel::sync(&state);
     }
     done(r.map(|()| StatusCode::NO_CONTENT.into_response()))
 }
