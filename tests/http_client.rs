@@ -445,9 +445,14 @@ async fn rabbitmq_definitions_round_trip() {
             "{name}: missing {missing:#?}\nextra {extra:#?}"
         );
     }
-    // And the imported topology is live: a queue with its arguments, a user that logs in.
+    // And the imported topology is live: a queue with its arguments, the imported policies
+    // applied to the queues they match.
     let q = http.get_queue_info("shop", "shop.prio").await.unwrap();
     assert_eq!(q.arguments.0.get("x-max-priority"), Some(&json!(10)));
+    let q = http.get_queue_info("shop", "policy.orders").await.unwrap();
+    assert_eq!(q.policy.as_deref(), Some("dlx-ttl"));
+    let q = http.get_queue_info("shop", "shop.temp").await.unwrap();
+    assert_eq!(q.policy.as_deref(), Some("all-lazy"));
 }
 
 #[tokio::test]
