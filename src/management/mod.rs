@@ -38,6 +38,9 @@ use std::sync::Arc;
 
 type Shared = Arc<BrokerState>;
 
+/// The largest request body accepted (RabbitMQ's `management.http.max_body_size` default).
+const MAX_BODY: usize = 20 * 1024 * 1024;
+
 /// The RabbitMQ version whose behaviour Warren follows (reported as `rabbitmq_version`).
 const RABBITMQ_COMPAT: &str = "3.10.8";
 
@@ -272,6 +275,9 @@ pub(crate) fn router(state: Shared) -> Router {
             "/api/definitions/{vhost}",
             get(definitions::export_vhost).post(definitions::import_vhost),
         )
+        // RabbitMQ's `management.http.max_body_size` (20 MiB): definitions files of large
+        // deployments exceed axum's default of 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
