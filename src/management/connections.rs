@@ -26,6 +26,20 @@ struct Open {
     events: tokio::sync::mpsc::UnboundedSender<crate::queue::consumer::ConnEvent>,
 }
 
+impl Open {
+    fn of(id: u64, c: &ConnInfo) -> Open {
+        Open {
+            id,
+            user: c.user.clone(),
+            vhost: c.vhost.clone(),
+            peer: c.peer,
+            details: c.details.clone(),
+            backlog: c.backlog.clone(),
+            events: c.events.clone(),
+        }
+    }
+}
+
 /// Whether `user` sees connections of `owner` in `vhost`: administrators and monitors see
 /// all, others their own (RabbitMQ's rule for connections and channels).
 fn sees(state: &BrokerState, user: &User, owner: &str, vhost: &str) -> bool {
@@ -37,15 +51,7 @@ fn open_connections(state: &BrokerState, user: &User) -> Vec<Open> {
         .registry
         .iter()
         .filter(|c| sees(state, user, &c.user, &c.vhost))
-        .map(|c| Open {
-            id: *c.key(),
-            user: c.user.clone(),
-            vhost: c.vhost.clone(),
-            peer: c.peer,
-            details: c.details.clone(),
-            backlog: c.backlog.clone(),
-            events: c.events.clone(),
-        })
+        .map(|c| Open::of(*c.key(), c.value()))
         .collect();
     v.sort_by(|a, b| a.details.name.cmp(&b.details.name));
     v
@@ -157,19 +163,23 @@ async fn snapshots(conns: &[Open]) -> Vec<Option<ConnSnapshot>> {
     out
 }
 
+/// The connections as `GET /api/connections` shows them, each asked for its channels.
+async fn described(state: &BrokerState, conns: &[Open]) -> Vec<Value> {
+    let snaps = snapshots(conns).await;
+    conns
+        .iter()
+        .zip(&snaps)
+        .map(|(c, s)| connection_json(state, c, s.as_ref()))
+        .collect()
+}
+
 pub(super) async fn connections(
     State(state): State<Shared>,
     axum::Extension(user): Caller,
     Query(q): Query<ListQuery>,
 ) -> Response {
     let conns = open_connections(&state, &user);
-    let snaps = snapshots(&conns).await;
-    let list = conns
-        .iter()
-        .zip(&snaps)
-        .map(|(c, s)| connection_json(&state, c, s.as_ref()))
-        .collect();
-    q.respond(list)
+    q.respond(described(&state, &conns).await)
 }
 
 pub(super) async fn vhost_connections(
@@ -185,13 +195,7 @@ pub(super) async fn vhost_connections(
         .into_iter()
         .filter(|c| c.vhost == vhost)
         .collect();
-    let snaps = snapshots(&conns).await;
-    let list = conns
-        .iter()
-        .zip(&snaps)
-        .map(|(c, s)| connection_json(&state, c, s.as_ref()))
-        .collect();
-    q.respond(list)
+    q.respond(described(&state, &conns).await)
 }
 
 pub(super) async fn user_connections(
@@ -207,13 +211,7 @@ pub(super) async fn user_connections(
         .into_iter()
         .filter(|c| c.user == name)
         .collect();
-    let snaps = snapshots(&conns).await;
-    let list = conns
-        .iter()
-        .zip(&snaps)
-        .map(|(c, s)| connection_json(&state, c, s.as_ref()))
-        .collect();
-    q.respond(list)
+    q.respond(described(&state, &conns).await)
 }
 
 pub(super) async fn one_connection(
@@ -439,15 +437,7 @@ pub(super) async fn sample(
     let conns: Vec<Open> = state
         .registry
         .iter()
-        .map(|c| Open {
-            id: *c.key(),
-            user: c.user.clone(),
-            vhost: c.vhost.clone(),
-            peer: c.peer,
-            details: c.details.clone(),
-            backlog: c.backlog.clone(),
-            events: c.events.clone(),
-        })
+        .map(|c| Open::of(*c.key(), c.value()))
         .collect();
     let snaps = snapshots(&conns).await;
     let mut per_vhost = Vec::new();

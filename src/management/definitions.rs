@@ -40,10 +40,14 @@ fn predeclared(name: &str) -> bool {
 
 /// One vhost's queues, exchanges and bindings (`with_vhost`: each object names its vhost).
 fn topology(v: &crate::vhost::VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value>, Vec<Value>) {
-    let tag = |mut o: Map<String, Value>| {
+    // An object: its name (or source) first, the vhost when asked, then the rest.
+    let object = |first: (&str, Value), rest: Vec<(&str, Value)>| {
+        let mut o = Map::new();
+        o.insert(first.0.into(), first.1);
         if with_vhost {
             o.insert("vhost".into(), json!(v.name));
         }
+        o.extend(rest.into_iter().map(|(k, x)| (k.to_string(), x)));
         Value::Object(o)
     };
     let mut queues: Vec<_> = v
@@ -56,55 +60,53 @@ fn topology(v: &crate::vhost::VHost, with_vhost: bool) -> (Vec<Value>, Vec<Value
     let queues = queues
         .into_iter()
         .map(|q| {
-            let mut o = Map::new();
-            o.insert("name".into(), json!(q.name));
-            o = tag(o).as_object().cloned().unwrap_or_default();
-            o.insert("durable".into(), json!(q.durable));
-            o.insert("auto_delete".into(), json!(q.auto_delete));
-            o.insert("arguments".into(), table_json(&q.arguments));
-            Value::Object(o)
-        })
-        .collect();
-    let mut xs: Vec<_> = v
-        .exchanges
-        .iter()
-        .filter(|x| !predeclared(&x.def.name))
-        .map(|x| x.value().clone())
-        .collect();
-    xs.sort_by(|a, b| a.def.name.cmp(&b.def.name));
-    let exchanges = xs
-        .iter()
-        .map(|x| {
-            let mut o = Map::new();
-            o.insert("name".into(), json!(x.def.name));
-            o = tag(o).as_object().cloned().unwrap_or_default();
-            o.insert("type".into(), json!(x.def.kind.as_str()));
-            o.insert("durable".into(), json!(x.def.durable));
-            o.insert("auto_delete".into(), json!(x.def.auto_delete));
-            o.insert("internal".into(), json!(x.def.internal));
-            o.insert("arguments".into(), table_json(&x.def.arguments));
-            Value::Object(o)
+            object(
+                ("name", json!(q.name)),
+                vec![
+                    ("durable", json!(q.durable)),
+                    ("auto_delete", json!(q.auto_delete)),
+                    ("arguments", table_json(&q.arguments)),
+                ],
+            )
         })
         .collect();
     let mut all: Vec<_> = v.exchanges.iter().map(|x| x.value().clone()).collect();
     all.sort_by(|a, b| a.def.name.cmp(&b.def.name));
-    let mut bindings = Vec::new();
-    for x in all {
-        for b in x.bindings() {
+    let exchanges = all
+        .iter()
+        .filter(|x| !predeclared(&x.def.name))
+        .map(|x| {
+            object(
+                ("name", json!(x.def.name)),
+                vec![
+                    ("type", json!(x.def.kind.as_str())),
+                    ("durable", json!(x.def.durable)),
+                    ("auto_delete", json!(x.def.auto_delete)),
+                    ("internal", json!(x.def.internal)),
+                    ("arguments", table_json(&x.def.arguments)),
+                ],
+            )
+        })
+        .collect();
+    let bindings = all
+        .iter()
+        .flat_map(|x| x.bindings())
+        .map(|b| {
             let (dtype, dest) = match &b.destination {
                 Destination::Queue(n) => ("queue", n.to_string()),
                 Destination::Exchange(n) => ("exchange", n.to_string()),
             };
-            let mut o = Map::new();
-            o.insert("source".into(), json!(b.source));
-            o = tag(o).as_object().cloned().unwrap_or_default();
-            o.insert("destination".into(), json!(dest));
-            o.insert("destination_type".into(), json!(dtype));
-            o.insert("routing_key".into(), json!(b.routing_key));
-            o.insert("arguments".into(), table_json(&b.arguments));
-            bindings.push(Value::Object(o));
-        }
-    }
+            object(
+                ("source", json!(b.source)),
+                vec![
+                    ("destination", json!(dest)),
+                    ("destination_type", json!(dtype)),
+                    ("routing_key", json!(b.routing_key)),
+                    ("arguments", table_json(&b.arguments)),
+                ],
+            )
+        })
+        .collect();
     (queues, exchanges, bindings)
 }
 

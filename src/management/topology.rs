@@ -391,8 +391,7 @@ pub(super) async fn get_messages(
 
 // ---- exchanges ----
 
-fn exchange_json(state: &BrokerState, v: &VHost, x: &crate::exchange::Exchange) -> Value {
-    let _ = state;
+fn exchange_json(v: &VHost, x: &crate::exchange::Exchange) -> Value {
     json!({
         "name": x.def.name,
         "vhost": v.name.as_str(),
@@ -406,10 +405,10 @@ fn exchange_json(state: &BrokerState, v: &VHost, x: &crate::exchange::Exchange) 
     })
 }
 
-fn exchanges_of(state: &BrokerState, v: &VHost) -> Vec<Value> {
+fn exchanges_of(v: &VHost) -> Vec<Value> {
     let mut xs: Vec<_> = v.exchanges.iter().map(|x| x.value().clone()).collect();
     xs.sort_by(|a, b| a.def.name.cmp(&b.def.name));
-    xs.iter().map(|x| exchange_json(state, v, x)).collect()
+    xs.iter().map(|x| exchange_json(v, x)).collect()
 }
 
 pub(super) async fn all_exchanges(
@@ -419,7 +418,7 @@ pub(super) async fn all_exchanges(
 ) -> Response {
     let list = visible(&state, &user)
         .iter()
-        .flat_map(|v| exchanges_of(&state, v))
+        .flat_map(|v| exchanges_of(v))
         .collect();
     q.respond(list)
 }
@@ -431,7 +430,7 @@ pub(super) async fn vhost_exchanges(
     Query(q): Query<ListQuery>,
 ) -> Response {
     match vhost_of(&state, &user, &vh) {
-        Ok(v) => q.respond(exchanges_of(&state, &v)),
+        Ok(v) => q.respond(exchanges_of(&v)),
         Err(r) => r,
     }
 }
@@ -449,7 +448,7 @@ pub(super) async fn one_exchange(
     done((|| {
         let v = vhost_of(&state, &user, &vh)?;
         let x = v.exchange(exchange_name(&name)).map_err(|_| not_found())?;
-        let mut j = exchange_json(&state, &v, &x);
+        let mut j = exchange_json(&v, &x);
         j["incoming"] = json!([]);
         j["outgoing"] = json!([]);
         Ok(axum::Json(j).into_response())
@@ -857,9 +856,9 @@ pub(super) async fn bind(
         Ok(a) => a,
         Err(e) => return bad_request(&e),
     };
-    let (what, perm_kind) = match &d {
-        Destination::Queue(_) => ("queue", "queue"),
-        Destination::Exchange(_) => ("exchange", "exchange"),
+    let what = match &d {
+        Destination::Queue(_) => "queue",
+        Destination::Exchange(_) => "exchange",
     };
     if !destination_exists(&v, &d) {
         return error(
@@ -876,7 +875,6 @@ pub(super) async fn bind(
             &format!("no exchange '{source}' in vhost '{vh}'"),
         );
     }
-    let _ = perm_kind;
     if let Err(r) = check(&state, &user, &vh, Perm::Write, &dest)
         .and_then(|_| check(&state, &user, &vh, Perm::Read, &source))
     {
