@@ -17,7 +17,7 @@ fn setup(
     n: usize,
     pattern: impl Fn(usize) -> String,
 ) -> (Arc<VHost>, Arc<warren::exchange::Exchange>) {
-    let v = Arc::new(VHost::new("/"));
+    let v = VHost::new("/");
     let x = format!("bench.{}", kind.as_str());
     v.declare_exchange(
         ExchangeDef {

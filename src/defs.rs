@@ -18,6 +18,11 @@ pub enum ExchangeKind {
     Topic,
     /// Header matching.
     Headers,
+    /// `x-delayed-message` (RabbitMQ's delayed message exchange plugin): routes as the
+    /// type named by its `x-delayed-type` argument, after the delay in a message's
+    /// `x-delay` header.
+    #[serde(rename = "x-delayed-message")]
+    DelayedMessage,
 }
 
 impl ExchangeKind {
@@ -28,6 +33,7 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            "x-delayed-message" => ExchangeKind::DelayedMessage,
             _ => return None,
         })
     }
@@ -39,6 +45,7 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::DelayedMessage => "x-delayed-message",
         }
     }
 }
@@ -58,6 +65,31 @@ pub struct ExchangeDef {
     pub internal: bool,
     /// Arguments (`alternate-exchange`).
     pub arguments: FieldTable,
+}
+
+impl ExchangeDef {
+    /// How it routes: its type, or for an `x-delayed-message` exchange the type its
+    /// `x-delayed-type` argument names (validated at declare; direct if unreadable).
+    pub fn routing_kind(&self) -> ExchangeKind {
+        match self.kind {
+            ExchangeKind::DelayedMessage => self
+                .arguments
+                .inner()
+                .get("x-delayed-type")
+                .and_then(|v| match v {
+                    amq_protocol::types::AMQPValue::LongString(s) => {
+                        ExchangeKind::parse(&String::from_utf8_lossy(s.as_bytes()))
+                    }
+                    amq_protocol::types::AMQPValue::ShortString(s) => {
+                        ExchangeKind::parse(s.as_str())
+                    }
+                    _ => None,
+                })
+                .filter(|k| *k != ExchangeKind::DelayedMessage)
+                .unwrap_or(ExchangeKind::Direct),
+            k => k,
+        }
+    }
 }
 
 /// Where a binding leads.

@@ -352,18 +352,24 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Str
                 bcc: Vec::new(),
                 ..(*entry.msg).clone()
             };
-            // Headers are decoded for a headers exchange only.
-            let headers = (x.def.kind == crate::defs::ExchangeKind::Headers)
-                .then(|| amq_protocol::protocol::basic::parse_properties(&msg.properties[..]).ok())
-                .flatten()
-                .and_then(|(_, p)| p.headers().clone());
-            let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
-            let queues = dst.route(&x, &key_refs, headers.as_ref());
+            // Headers are decoded for a headers exchange (and a delayed one) only.
+            let headers = (x.def.routing_kind() == crate::defs::ExchangeKind::Headers
+                || x.is_delayed())
+            .then(|| amq_protocol::protocol::basic::parse_properties(&msg.properties[..]).ok())
+            .flatten()
+            .and_then(|(_, p)| p.headers().clone());
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let done: crate::store::log::Done = Box::new(move |ok| {
+            let mut done: Option<crate::store::log::Done> = Some(Box::new(move |ok| {
                 let _ = tx.send(ok);
-            });
-            let (_, waits) = dst.publish_to(&queues, msg, Some(done));
+            }));
+            let waits = match dst.delay(&x, msg, headers.as_ref(), &mut done) {
+                Ok(waits) => waits,
+                Err(msg) => {
+                    let key_refs: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                    let queues = dst.route(&x, &key_refs, headers.as_ref());
+                    dst.publish_to(&queues, msg, done).1
+                }
+            };
             if waits {
                 waiting.push(rx);
             }

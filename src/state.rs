@@ -266,7 +266,7 @@ impl BrokerState {
 
 pub(crate) fn open_vhost(config: &Config, name: &str) -> io::Result<Arc<VHost>> {
     Ok(match config.storage.mode {
-        StorageMode::Memory => Arc::new(VHost::new(name)),
+        StorageMode::Memory => VHost::new(name),
         StorageMode::Disk => {
             let started = std::time::Instant::now();
             let (v, n) = VHost::open(name, &config.data_dir, &config.storage)?;

@@ -44,7 +44,7 @@ impl ChannelHarness {
         let auth = Auth::open(&config).expect("in-memory auth");
         let user = auth.user("guest").expect("guest is seeded");
         let access = Access::new(&auth, user, "/");
-        let vhost = Arc::new(VHost::new("/"));
+        let vhost = VHost::new("/");
         let vhosts = dashmap::DashMap::new();
         vhosts.insert("/".to_string(), vhost.clone());
         let broker = Arc::new(BrokerState::new(config, vhosts, auth));

@@ -109,7 +109,9 @@ fn header_routes<'a>(
 }
 
 impl Channel {
-    /// Route and enqueue a complete message.
+    /// Route and enqueue a complete message: access checks, then the routing keys and the
+    /// properties the broker rewrites, then a delay (`x-delayed-message`), routing, and
+    /// either enqueueing or the unroutable path.
     pub(super) fn publish(
         &mut self,
         ctx: &mut ConnCtx,
@@ -118,43 +120,16 @@ impl Channel {
         body: Bytes,
     ) -> Result<bool, AmqpError> {
         ctx.published = true;
-        let xname = String::from_utf8_lossy(&p.exchange);
-        // RabbitMQ's order: write permission (before the exchange is looked up), internal,
-        // then the topic permission on the routing key.
-        ctx.check(crate::auth::perms::Perm::Write, "exchange", &xname)?;
-        let x = ctx.vhost.exchange(&xname)?;
-        if x.def.internal {
-            return Err(AmqpError::access_refused(format!(
-                "cannot publish to internal {}",
-                crate::args::rs("exchange", &xname, &ctx.vhost.name)
-            )));
-        }
-        if x.def.kind == crate::exchange::ExchangeKind::Topic {
-            ctx.check_topic(
-                crate::auth::perms::Perm::Write,
-                &x,
-                &String::from_utf8_lossy(&p.routing_key),
-            )?;
-        }
+        let x = check_access(ctx, &p)?;
         let props = decode_properties(&properties)?;
-        let mut properties = properties;
+        if let Some(props) = &props {
+            check_user_id(ctx, props)?;
+        }
+        let headers = props.as_ref().and_then(|p| p.headers().as_ref());
         // The routing key, plus CC/BCC keys when the message has headers (only then is a
         // vector allocated).
         let rk: &[u8] = &p.routing_key;
         let mut keys: Vec<&[u8]> = Vec::new();
-        let headers = props.as_ref().and_then(|p| p.headers().as_ref());
-        if let Some(props) = &props
-            && let Some(uid) = props.user_id()
-            && uid.as_str() != ctx.user
-            // RabbitMQ: users tagged `impersonator` may publish as anyone.
-            && !ctx.access.user.has_tag("impersonator")
-        {
-            return Err(AmqpError::precondition_failed(format!(
-                "user_id property set to '{}' but authenticated user was '{}'",
-                uid.as_str(),
-                ctx.user
-            )));
-        }
         let mut bcc = Vec::new();
         if let Some(h) = headers {
             keys.push(rk);
@@ -166,40 +141,7 @@ impl Channel {
                 .map(|k| Bytes::copy_from_slice(k))
                 .collect();
         }
-        // Direct reply-to: the pseudo queue name becomes this channel's reply queue.
-        let reply_to = props
-            .as_ref()
-            .and_then(|p| p.reply_to().as_ref())
-            .filter(|r| r.as_str() == REPLY_TO);
-        let reply_queue = match reply_to {
-            Some(_) => Some(self.reply_queue.clone().ok_or_else(|| {
-                AmqpError::precondition_failed("fast reply consumer does not exist")
-            })?),
-            None => None,
-        };
-        let route_keys: &[&[u8]] = if keys.is_empty() {
-            std::slice::from_ref(&rk)
-        } else {
-            &keys
-        };
-        let queues = ctx.vhost.route(&x, route_keys, headers);
-        let strip_bcc = headers.is_some_and(|h| h.contains_key("BCC"));
-        if let Some(props) = &props
-            && (strip_bcc || reply_queue.is_some())
-        {
-            // Re-encoded once per message: BCC is removed before delivery (as RabbitMQ does)
-            // and a direct reply-to address is made concrete.
-            let mut props = props.clone();
-            if let (true, Some(h)) = (strip_bcc, headers) {
-                let mut map = h.inner().clone();
-                map.remove("BCC");
-                props = props.with_headers(FieldTable::from(map));
-            }
-            if let Some(name) = &reply_queue {
-                props = props.with_reply_to(name.as_str().into());
-            }
-            properties = encode_properties(&props);
-        }
+        let properties = self.rewrite_properties(props.as_ref(), properties)?;
         let expiration = match props.as_ref().and_then(|p| p.expiration().as_ref()) {
             Some(e) => Some(parse_expiration(e.as_str())?),
             None => None,
@@ -207,8 +149,8 @@ impl Channel {
         let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
         let persistent = crate::message::peek_properties(&properties).delivery_mode == Some(2);
         let msg = Message {
-            exchange: p.exchange,
-            routing_key: p.routing_key,
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
             properties,
             body,
             priority,
@@ -221,42 +163,145 @@ impl Channel {
         if self.confirm_seq.is_some() {
             self.counts.publish_confirm += 1;
         }
-        if queues.is_empty() {
-            if p.mandatory {
-                self.counts.return_unroutable += 1;
-                put_basic_return(
-                    &mut ctx.out,
-                    self.id,
-                    312,
-                    "NO_ROUTE",
-                    &msg.exchange,
-                    &msg.routing_key,
-                );
-                put_content(
-                    &mut ctx.out,
-                    self.id,
-                    &msg.properties,
-                    &msg.body,
-                    ctx.frame_max,
-                );
-            } else {
-                self.counts.drop_unroutable += 1;
+        let mut synced = self.synced_callback(ctx);
+        // A delayed message exchange holds the message; like the plugin, it routes to no
+        // queue now, so a mandatory message is returned at once (and still delivered later).
+        let returned = (p.mandatory && x.is_delayed()).then(|| msg.clone());
+        let msg = match ctx.vhost.delay(&x, msg, headers, &mut synced) {
+            Ok(waits) => {
+                if waits && let Some(seq) = self.confirm_seq {
+                    self.unsynced.insert(seq);
+                }
+                self.unroutable(ctx, returned.as_ref());
+                return Ok(true);
             }
+            Err(msg) => msg,
+        };
+        let route_keys: &[&[u8]] = if keys.is_empty() {
+            std::slice::from_ref(&rk)
+        } else {
+            &keys
+        };
+        let queues = ctx.vhost.route(&x, route_keys, headers);
+        if queues.is_empty() {
+            self.unroutable(ctx, p.mandatory.then_some(&msg));
             return Ok(true);
         }
         self.counts.routed += 1;
-        // With confirms, a stored message is confirmed once the log has synced it.
-        let synced: Option<crate::store::log::Done> = self.confirm_seq.map(|seq| {
-            let events = ctx.events.clone();
-            let channel = self.id;
-            Box::new(move |ok| {
-                let _ = events.send(crate::queue::consumer::ConnEvent::Synced { channel, seq, ok });
-            }) as crate::store::log::Done
-        });
         let (accepted, waits) = ctx.vhost.publish_to(&queues, msg, synced);
         if waits && let Some(seq) = self.confirm_seq {
             self.unsynced.insert(seq);
         }
         Ok(accepted)
+    }
+
+    /// Re-encode the properties when the broker changes them (once per message): BCC is
+    /// removed before delivery (as RabbitMQ does) and a direct reply-to address is made
+    /// concrete.
+    fn rewrite_properties(
+        &self,
+        props: Option<&BasicProperties>,
+        raw: Bytes,
+    ) -> Result<Bytes, AmqpError> {
+        let Some(props) = props else { return Ok(raw) };
+        let headers = props.headers().as_ref();
+        let strip_bcc = headers.is_some_and(|h| h.contains_key("BCC"));
+        // Direct reply-to: the pseudo queue name becomes this channel's reply queue.
+        let reply_queue = match props.reply_to().as_ref() {
+            Some(r) if r.as_str() == REPLY_TO => {
+                Some(self.reply_queue.clone().ok_or_else(|| {
+                    AmqpError::precondition_failed("fast reply consumer does not exist")
+                })?)
+            }
+            _ => None,
+        };
+        if !strip_bcc && reply_queue.is_none() {
+            return Ok(raw);
+        }
+        let mut props = props.clone();
+        if let (true, Some(h)) = (strip_bcc, headers) {
+            let mut map = h.inner().clone();
+            map.remove("BCC");
+            props = props.with_headers(FieldTable::from(map));
+        }
+        if let Some(name) = &reply_queue {
+            props = props.with_reply_to(name.as_str().into());
+        }
+        Ok(encode_properties(&props))
+    }
+
+    /// With confirms, a stored message is confirmed once the log has synced it.
+    fn synced_callback(&self, ctx: &ConnCtx) -> Option<crate::store::log::Done> {
+        self.confirm_seq.map(|seq| {
+            let events = ctx.events.clone();
+            let channel = self.id;
+            Box::new(move |ok| {
+                let _ = events.send(crate::queue::consumer::ConnEvent::Synced { channel, seq, ok });
+            }) as crate::store::log::Done
+        })
+    }
+
+    /// A message no queue took: returned (`basic.return` 312 NO_ROUTE) if it was mandatory
+    /// (`returned`), else dropped.
+    fn unroutable(&mut self, ctx: &mut ConnCtx, returned: Option<&Message>) {
+        let Some(msg) = returned else {
+            self.counts.drop_unroutable += 1;
+            return;
+        };
+        self.counts.return_unroutable += 1;
+        put_basic_return(
+            &mut ctx.out,
+            self.id,
+            312,
+            "NO_ROUTE",
+            &msg.exchange,
+            &msg.routing_key,
+        );
+        put_content(
+            &mut ctx.out,
+            self.id,
+            &msg.properties,
+            &msg.body,
+            ctx.frame_max,
+        );
+    }
+}
+
+/// RabbitMQ's order: write permission (before the exchange is looked up), internal, then the
+/// topic permission on the routing key. Returns the exchange.
+fn check_access(
+    ctx: &mut ConnCtx,
+    p: &Publish,
+) -> Result<std::sync::Arc<crate::exchange::Exchange>, AmqpError> {
+    let xname = String::from_utf8_lossy(&p.exchange);
+    ctx.check(crate::auth::perms::Perm::Write, "exchange", &xname)?;
+    let x = ctx.vhost.exchange(&xname)?;
+    if x.def.internal {
+        return Err(AmqpError::access_refused(format!(
+            "cannot publish to internal {}",
+            crate::args::rs("exchange", &xname, &ctx.vhost.name)
+        )));
+    }
+    if x.def.kind == crate::exchange::ExchangeKind::Topic {
+        ctx.check_topic(
+            crate::auth::perms::Perm::Write,
+            &x,
+            &String::from_utf8_lossy(&p.routing_key),
+        )?;
+    }
+    Ok(x)
+}
+
+/// `user_id` must be the authenticated user's, except for users tagged `impersonator`.
+fn check_user_id(ctx: &ConnCtx, props: &BasicProperties) -> Result<(), AmqpError> {
+    match props.user_id() {
+        Some(uid) if uid.as_str() != ctx.user && !ctx.access.user.has_tag("impersonator") => {
+            Err(AmqpError::precondition_failed(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                uid.as_str(),
+                ctx.user
+            )))
+        }
+        _ => Ok(()),
     }
 }

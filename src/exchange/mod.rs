@@ -41,8 +41,8 @@ pub struct Exchange {
 impl Exchange {
     /// A new exchange with no bindings.
     pub fn new(def: ExchangeDef) -> Exchange {
-        let index = match def.kind {
-            ExchangeKind::Direct => Index::Direct(HashMap::new()),
+        let index = match def.routing_kind() {
+            ExchangeKind::Direct | ExchangeKind::DelayedMessage => Index::Direct(HashMap::new()),
             ExchangeKind::Fanout => Index::Fanout(Vec::new()),
             ExchangeKind::Topic => Index::Topic(topic::Node::default()),
             ExchangeKind::Headers => Index::Headers(Vec::new()),
@@ -85,6 +85,12 @@ impl Exchange {
         });
     }
 
+    /// An `x-delayed-message` exchange: a message with a positive `x-delay` header waits
+    /// before it is routed (see `vhost::delayed`).
+    pub fn is_delayed(&self) -> bool {
+        self.def.kind == ExchangeKind::DelayedMessage
+    }
+
     /// The name of the policy that applies to it.
     pub fn policy_name(&self) -> Option<String> {
         self.policy.read().as_ref().map(|(n, _)| n.clone())
@@ -92,7 +98,7 @@ impl Exchange {
 
     /// Validate a binding for this exchange type (headers: `x-match`).
     pub fn validate_binding(&self, args: &FieldTable) -> Result<(), AmqpError> {
-        if self.def.kind == ExchangeKind::Headers {
+        if self.def.routing_kind() == ExchangeKind::Headers {
             headers::Spec::compile(args)?;
         }
         Ok(())

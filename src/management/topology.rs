@@ -617,10 +617,6 @@ pub(super) async fn publish(
         };
         let rk = b.routing_key.as_bytes();
         let headers = props.headers().clone();
-        let queues = v.route(&x, &[rk], headers.as_ref());
-        if queues.is_empty() {
-            return Ok(axum::Json(json!({"routed": false})).into_response());
-        }
         let msg = crate::message::Message {
             exchange: bytes::Bytes::copy_from_slice(xname.as_bytes()),
             routing_key: bytes::Bytes::copy_from_slice(rk),
@@ -632,6 +628,14 @@ pub(super) async fn publish(
             store_id: None,
             bcc: Vec::new(),
         };
+        // A delayed message exchange keeps it: routed to no queue now, as the plugin says.
+        let Err(msg) = v.delay(&x, msg, headers.as_ref(), &mut None) else {
+            return Ok(axum::Json(json!({"routed": false})).into_response());
+        };
+        let queues = v.route(&x, &[rk], headers.as_ref());
+        if queues.is_empty() {
+            return Ok(axum::Json(json!({"routed": false})).into_response());
+        }
         v.publish_to(&queues, msg, None);
         Ok(axum::Json(json!({"routed": true})).into_response())
     })())

@@ -426,6 +426,10 @@ fn publish_now(queue: &Arc<Queue>, entries: Vec<(Entry, Reason)>) -> usize {
     };
     for (e, reason) in entries {
         let (msg, keys, headers) = make_message(queue, &e.msg, reason, dlx, dlrk.as_deref());
+        // A delayed message exchange as the DLX holds the message for its `x-delay`.
+        let Some(msg) = vhost.delay_from(dlx, msg, &headers) else {
+            continue;
+        };
         let key_refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
         let Some(targets) = vhost.route_from(dlx, &key_refs, Some(&headers)) else {
             tracing::debug!(queue = %queue.name, dlx = %dlx, "dead-letter exchange does not exist; messages dropped");

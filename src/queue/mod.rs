@@ -44,6 +44,16 @@ pub trait Router: Send + Sync {
     ) -> Option<Vec<Arc<Queue>>>;
     /// Enqueue `msg` on `queues` (persisting it where they are durable).
     fn enqueue(&self, queues: &[Arc<Queue>], msg: Message);
+    /// Keep `msg` in `exchange` if that is an `x-delayed-message` exchange and the message
+    /// asks for a delay (`None`: taken); otherwise give it back to be routed now.
+    fn delay_from(
+        &self,
+        _exchange: &str,
+        msg: Message,
+        _headers: &amq_protocol::types::FieldTable,
+    ) -> Option<Message> {
+        Some(msg)
+    }
     /// A message died in `queue` (dead-lettered if `dlx`, else dropped), for the vhost's
     /// [`dead_letter::Counts`].
     fn dead_lettered(&self, _queue: &Queue, _reason: Reason, _dlx: bool) {}

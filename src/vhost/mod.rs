@@ -6,10 +6,12 @@
 //! No message bodies are kept here, and nothing here knows connections: consumers learn of a
 //! deleted queue through their own event channel.
 
+mod delayed;
 mod persist;
 mod routing;
 mod topology;
 
+pub use delayed::Delays;
 pub use persist::{Topology, VHostStore};
 
 use crate::args::{assert_equivalent, assert_flag, rs};
@@ -39,6 +41,10 @@ pub struct VHost {
     pub dead_lettered: crate::queue::dead_letter::Counts,
     /// Its policies and operator policies (set from above: [`VHost::set_policies`]).
     pub(crate) policies: parking_lot::RwLock<Arc<crate::defs::Policies>>,
+    /// Messages waiting in its `x-delayed-message` exchanges, and their timer.
+    pub delays: Delays,
+    /// Itself, weakly (the delay timer holds it so).
+    this: Weak<VHost>,
 }
 
 /// The exchanges every vhost has.
@@ -65,11 +71,15 @@ fn default_exchange_error() -> AmqpError {
 
 impl VHost {
     /// A vhost with the predeclared exchanges.
-    pub fn new(name: &str) -> VHost {
+    pub fn new(name: &str) -> Arc<VHost> {
         Self::with_store(name, None)
     }
 
-    fn with_store(name: &str, store: Option<VHostStore>) -> VHost {
+    fn with_store(name: &str, store: Option<VHostStore>) -> Arc<VHost> {
+        Arc::new_cyclic(|this| Self::build(name, store, this.clone()))
+    }
+
+    fn build(name: &str, store: Option<VHostStore>, this: Weak<VHost>) -> VHost {
         let v = VHost {
             name: name.to_string(),
             exchanges: DashMap::new(),
@@ -78,6 +88,8 @@ impl VHost {
             churn: Default::default(),
             dead_lettered: Default::default(),
             policies: Default::default(),
+            delays: Default::default(),
+            this,
         };
         for (n, kind) in PREDECLARED {
             v.exchanges.insert(
@@ -172,6 +184,18 @@ impl crate::queue::Router for VHost {
 
     fn enqueue(&self, queues: &[Arc<Queue>], msg: crate::message::Message) {
         self.publish_to(queues, msg, None);
+    }
+
+    fn delay_from(
+        &self,
+        exchange: &str,
+        msg: crate::message::Message,
+        headers: &FieldTable,
+    ) -> Option<crate::message::Message> {
+        match self.exchange(exchange) {
+            Ok(x) => self.delay(&x, msg, Some(headers), &mut None).err(),
+            Err(_) => Some(msg),
+        }
     }
 
     fn dead_lettered(&self, queue: &Queue, reason: crate::queue::dead_letter::Reason, dlx: bool) {

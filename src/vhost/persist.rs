@@ -82,9 +82,11 @@ pub(super) fn spawn_compaction(
                 .filter(|q| q.spool.is_some())
                 .map(|q| q.clone())
                 .collect();
-            drop(v);
             let _ = tokio::task::spawn_blocking(move || {
-                let moved: usize = queues.iter().map(|q| q.compact(seg)).sum();
+                let mut moved: usize = queues.iter().map(|q| q.compact(seg)).sum();
+                if let Some(log) = v.log() {
+                    moved += v.delays.compact(seg, log);
+                }
                 tracing::debug!(segment = seg, moved, "compacted message log segment");
             })
             .await;
@@ -124,6 +126,13 @@ impl VHost {
         let snapshot_bytes = std::fs::metadata(dir.join("definitions.json")).map_or(0, |m| m.len());
         let durable: std::collections::HashSet<&str> =
             defs.queues.iter().map(|q| q.name.as_str()).collect();
+        // Durable delayed exchanges keep their waiting messages under a log name of their own.
+        let delayed: std::collections::HashMap<String, String> = defs
+            .exchanges
+            .iter()
+            .filter(|x| x.kind == ExchangeKind::DelayedMessage)
+            .map(|x| (super::delayed::log_name(&x.name), x.name.clone()))
+            .collect();
         let opened = crate::store::log::open(
             &dir.join("msgs"),
             crate::store::log::Options {
@@ -133,7 +142,7 @@ impl VHost {
                 segment_size: storage.segment_bytes,
                 journal_dir: Some(dir.clone()),
             },
-            &|q| durable.contains(q),
+            &|q| durable.contains(q) || delayed.contains_key(q),
         )?;
         drop(durable);
         if opened.corrupt_records > 0 {
@@ -147,7 +156,7 @@ impl VHost {
                 snapshot_bytes,
             }),
         };
-        let v = Arc::new(VHost::with_store(name, Some(store)));
+        let v = VHost::with_store(name, Some(store));
         for x in defs.exchanges {
             v.exchanges
                 .insert(x.name.clone(), Arc::new(Exchange::new(x)));
@@ -177,7 +186,10 @@ impl VHost {
         }
         let mut n = 0;
         for (qname, msgs) in opened.queues {
-            if let Some(q) = v.queues.get(qname.as_str()) {
+            if let Some(x) = delayed.get(&qname) {
+                n += msgs.len();
+                v.recover_delayed(x, msgs);
+            } else if let Some(q) = v.queues.get(qname.as_str()) {
                 n += msgs.len();
                 q.recover(msgs);
             }

@@ -4,6 +4,31 @@
 
 use super::*;
 
+/// The delayed message exchange plugin's check of `x-delayed-type` (its texts): a string
+/// naming an exchange type, and not `x-delayed-message` itself.
+pub(crate) fn validate_delayed_type(args: &FieldTable) -> Result<(), AmqpError> {
+    let name = match args.inner().get("x-delayed-type") {
+        Some(amq_protocol::types::AMQPValue::LongString(s)) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
+        }
+        Some(amq_protocol::types::AMQPValue::ShortString(s)) => s.to_string(),
+        _ => {
+            return Err(AmqpError::precondition_failed(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+            ));
+        }
+    };
+    match ExchangeKind::parse(&name) {
+        Some(ExchangeKind::DelayedMessage) => Err(AmqpError::precondition_failed(
+            "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'",
+        )),
+        Some(_) => Ok(()),
+        None => Err(AmqpError::command_invalid(format!(
+            "invalid exchange type '{name}'"
+        ))),
+    }
+}
+
 impl VHost {
     /// `exchange.declare`.
     pub fn declare_exchange(
@@ -66,6 +91,9 @@ impl VHost {
                         def.name
                     )));
                 }
+                if def.kind == ExchangeKind::DelayedMessage {
+                    validate_delayed_type(&def.arguments)?;
+                }
                 if def.durable {
                     t.record(crate::store::journal::Change::PutExchange {
                         exchange: def.clone(),
@@ -111,6 +139,7 @@ impl VHost {
         if x.def.durable {
             t.record(crate::store::journal::Change::DelExchange { name: name.into() });
         }
+        self.drop_delayed(&x);
         self.remove_destination(&mut t, &Destination::Exchange(name.into()));
         Ok(())
     }
@@ -137,6 +166,7 @@ impl VHost {
                 if x.def.durable {
                     t.record(crate::store::journal::Change::DelExchange { name: name.clone() });
                 }
+                self.drop_delayed(x);
                 self.remove_destination(t, &Destination::Exchange(name.into()));
             }
         }
