@@ -39,7 +39,9 @@ pub(crate) fn log_name(exchange: &str) -> String {
     format!("amq.warren.delayed.{h:016x}")
 }
 
-/// Wall-clock time in ms since the Unix epoch (due times survive restarts).
+/// Wall-clock time in ms since the Unix epoch (due times survive restarts), rounded down;
+/// due times are computed from it rounded up, so a message is never routed before its delay
+/// has fully passed.
 fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -338,7 +340,7 @@ impl VHost {
         if let Some(p) = swap_delay_header(&msg.properties, delay) {
             msg.properties = p;
         }
-        let due = wall_ms() + delay as u64;
+        let due = wall_ms() + 1 + delay as u64;
         let mut waits = false;
         msg.store_id = None;
         if msg.persistent
