@@ -231,3 +231,97 @@ def test_one_call_replay_sends_dead_letters_back_where_they_died(node):
         assert ch.queue_declare("all.dlq", passive=True).method.message_count == 1
     finally:
         env.close()
+
+
+def test_shovels_to_and_from_another_broker(node):
+    """Remote URIs: the node under test (Warren, or RabbitMQ with its shovel plugin when run
+    differentially) moves a queue to a second Warren and back, over AMQP with confirms;
+    `src-delete-after: queue-length` with a remote source counts the remote queue's depth."""
+    from conftest import Broker
+    amqp, http = node
+    env = Env(amqp, http)
+    other = Broker()
+    try:
+        ch = env.ch
+        remote = f"amqp://guest:guest@127.0.0.1:{other.port}/%2F"
+        oconn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", other.port))
+        och = oconn.channel()
+        ch.queue_declare("outbox", durable=True)
+        for i in range(300):
+            ch.basic_publish("", "outbox", str(i).encode(), pika.BasicProperties(
+                delivery_mode=2, headers={"n": i}, content_type="text/plain"))
+        # Out: this node's queue → a queue on the other broker (declared there by the shovel).
+        assert call(http, "PUT", f"/parameters/shovel/{env.v}/out", {"value": {
+            "src-uri": f"amqp:///{env.v}", "src-queue": "outbox",
+            "dest-uri": remote, "dest-queue": "inbox",
+            "src-delete-after": "queue-length"}})[0] in (201, 204)
+        def depth(q):
+            """The other broker's queue depth (None while the shovel has not declared it)."""
+            c = oconn.channel()
+            try:
+                return c.queue_declare(q, passive=True).method.message_count
+            except pika.exceptions.ChannelClosedByBroker:
+                return None
+            finally:
+                if c.is_open:
+                    c.close()
+
+        assert until(lambda: depth("inbox") == 300, 20)
+        assert ch.queue_declare("outbox", passive=True).method.message_count == 0
+        assert until(lambda: call(http, "GET", f"/parameters/shovel/{env.v}/out")[0] == 404, 10)
+        got = []
+        while True:
+            m, props, body = och.basic_get("inbox", auto_ack=True)
+            if m is None:
+                break
+            assert props.delivery_mode == 2 and props.content_type == "text/plain"
+            assert props.headers["n"] == int(body)
+            got.append(int(body))
+        assert got == list(range(300)), "in order, each once"
+
+        # In: a queue on the other broker → an exchange here, with its routing key.
+        ch.exchange_declare("arrivals", "direct", durable=True)
+        ch.queue_declare("arrived", durable=True)
+        ch.queue_bind("arrived", "arrivals", "k")
+        och.queue_declare("remote-src", durable=True)
+        for i in range(50):
+            och.basic_publish("", "remote-src", str(i).encode(), pika.BasicProperties(delivery_mode=2))
+        assert call(http, "PUT", f"/parameters/shovel/{env.v}/in", {"value": {
+            "src-uri": remote, "src-queue": "remote-src",
+            "dest-uri": f"amqp:///{env.v}", "dest-exchange": "arrivals", "dest-exchange-key": "k",
+            "src-delete-after": "queue-length"}})[0] in (201, 204)
+        assert until(lambda: ch.queue_declare("arrived", passive=True).method.message_count == 50, 20)
+        assert until(lambda: och.queue_declare("remote-src", passive=True).method.message_count == 0, 10)
+        assert until(lambda: call(http, "GET", f"/parameters/shovel/{env.v}/in")[0] == 404, 10)
+        oconn.close()
+    finally:
+        other.stop()
+        env.close()
+
+
+def test_a_shovel_to_an_unreachable_broker_keeps_starting_and_moves_nothing(node):
+    amqp, http = node
+    env = Env(amqp, http)
+    try:
+        ch = env.ch
+        ch.queue_declare("stuck", durable=True)
+        ch.basic_publish("", "stuck", b"x", pika.BasicProperties(delivery_mode=2))
+        # A port nothing listens on (bound, then closed).
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+        s.close()
+        assert call(http, "PUT", f"/parameters/shovel/{env.v}/nowhere", {"value": {
+            "src-uri": f"amqp:///{env.v}", "src-queue": "stuck",
+            "dest-uri": f"amqp://guest:guest@127.0.0.1:{dead}/%2F", "dest-queue": "q",
+            "reconnect-delay": 1}})[0] in (201, 204)
+        # RabbitMQ shows it `starting` while it retries every reconnect-delay (observed).
+        time.sleep(2.5)
+        states = [s["state"] for s in call(http, "GET", f"/shovels/{env.v}")[1]
+                  if s["name"] == "nowhere"]
+        assert states == ["starting"], states
+        assert ch.queue_declare("stuck", passive=True).method.message_count == 1
+        assert call(http, "DELETE", f"/parameters/shovel/{env.v}/nowhere")[0] == 204
+    finally:
+        env.close()
