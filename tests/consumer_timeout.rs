@@ -196,3 +196,38 @@ async fn queue_and_consumer_arguments_override_the_broker() {
     let (code, _, class, method) = r.wait_channel_close(5).await;
     assert_eq!((code, class, method), (406, 60, 20));
 }
+
+/// A `consumer-timeout` policy (RabbitMQ 3.12+) times out a queue's deliveries like the
+/// argument; with both, the lower wins.
+#[tokio::test]
+async fn a_consumer_timeout_policy_applies_to_the_queue() {
+    let b = start_with(with_timeout(0)).await;
+    let v = b.state().vhost("/").unwrap();
+    let definition = serde_json::json!({"consumer-timeout": 200});
+    v.set_policies(warren::defs::Policies {
+        policies: vec![warren::defs::Policy {
+            name: "ct".into(),
+            pattern: regex::Regex::new("^timed").unwrap(),
+            queues: true,
+            exchanges: false,
+            priority: 0,
+            definition: definition.as_object().unwrap().clone(),
+        }],
+        operator: Vec::new(),
+    });
+    let mut r = Raw::open(&b).await;
+    r.open_channel(1).await;
+    // The argument (5 s) is longer: the policy's 200 ms wins.
+    let args = table(&[("x-consumer-timeout", AMQPValue::LongInt(5000))]);
+    r.send(&declare("timed", args)).await;
+    r.expect_method(1, 50, 11).await;
+    assert_eq!(v.queue("timed").unwrap().consumer_timeout(), Some(200));
+    r.publish(1, "", "timed", 0, b"a").await;
+    r.open_channel(2).await;
+    r.send(&consume(2, "timed", FieldTable::default())).await;
+    r.expect_method(2, 60, 21).await;
+    r.wait_method(2, 60, 60).await;
+    let t0 = std::time::Instant::now();
+    assert_eq!(r.wait_channel_close(2).await, (406, text(2, 200), 0, 0));
+    assert!(t0.elapsed() < Duration::from_millis(4000));
+}

@@ -127,6 +127,8 @@ fn check_key(key: &str, v: &Value) -> Result<bool, String> {
         "max-in-memory-length" => (non_neg(v), "maximum memory in bytes"),
         "max-in-memory-bytes" => (non_neg(v), "maximum memory in bytes"),
         "delivery-limit" => (non_neg(v), "delivery limit"),
+        // RabbitMQ 3.12+ (with `x-consumer-timeout`, which Warren follows too).
+        "consumer-timeout" => (non_neg(v), "consumer timeout"),
         "overflow" => (
             one_of(&["drop-head", "reject-publish", "reject-publish-dlx"]),
             "overflow value",

@@ -100,8 +100,7 @@ impl Channel {
         // RabbitMQ 3.12+: the consumer's argument, else the queue's, else the broker's.
         let timeout = match m.arguments.inner().get("x-consumer-timeout") {
             None => q
-                .args
-                .consumer_timeout
+                .consumer_timeout()
                 .unwrap_or(ctx.broker.config.consumer_timeout),
             Some(v) => match as_int(v) {
                 Some(n) if n >= 0 => n as u64,

@@ -29,7 +29,7 @@ impl Unacked {
     pub(super) fn timeout(&self, broker_default: u64) -> u64 {
         match &self.consumer {
             Some(c) => c.timeout,
-            None => self.queue.args.consumer_timeout.unwrap_or(broker_default),
+            None => self.queue.consumer_timeout().unwrap_or(broker_default),
         }
     }
 }
@@ -70,8 +70,7 @@ impl Channel {
                 if !m.no_ack {
                     let delivered = ctx.now();
                     let timeout = q
-                        .args
-                        .consumer_timeout
+                        .consumer_timeout()
                         .unwrap_or(ctx.broker.config.consumer_timeout);
                     ctx.watch_timeout(delivered, timeout);
                     self.unacked.push_back(Unacked {

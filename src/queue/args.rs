@@ -311,6 +311,7 @@ impl QueueArgs {
         a.max_length = lower(self.max_length, num("max-length"));
         a.max_length_bytes = lower(self.max_length_bytes, num("max-length-bytes"));
         a.delivery_limit = lower(self.delivery_limit, num("delivery-limit"));
+        a.consumer_timeout = lower(self.consumer_timeout, num("consumer-timeout"));
         if self.dead_letter_exchange.is_none() {
             a.dead_letter_exchange = text("dead-letter-exchange");
         }

@@ -257,6 +257,11 @@ impl Queue {
         self.state.lock().eff.expires
     }
 
+    /// `x-consumer-timeout` in force (argument or `consumer-timeout` policy, the lower).
+    pub fn consumer_timeout(&self) -> Option<u64> {
+        self.state.lock().eff.consumer_timeout
+    }
+
     /// The policies that apply, as the management API shows them.
     pub fn applied_policy(&self) -> AppliedPolicy {
         self.state.lock().policy.clone()
