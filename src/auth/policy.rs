@@ -307,6 +307,14 @@ mod tests {
             validate("/", "p", &op, true).unwrap_err(),
             "Validation failed\n\n[{<<\"overflow\">>,<<\"drop-head\">>}] are not recognised policy settings\n"
         );
+        // Not a policy key in any version (an argument only).
+        assert_eq!(
+            v(json!({"single-active-consumer": true})).unwrap_err(),
+            "Validation failed\n\n[{<<\"single-active-consumer\">>,true}] are not recognised policy settings\n"
+        );
+        // 3.12+: a non-negative integer.
+        assert!(v(json!({"consumer-timeout": 60000})).is_ok());
+        assert!(v(json!({"consumer-timeout": -1})).is_err());
         let ok = v(json!({"max-length": 100, "dead-letter-exchange": "dlx"})).unwrap();
         assert_eq!((ok.apply_to.as_str(), ok.priority), ("all", 0));
     }
