@@ -16,6 +16,7 @@ pub(crate) mod channel;
 pub mod config;
 pub(crate) mod connection;
 pub mod defs;
+mod embedded;
 pub mod exchange;
 pub(crate) mod management;
 pub mod message;
@@ -32,8 +33,11 @@ pub mod vhost;
 pub use broker::Broker;
 pub use config::Config;
 
-/// Sans-IO harnesses for tests and fuzz targets (not a stable API).
-#[doc(hidden)]
+/// For test suites: [`testing::Broker`], an embedded broker (in memory, ephemeral ports, reset
+/// between tests, stopped on drop); and sans-IO harnesses for Warren's own tests and fuzz
+/// targets (not a stable API).
 pub mod testing {
+    #[doc(hidden)]
     pub use crate::channel::harness::{ChannelHarness, State};
+    pub use crate::embedded::Broker;
 }

@@ -248,11 +248,17 @@ impl BrokerState {
     /// Delete a vhost's contents: its connections are closed (RabbitMQ's text over HTTP "vhost 'v' is
     /// deleted"), its queues deleted (consumers elsewhere are cancelled), its files removed.
     pub async fn delete_vhost(self: &Arc<Self>, name: &str) {
+        self.delete_vhost_closing(name, &format!("vhost '{name}' is deleted"))
+            .await
+    }
+
+    /// [`BrokerState::delete_vhost`], closing its connections with `text`.
+    pub(crate) async fn delete_vhost_closing(self: &Arc<Self>, name: &str, text: &str) {
         let _g = self.vhost_lifecycle.lock().await;
         let Some((_, v)) = self.vhosts.remove(name) else {
             return;
         };
-        self.force_close(|c| c.vhost == name, &format!("vhost '{name}' is deleted"));
+        self.force_close(|c| c.vhost == name, text);
         v.delete_everything();
         if let Some(log) = v.log().cloned() {
             let _ = tokio::task::spawn_blocking(move || log.close()).await;

@@ -396,7 +396,7 @@ impl AuthData {
 
     /// Seed from the configuration: its vhosts, its users (hashed), full permissions in the
     /// vhosts each user lists (`"*"`: all).
-    fn seed(config: &Config) -> Result<AuthData, String> {
+    pub(crate) fn seed(config: &Config) -> Result<AuthData, String> {
         let mut d = AuthData::default();
         for v in &config.vhosts {
             d.vhosts.insert(

@@ -16,6 +16,9 @@ mod definitions;
 mod listing;
 mod node;
 mod policies;
+mod reset;
+
+pub(crate) use reset::reset;
 mod topology;
 
 pub(crate) use amqp_json::{table_json, value_json};
@@ -194,6 +197,7 @@ pub(crate) fn router(state: Shared) -> Router {
         )
         .route("/api/shovels", get(policies::shovels))
         .route("/api/warren/replay/{vhost}/{queue}", post(policies::replay))
+        .route("/api/warren/reset", post(reset::reset_endpoint))
         .route(
             "/api/warren/dead-letters/{vhost}/{queue}",
             get(topology::dead_letters),
