@@ -39,6 +39,10 @@ impl Broker {
                 .map_err(|_| io::Error::other("bad bind address"))?,
             config.amqp.port,
         );
+        if config.testing.clock == crate::config::ClockMode::Manual {
+            crate::clock::enable_manual();
+            warn!("test clock: time stands still until advanced (POST /api/warren/clock)");
+        }
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let auth = crate::auth::Auth::open(&config)?;

@@ -61,6 +61,29 @@ pub struct Config {
     /// A definitions file (RabbitMQ's JSON export) imported at every start, after the
     /// configured users and vhosts (RabbitMQ's `load_definitions`; also `--definitions`).
     pub load_definitions: Option<PathBuf>,
+    /// Test-environment features (never on by default).
+    pub testing: Testing,
+}
+
+/// Test-environment features.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Testing {
+    /// `"real"` (default) or `"manual"`: the broker's time for message TTL, `x-expires`,
+    /// delayed messages, consumer timeouts and `x-death` times stands still until advanced
+    /// through `POST /api/warren/clock` (also `--test-clock`).
+    pub clock: ClockMode,
+}
+
+/// The broker's clock.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockMode {
+    /// Real time.
+    #[default]
+    Real,
+    /// Stands still until advanced (tests only).
+    Manual,
 }
 
 /// The Prometheus metrics endpoint (`/metrics`, `/metrics/per-object`, `/metrics/detailed`),
@@ -416,6 +439,7 @@ impl Default for Config {
             tls: Tls::default(),
             prometheus: Prometheus::default(),
             load_definitions: None,
+            testing: Testing::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub(crate) mod args;
 pub(crate) mod auth;
 pub mod broker;
 pub(crate) mod channel;
+pub mod clock;
 pub mod config;
 pub(crate) mod connection;
 pub mod defs;

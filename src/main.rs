@@ -45,6 +45,11 @@ struct Cli {
     /// Keep nothing on disk (storage.mode = "memory").
     #[arg(long, env = "WARREN_IN_MEMORY")]
     in_memory: bool,
+    /// Test environments only: the broker's time for TTLs, x-expires, delayed messages,
+    /// consumer timeouts and x-death stands still until advanced through
+    /// `POST /api/warren/clock` (testing.clock = "manual").
+    #[arg(long)]
+    test_clock: bool,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -73,6 +78,9 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if cli.in_memory {
         config.storage.mode = warren::config::StorageMode::Memory;
+    }
+    if cli.test_clock {
+        config.testing.clock = warren::config::ClockMode::Manual;
     }
     if let Some(p) = cli.management_port {
         config.management.enabled = true;

@@ -13,9 +13,7 @@ use amq_protocol::protocol::AMQPClass;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 /// Per-connection context shared by the channels of the connection.
 pub(crate) struct ConnCtx {
@@ -52,11 +50,12 @@ pub(crate) struct ConnCtx {
     pub topology_changed: bool,
     /// Channels that owe publisher confirms at the end of this loop turn.
     pub confirms_dirty: Vec<u16>,
-    /// The clock of this loop turn, read at most once per turn ([`ConnCtx::now`]).
-    pub clock: Option<Instant>,
+    /// The broker's clock ([`crate::clock::now_ms`]) at this loop turn, read at most once per
+    /// turn ([`ConnCtx::now`]).
+    pub clock: Option<u64>,
     /// When to look for deliveries past their consumer timeout (the earliest deadline of a
     /// delivery made since the last look; acks do not move it, a look finds the next one).
-    pub timeout_check: Option<Instant>,
+    pub timeout_check: Option<u64>,
 }
 
 impl ConnCtx {
@@ -123,16 +122,16 @@ impl ConnCtx {
     }
 
     /// The time of this loop turn: one clock read per turn, whatever the number of deliveries.
-    pub(crate) fn now(&mut self) -> Instant {
-        *self.clock.get_or_insert_with(Instant::now)
+    pub(crate) fn now(&mut self) -> u64 {
+        *self.clock.get_or_insert_with(crate::clock::now_ms)
     }
 
     /// A delivery made at `at` with a consumer timeout of `timeout_ms` (0: none).
-    pub(crate) fn watch_timeout(&mut self, at: Instant, timeout_ms: u64) {
+    pub(crate) fn watch_timeout(&mut self, at: u64, timeout_ms: u64) {
         if timeout_ms == 0 {
             return;
         }
-        let deadline = at + Duration::from_millis(timeout_ms);
+        let deadline = at + timeout_ms;
         if self.timeout_check.is_none_or(|t| deadline < t) {
             self.timeout_check = Some(deadline);
         }

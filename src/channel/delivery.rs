@@ -19,8 +19,8 @@ pub(super) struct Unacked {
     pub seq: u64,
     /// The consumer it was delivered to (`None` for `basic.get`).
     pub consumer: Option<Arc<crate::queue::consumer::Consumer>>,
-    /// When it was delivered (the connection's clock of that loop turn).
-    pub delivered: tokio::time::Instant,
+    /// When it was delivered (ms on the broker's clock, read once per connection loop turn).
+    pub delivered: u64,
 }
 
 impl Unacked {
@@ -128,14 +128,11 @@ impl Channel {
 
     /// RabbitMQ's consumer timeout looks at the oldest unacked delivery only: its deadline,
     /// and its timeout in ms, if it has one.
-    pub(crate) fn oldest_deadline(
-        &self,
-        broker_default: u64,
-    ) -> Option<(tokio::time::Instant, u64)> {
+    pub(crate) fn oldest_deadline(&self, broker_default: u64) -> Option<(u64, u64)> {
         let u = self.unacked.front()?;
         match u.timeout(broker_default) {
             0 => None,
-            t => Some((u.delivered + std::time::Duration::from_millis(t), t)),
+            t => Some((u.delivered + t, t)),
         }
     }
 

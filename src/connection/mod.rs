@@ -342,7 +342,8 @@ impl Connection {
                 _ = sleep_until(hb_deadline.unwrap_or_else(far_future)), if hb_deadline.is_some() => {
                     self.on_heartbeat_timer(hb)
                 }
-                _ = sleep_until(timeout_check.unwrap_or_else(far_future)), if timeout_check.is_some() => {
+                // The broker's clock: a manual test clock times consumers out when advanced.
+                _ = crate::clock::sleep_until(timeout_check.unwrap_or(u64::MAX)), if timeout_check.is_some() => {
                     self.check_consumer_timeouts();
                     Flow::Continue
                 }
@@ -764,9 +765,9 @@ impl Connection {
     /// RabbitMQ's consumer timeout: a channel whose oldest unacked delivery is past its
     /// timeout is closed with 406 (its unacked messages go back to their queues, redelivered).
     fn check_consumer_timeouts(&mut self) {
-        let now = Instant::now();
+        let now = crate::clock::now_ms();
         let default = self.ctx.broker.config.consumer_timeout;
-        let mut next: Option<Instant> = None;
+        let mut next: Option<u64> = None;
         let mut expired = Vec::new();
         for ch in self.channels.values() {
             if ch.state != ChannelState::Open {

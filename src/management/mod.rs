@@ -199,6 +199,10 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/api/warren/replay/{vhost}/{queue}", post(policies::replay))
         .route("/api/warren/reset", post(reset::reset_endpoint))
         .route(
+            "/api/warren/clock",
+            get(reset::clock).post(reset::advance_clock),
+        )
+        .route(
             "/api/warren/dead-letters/{vhost}/{queue}",
             get(topology::dead_letters),
         )

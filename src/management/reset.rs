@@ -100,3 +100,67 @@ pub(super) async fn reset_endpoint(
         Err(e) => bad_request(&e),
     }
 }
+
+#[derive(serde::Deserialize, Default)]
+struct ClockBody {
+    /// Move the clock forward by this many ms.
+    advance_ms: Option<u64>,
+    /// Move the clock forward to this Unix time in ms (never back).
+    set_wall_ms: Option<u64>,
+}
+
+fn clock_json(extra: Option<u64>) -> Value {
+    let mut o = json!({
+        "mode": if crate::clock::is_manual() { "manual" } else { "real" },
+        "now_ms": crate::clock::now_ms(),
+        "wall_ms": crate::clock::wall_ms(),
+    });
+    if let Some(ms) = extra {
+        o["advanced_ms"] = json!(ms);
+    }
+    o
+}
+
+/// `GET /api/warren/clock`: the broker's clock (mode, monotonic and Unix ms).
+pub(super) async fn clock(axum::Extension(user): Caller) -> Response {
+    if !user.is_monitor() {
+        return not_authorised("Not monitor user");
+    }
+    axum::Json(clock_json(None)).into_response()
+}
+
+/// `POST /api/warren/clock` (administrators; the manual test clock only): `{"advance_ms": N}`
+/// or `{"set_wall_ms": T}`. Timers fall due in deadline order; the reply comes once what they
+/// set off (expiry, dead-lettering, delayed deliveries, consumer timeouts) has settled.
+pub(super) async fn advance_clock(
+    axum::Extension(user): Caller,
+    body: axum::body::Bytes,
+) -> Response {
+    if !user.is_admin() {
+        return not_authorised("Not administrator user");
+    }
+    if !crate::clock::is_manual() {
+        return bad_request(
+            "the broker's clock is real time; start Warren with --test-clock (testing.clock = \"manual\") to move it",
+        );
+    }
+    let b: ClockBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let ms = match (b.advance_ms, b.set_wall_ms) {
+        (Some(ms), None) => ms,
+        (None, Some(t)) => {
+            let now = crate::clock::wall_ms();
+            if t < now {
+                return bad_request(&format!(
+                    "set_wall_ms {t} is before the clock's time {now}; it only moves forward"
+                ));
+            }
+            t - now
+        }
+        _ => return bad_request("give one of advance_ms or set_wall_ms"),
+    };
+    crate::clock::advance(ms).await;
+    axum::Json(clock_json(Some(ms))).into_response()
+}

@@ -179,10 +179,8 @@ pub fn make_message(
         None => death_keys.iter().chain(msg.bcc.iter()).cloned().collect(),
     };
     let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    // Seconds since the Unix epoch on the broker's clock (the manual test clock moves it).
+    let now = crate::clock::wall_ms() / 1000;
     let mut info = FieldTable::default();
     info.insert(key("reason"), lstr(reason.as_str()));
     info.insert(key("queue"), lstr(&queue.name));

@@ -26,8 +26,7 @@ use parking_lot::{Mutex, MutexGuard};
 use ready::Ready;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
 
 pub use crate::defs::QueueDef;
 
@@ -87,10 +86,10 @@ impl State {
     }
 }
 
-/// Milliseconds since the broker's clock started (monotonic).
+/// Milliseconds on the broker's clock ([`crate::clock::now_ms`]: monotonic, or the manual
+/// test clock).
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    crate::clock::now_ms()
 }
 
 /// Whether a publish was taken.
@@ -114,7 +113,7 @@ struct State {
     rr: usize,
     /// Whether the queue ever had a consumer (auto-delete only applies then).
     had_consumers: bool,
-    last_used: Option<Instant>,
+    last_used: Option<u64>,
     /// Messages that died under the lock, dead-lettered once it is released.
     dead: Vec<(Queued, Reason)>,
     /// A task retries paging out (records not written yet when last tried).
@@ -205,7 +204,7 @@ impl Queue {
                 consumers: Vec::new(),
                 rr: 0,
                 had_consumers: false,
-                last_used: Some(Instant::now()),
+                last_used: Some(now_ms()),
                 dead: Vec::new(),
                 page_retry: false,
                 reading: false,
@@ -549,7 +548,7 @@ impl Queue {
         }
         s.consumers.push(c);
         s.had_consumers = true;
-        s.last_used = Some(Instant::now());
+        s.last_used = Some(now_ms());
         self.dispatch_locked(&mut s);
         self.finish(s);
         Ok(())
@@ -563,7 +562,7 @@ impl Queue {
         let mut s = self.state.lock();
         c.active.store(false, Ordering::Relaxed);
         s.consumers.retain(|x| !Arc::ptr_eq(x, c));
-        s.last_used = Some(Instant::now());
+        s.last_used = Some(now_ms());
         self.def.auto_delete && s.had_consumers && s.consumers.is_empty()
     }
 
@@ -576,7 +575,7 @@ impl Queue {
     /// entry and the number of messages still ready.
     pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(Entry, u32)> {
         let mut s = self.state.lock();
-        s.last_used = Some(Instant::now());
+        s.last_used = Some(now_ms());
         self.expire_head(&mut s, 0);
         let mut got = None;
         while got.is_none()
@@ -760,11 +759,11 @@ impl Queue {
 
     /// Record use (declare, get, consume) for `x-expires`.
     pub fn touch(&self) {
-        self.state.lock().last_used = Some(Instant::now());
+        self.state.lock().last_used = Some(now_ms());
     }
 
     /// When the queue was last used, if it is unused now (no consumers).
-    pub fn idle_since(&self) -> Option<Instant> {
+    pub fn idle_since(&self) -> Option<u64> {
         let s = self.state.lock();
         if s.consumers.is_empty() {
             s.last_used
@@ -843,9 +842,8 @@ async fn expiry_task(queue: Weak<Queue>) {
             tokio::task::yield_now().await;
             continue;
         }
-        let wait = Duration::from_millis(at.saturating_sub(now_ms()));
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = crate::clock::sleep_until(at) => {}
             _ = q.timer.notified() => {}
         }
     }

@@ -39,13 +39,11 @@ pub(crate) fn log_name(exchange: &str) -> String {
     format!("amq.warren.delayed.{h:016x}")
 }
 
-/// Wall-clock time in ms since the Unix epoch (due times survive restarts), rounded down;
-/// due times are computed from it rounded up, so a message is never routed before its delay
-/// has fully passed.
+/// Unix time in ms on the broker's clock (due times survive restarts; the manual test clock
+/// moves it too), rounded down; due times are computed from it plus 1, so a message is never
+/// routed before its delay has fully passed.
 fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::wall_ms()
 }
 
 /// The delay a message asks for, read as the plugin reads `x-delay`: an integer of any
@@ -340,7 +338,8 @@ impl VHost {
         if let Some(p) = swap_delay_header(&msg.properties, delay) {
             msg.properties = p;
         }
-        let due = wall_ms() + 1 + delay as u64;
+        // +1: real time is read in whole ms, rounded down (the manual test clock is exact).
+        let due = wall_ms() + u64::from(!crate::clock::is_manual()) + delay as u64;
         let mut waits = false;
         msg.store_id = None;
         if msg.persistent
@@ -464,17 +463,20 @@ async fn delay_timer(vhost: Weak<VHost>) {
             retry_paging = v.delays.page_out(log);
         }
         drop(v);
-        let sleep = match next {
-            Some(d) => Duration::from_millis(d.saturating_sub(wall_ms())),
-            None => Duration::from_secs(3600),
+        // The next due time on the broker's monotonic clock (a manual test clock wakes it
+        // when advanced); paging retries in real time.
+        let deadline = match next {
+            Some(d) => crate::clock::now_ms() + d.saturating_sub(wall_ms()),
+            None => u64::MAX,
         };
-        let sleep = if retry_paging {
-            sleep.min(Duration::from_millis(5))
+        let retry = if retry_paging {
+            Duration::from_millis(5)
         } else {
-            sleep
+            Duration::from_secs(3600)
         };
         tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
+            _ = crate::clock::sleep_until(deadline) => {}
+            _ = tokio::time::sleep(retry) => {}
             _ = wake => {}
         }
     }

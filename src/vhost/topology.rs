@@ -417,10 +417,12 @@ pub(super) fn spawn_expiry(vhost: Weak<VHost>, queue: Weak<Queue>) {
     }
     drop(q);
     rt.spawn(async move {
-        let mut wait = Duration::from_millis(first);
+        let mut deadline = crate::clock::now_ms() + first;
         loop {
-            tokio::time::sleep(wait).await;
-            let (Some(v), Some(q)) = (vhost.upgrade(), queue.upgrade()) else { return };
+            crate::clock::sleep_until(deadline).await;
+            let (Some(v), Some(q)) = (vhost.upgrade(), queue.upgrade()) else {
+                return;
+            };
             if q.is_deleted() {
                 return;
             }
@@ -429,17 +431,15 @@ pub(super) fn spawn_expiry(vhost: Weak<VHost>, queue: Weak<Queue>) {
                     .store(false, std::sync::atomic::Ordering::Release);
                 return;
             };
-            let period = Duration::from_millis(ms);
-            wait = match q.idle_since() {
-                None => period,
-                Some(since) => match (since + period).checked_duration_since(std::time::Instant::now()) {
-                    Some(left) if !left.is_zero() => left,
-                    _ => {
-                        tracing::info!(queue = %q.name, vhost = %v.name, "queue expired (x-expires)");
-                        v.remove_queue(&q);
-                        return;
-                    }
-                },
+            let now = crate::clock::now_ms();
+            deadline = match q.idle_since() {
+                None => now + ms,
+                Some(since) if since + ms > now => since + ms,
+                Some(_) => {
+                    tracing::info!(queue = %q.name, vhost = %v.name, "queue expired (x-expires)");
+                    v.remove_queue(&q);
+                    return;
+                }
             };
         }
     });
