@@ -93,6 +93,8 @@ impl Broker {
             let listener = TcpListener::bind(addr).await?;
             let addr = listener.local_addr()?;
             info!(address = %addr, "listening for AMQPS (AMQP 0-9-1 over TLS) connections on {addr}");
+            // RabbitMQ's wording, which testcontainers' Go module waits for.
+            info!("started TLS (SSL) listener on [::]:{}", addr.port());
             amqps_addr = Some(addr);
             state.add_listener("amqp/ssl", addr);
             tracker.spawn(accept_loop(

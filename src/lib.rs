@@ -24,11 +24,13 @@ pub mod message;
 pub(crate) mod prometheus;
 pub mod protocol;
 pub mod queue;
+pub mod rabbitmq_env;
 pub(crate) mod shovel;
 pub mod state;
 pub mod stats;
 pub mod store;
 pub(crate) mod tls;
+pub mod tools;
 pub mod vhost;
 
 pub use broker::Broker;

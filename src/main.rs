@@ -53,6 +53,56 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// A tool instead of the broker.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Tools that talk to a running broker's management API.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Empty the broker back to its boot state (POST /api/warren/reset): every queue,
+    /// exchange, binding, message, policy, shovel and connection gone.
+    Reset {
+        /// Only this vhost.
+        #[arg(long)]
+        vhost: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Show the broker's clock, or advance the manual test clock (--test-clock).
+    Clock {
+        /// Move the manual clock forward by this many ms.
+        #[arg(long)]
+        advance_ms: Option<u64>,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+/// Where the management API is (as rabbitmqadmin takes it).
+#[derive(clap::Args, Debug)]
+struct ConnArgs {
+    /// Management API URL (default: $WARREN_MANAGEMENT_URL, else http://127.0.0.1:15672).
+    #[arg(long)]
+    url: Option<String>,
+    /// User (default: $RABBITMQ_DEFAULT_USER, else guest).
+    #[arg(long, short = 'u')]
+    username: Option<String>,
+    /// Password (default: $RABBITMQ_DEFAULT_PASS, else guest).
+    #[arg(long)]
+    password: Option<String>,
+}
+
+impl ConnArgs {
+    fn conn(&self) -> warren::tools::Conn {
+        warren::tools::Conn {
+            url: self.url.clone(),
+            user: self.username.clone(),
+            pass: self.password.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 fn load(cli: &Cli) -> Result<Config, String> {
@@ -64,6 +114,12 @@ fn load(cli: &Cli) -> Result<Config, String> {
         }
         None => Config::embedded(),
     };
+    // RabbitMQ's variables and rabbitmq.conf (official image, test containers), before
+    // Warren's own flags.
+    let applied = warren::rabbitmq_env::apply(&mut config, &|k| std::env::var(k).ok())?;
+    for k in &applied.ignored {
+        eprintln!("warren: RabbitMQ setting not supported, ignored: {k}");
+    }
     if let Some(b) = &cli.bind {
         config.amqp.bind = b.clone();
     }
@@ -101,7 +157,21 @@ fn main() -> ExitCode {
     // Purge freed pages in the background (jemalloc's decay, 10 s by default), so an idle
     // broker shrinks back after a burst.
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
+    // Invoked as rabbitmqadmin, rabbitmqctl or rabbitmq-plugins (symlinks in the image).
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(tool) = argv.first().and_then(|a| warren::tools::invoked_as(a)) {
+        return warren::tools::run(tool, &argv[1..]);
+    }
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Reset { vhost, conn }) => {
+            return warren::tools::reset(&conn.conn(), vhost.as_deref());
+        }
+        Some(Command::Clock { advance_ms, conn }) => {
+            return warren::tools::clock(&conn.conn(), *advance_ms);
+        }
+        None => {}
+    }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -137,6 +207,10 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // RabbitMQ's line, which test containers wait for (a compatibility line: keep it).
+        let plugins = u8::from(broker.management_addr().is_some())
+            + u8::from(broker.prometheus_addr().is_some());
+        tracing::info!("Server startup complete; {plugins} plugins started.");
         wait_for_signal().await;
         tracing::info!("shutting down: closing connections with 320 CONNECTION_FORCED");
         broker.shutdown(Duration::from_millis(800)).await;
