@@ -211,6 +211,19 @@ fn main() -> ExitCode {
         let plugins = u8::from(broker.management_addr().is_some())
             + u8::from(broker.prometheus_addr().is_some());
         tracing::info!("Server startup complete; {plugins} plugins started.");
+        // One machine-readable line on stdout (logs go to stderr) for test harnesses that
+        // start the binary with --port 0: where each listener is.
+        let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
+        println!(
+            "{}",
+            serde_json::json!({
+                "warren": "ready",
+                "amqp": broker.local_addr().to_string(),
+                "amqps": addr(broker.amqps_addr()),
+                "management": addr(broker.management_addr()),
+                "prometheus": addr(broker.prometheus_addr()),
+            })
+        );
         wait_for_signal().await;
         tracing::info!("shutting down: closing connections with 320 CONNECTION_FORCED");
         broker.shutdown(Duration::from_millis(800)).await;

@@ -4,7 +4,8 @@
 //!   `rabbitmqadmin` (v1's `declare` / `delete` / `list` / `purge` syntax, which the
 //!   testcontainers RabbitMQ modules run inside the container), `rabbitmq-plugins` (plugins
 //!   are built in: `enable` and friends succeed), and `rabbitmqctl` (the common listing and
-//!   user, vhost and permission commands, `await_startup`, `ping`, `status`).
+//!   user, vhost and permission commands, `await_startup`, `ping`, `status`; also as
+//!   `rabbitmq-diagnostics`, the image's health check).
 //!
 //! Connection: `--url` (or `-H`/`-P`), else `WARREN_MANAGEMENT_URL`, else
 //! `http://127.0.0.1:$WARREN_MANAGEMENT_PORT` (15672); credentials `-u`/`-p`, else
@@ -173,9 +174,14 @@ pub fn clock(conn: &Conn, advance_ms: Option<u64>) -> ExitCode {
 /// The tool this binary runs as, from the name it was invoked under.
 pub fn invoked_as(argv0: &str) -> Option<&'static str> {
     let name = std::path::Path::new(argv0).file_name()?.to_str()?;
-    ["rabbitmqadmin", "rabbitmqctl", "rabbitmq-plugins"]
-        .into_iter()
-        .find(|t| *t == name)
+    [
+        "rabbitmqadmin",
+        "rabbitmqctl",
+        "rabbitmq-plugins",
+        "rabbitmq-diagnostics",
+    ]
+    .into_iter()
+    .find(|t| *t == name)
 }
 
 /// Run `tool` with `args` (after the program name).
@@ -183,7 +189,9 @@ pub fn run(tool: &str, args: &[String]) -> ExitCode {
     let (conn, vhost, rest) = parse_common(args);
     match tool {
         "rabbitmqadmin" => finish(admin(&Api::new(&conn), vhost.as_deref(), &rest)),
-        "rabbitmqctl" => finish(ctl(&Api::new(&conn), vhost.as_deref(), &rest)),
+        "rabbitmqctl" | "rabbitmq-diagnostics" => {
+            finish(ctl(&Api::new(&conn), vhost.as_deref(), &rest))
+        }
         _ => finish(plugins(&rest)),
     }
 }
@@ -626,7 +634,7 @@ fn ctl(api: &Api, vhost: Option<&str>, args: &[String]) -> Result<(), String> {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
-        "ping" | "status" | "node_health_check" => {
+        "ping" | "status" | "node_health_check" | "check_running" | "check_port_connectivity" => {
             let o = api.ok("GET", "/api/overview", None)?;
             if cmd == "status" {
                 println!("{}", serde_json::to_string_pretty(&o).unwrap_or_default());

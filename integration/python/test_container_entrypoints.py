@@ -100,6 +100,22 @@ def test_rabbitmq_variables_and_the_startup_line():
         n.stop()
 
 
+def test_the_ready_line_gives_every_listener():
+    """`--in-memory --port 0`: one JSON line on stdout says where each listener is."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WARREN_")}
+    p = subprocess.Popen([BIN, "--in-memory", "--port", "0", "--management-port", "0"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        ready = json.loads(p.stdout.readline())
+        assert ready["warren"] == "ready" and ready["prometheus"] is None
+        host, port = ready["amqp"].rsplit(":", 1)
+        login(int(port), "guest", "guest").close()
+        assert ready["management"].startswith("127.0.0.1:")
+    finally:
+        p.terminate()
+        p.wait(10)
+
+
 def test_a_rabbitmq_conf_as_testcontainers_go_writes_it_wins_over_the_variables():
     with tempfile.TemporaryDirectory() as d:
         conf = os.path.join(d, "rabbitmq-testcontainers.conf")
@@ -169,6 +185,19 @@ def test_the_commands_testcontainers_runs_inside_the_container():
         assert r.returncode == 0
         r = admin("declare", "nonsense", "name=x")
         assert r.returncode != 0 and "not supported" in r.stderr
+    finally:
+        n.stop()
+
+
+def test_the_image_configuration_starts_and_its_health_check_answers():
+    """docker/broker.toml, as the Dockerfile installs it (ports moved for the test)."""
+    conf = os.path.join(ROOT, "docker", "broker.toml")
+    n = Node({"WARREN_CONFIG": conf, "WARREN_PROMETHEUS_PORT": "0"})
+    try:
+        login(n.amqp, "guest", "guest").close()
+        for tool in ("rabbitmqctl", "rabbitmq-diagnostics"):
+            r = n.tool(tool, "ping")
+            assert r.returncode == 0 and "Ping succeeded" in r.stdout, r.stderr
     finally:
         n.stop()
 
