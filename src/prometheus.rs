@@ -445,50 +445,87 @@ fn permanent_id(cluster: &str) -> String {
     )
 }
 
+/// The text of one scrape: the families `scope` asks for, in RabbitMQ's order.
 fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
     let mut out = Out {
         scope,
         families: Vec::new(),
     };
     let core = matches!(scope, Scope::Core { .. });
-    let int = Value::Int;
     let uptime = state.started.elapsed();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
 
     if matches!(scope, Scope::Core { default: true, .. }) {
-        let start = now.saturating_sub(uptime).as_secs();
-        out.families.push(Family {
-            name: "process_start_time_seconds".into(),
-            help: "Start time of the process since unix epoch in seconds.",
-            kind: Kind::Gauge,
-            samples: vec![(Vec::new(), int(start))],
-        });
-        let alarms = *state.alarms.borrow();
-        for (name, help, on) in [
-            (
-                "alarms_file_descriptor_limit",
-                "is 1 if file descriptor limit alarm is in effect",
-                false,
-            ),
-            (
-                "alarms_free_disk_space_watermark",
-                "is 1 if free disk space watermark alarm is in effect",
-                alarms.disk,
-            ),
-            (
-                "alarms_memory_used_watermark",
-                "is 1 if VM memory watermark alarm is in effect",
-                alarms.memory,
-            ),
-        ] {
-            out.node("alarms", name, Kind::Untyped, help, int(on as u64));
-        }
+        process_and_alarms(&mut out, state, now.saturating_sub(uptime).as_secs());
+    }
+    connection_churn_metrics(&mut out, state);
+    // node_coarse_metrics and node_metrics (only read when asked for).
+    if out.wants("node_coarse_metrics") || out.wants("node_metrics") {
+        node_metrics(&mut out, state, uptime);
+    }
+    let queues = scoped_queues(g, scope);
+    queue_metrics(&mut out, &queues);
+    channel_metrics(&mut out, g);
+    channel_exchange_metrics(&mut out, g);
+    channel_queue_metrics(&mut out, g);
+    connection_metrics(&mut out, g);
+    channel_queue_exchange_metrics(&mut out, &queues);
+    if core {
+        totals(&mut out, g);
+    }
+    // vhost_status, exchange_bindings, exchange_names (detailed only).
+    if !core {
+        cluster_metrics(&mut out, state);
+    }
+    // Always: build and identity info.
+    build_and_identity_info(&mut out, state);
+    if core {
+        global(&mut out, state, g);
     }
 
-    // connection_churn_metrics
-    let churn = |a: &std::sync::atomic::AtomicU64| int(a.load(Ordering::Relaxed));
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Families(out.families)));
+    let mut text = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
+    text
+}
+
+/// `process_start_time_seconds` (`start`, in seconds since the epoch) and the alarms.
+fn process_and_alarms(out: &mut Out, state: &BrokerState, start: u64) {
+    out.families.push(Family {
+        name: "process_start_time_seconds".into(),
+        help: "Start time of the process since unix epoch in seconds.",
+        kind: Kind::Gauge,
+        samples: vec![(Vec::new(), Value::Int(start))],
+    });
+    let alarms = *state.alarms.borrow();
+    for (name, help, on) in [
+        (
+            "alarms_file_descriptor_limit",
+            "is 1 if file descriptor limit alarm is in effect",
+            false,
+        ),
+        (
+            "alarms_free_disk_space_watermark",
+            "is 1 if free disk space watermark alarm is in effect",
+            alarms.disk,
+        ),
+        (
+            "alarms_memory_used_watermark",
+            "is 1 if VM memory watermark alarm is in effect",
+            alarms.memory,
+        ),
+    ] {
+        out.node("alarms", name, Kind::Untyped, help, Value::Int(on as u64));
+    }
+}
+
+/// `connection_churn_metrics`: connections, channels and queues opened (declared) and closed.
+fn connection_churn_metrics(out: &mut Out, state: &BrokerState) {
+    let churn = |a: &std::sync::atomic::AtomicU64| Value::Int(a.load(Ordering::Relaxed));
     let c = &state.churn;
     let group = "connection_churn_metrics";
     out.node(
@@ -530,134 +567,162 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
         "queues_declared_total",
         Kind::Counter,
         "Total number of queues declared",
-        int(declared),
+        Value::Int(declared),
     );
     out.node(
         group,
         "queues_created_total",
         Kind::Counter,
         "Total number of queues created",
-        int(created),
+        Value::Int(created),
     );
     out.node(
         group,
         "queues_deleted_total",
         Kind::Counter,
         "Total number of queues deleted",
-        int(deleted),
+        Value::Int(deleted),
     );
+}
 
-    // node_coarse_metrics and node_metrics (only read when asked for).
-    if out.wants("node_coarse_metrics") || out.wants("node_metrics") {
-        let (fds, max_fds) = crate::state::file_descriptors();
-        let group = "node_coarse_metrics";
-        out.node(
-            group,
-            "process_open_fds",
-            Kind::Gauge,
-            "Open file descriptors",
-            int(fds),
-        );
-        out.node(
-            group,
-            "process_resident_memory_bytes",
-            Kind::Gauge,
-            "Memory used in bytes",
-            int(crate::state::rss_bytes()),
-        );
-        let free = match state.disk_free.load(Ordering::Relaxed) {
-            // Not measured (no disk monitor in memory mode): read it now, on the filesystem
-            // that holds (or would hold) the data directory.
-            u64::MAX => {
-                let dir = state
-                    .config
-                    .data_dir
-                    .ancestors()
-                    .find(|d| !d.as_os_str().is_empty() && d.exists())
-                    .unwrap_or(std::path::Path::new("."));
-                crate::state::disk_free(dir).ok()
-            }
-            n => Some(n),
-        };
-        if let Some(free) = free {
-            out.node(
-                group,
-                "disk_space_available_bytes",
-                Kind::Gauge,
-                "Disk space available in bytes",
-                int(free),
-            );
+/// `node_coarse_metrics` and `node_metrics`: file descriptors, memory, disk space and uptime.
+fn node_metrics(out: &mut Out, state: &BrokerState, uptime: std::time::Duration) {
+    let (fds, max_fds) = crate::state::file_descriptors();
+    let group = "node_coarse_metrics";
+    out.node(
+        group,
+        "process_open_fds",
+        Kind::Gauge,
+        "Open file descriptors",
+        Value::Int(fds),
+    );
+    out.node(
+        group,
+        "process_resident_memory_bytes",
+        Kind::Gauge,
+        "Memory used in bytes",
+        Value::Int(crate::state::rss_bytes()),
+    );
+    let free = match state.disk_free.load(Ordering::Relaxed) {
+        // Not measured (no disk monitor in memory mode): read it now, on the filesystem
+        // that holds (or would hold) the data directory.
+        u64::MAX => {
+            let dir = state
+                .config
+                .data_dir
+                .ancestors()
+                .find(|d| !d.as_os_str().is_empty() && d.exists())
+                .unwrap_or(std::path::Path::new("."));
+            crate::state::disk_free(dir).ok()
         }
-        let group = "node_metrics";
+        n => Some(n),
+    };
+    if let Some(free) = free {
         out.node(
             group,
-            "process_max_fds",
+            "disk_space_available_bytes",
             Kind::Gauge,
-            "Open file descriptors limit",
-            int(max_fds),
-        );
-        out.node(
-            group,
-            "resident_memory_limit_bytes",
-            Kind::Gauge,
-            "Memory high watermark in bytes",
-            int(state.config.memory.limit()),
-        );
-        out.node(
-            group,
-            "disk_space_available_limit_bytes",
-            Kind::Gauge,
-            "Free disk space low watermark in bytes",
-            int(state.config.disk.limit()),
-        );
-        out.node(
-            group,
-            "erlang_uptime_seconds",
-            Kind::Gauge,
-            "Node uptime",
-            Value::Float(uptime.as_millis() as f64 / 1000.0),
+            "Disk space available in bytes",
+            Value::Int(free),
         );
     }
+    let group = "node_metrics";
+    out.node(
+        group,
+        "process_max_fds",
+        Kind::Gauge,
+        "Open file descriptors limit",
+        Value::Int(max_fds),
+    );
+    out.node(
+        group,
+        "resident_memory_limit_bytes",
+        Kind::Gauge,
+        "Memory high watermark in bytes",
+        Value::Int(state.config.memory.limit()),
+    );
+    out.node(
+        group,
+        "disk_space_available_limit_bytes",
+        Kind::Gauge,
+        "Free disk space low watermark in bytes",
+        Value::Int(state.config.disk.limit()),
+    );
+    out.node(
+        group,
+        "erlang_uptime_seconds",
+        Kind::Gauge,
+        "Node uptime",
+        Value::Float(uptime.as_millis() as f64 / 1000.0),
+    );
+}
 
-    // Queues: the detailed endpoint may restrict them to some vhosts.
-    let queues: Vec<&QueueRow> = match scope {
+/// The queues a scope reports: the detailed endpoint may restrict them to some vhosts.
+fn scoped_queues<'a>(g: &'a Gathered, scope: &Scope) -> Vec<&'a QueueRow> {
+    match scope {
         Scope::Detailed {
             vhosts: Some(v), ..
         } => g.queues.iter().filter(|q| v.contains(&q.vhost)).collect(),
         _ => g.queues.iter().collect(),
-    };
-    let per_queue = |f: &dyn Fn(&QueueRow) -> u64| -> Vec<(Labels, Value)> {
-        queues
-            .iter()
-            .map(|q| {
-                (
-                    vec![("vhost", q.vhost.clone()), ("queue", q.name.clone())],
-                    int(f(q)),
-                )
-            })
-            .collect()
-    };
+    }
+}
+
+/// One sample per queue, labelled with its vhost and name.
+fn per_queue(queues: &[&QueueRow], f: &dyn Fn(&QueueRow) -> u64) -> Vec<(Labels, Value)> {
+    queues
+        .iter()
+        .map(|q| {
+            (
+                vec![("vhost", q.vhost.clone()), ("queue", q.name.clone())],
+                Value::Int(f(q)),
+            )
+        })
+        .collect()
+}
+
+/// One sample per open channel, labelled with its connection and number.
+fn per_channel(g: &Gathered, f: &dyn Fn(&ChannelInfo) -> u64) -> Vec<(Labels, Value)> {
+    g.conns
+        .iter()
+        .flat_map(|c| {
+            c.channels
+                .iter()
+                .map(move |ch| (vec![("channel", pid(c.id, ch.number))], Value::Int(f(ch))))
+        })
+        .collect()
+}
+
+/// One sample per open connection, labelled with its id.
+fn per_conn(g: &Gathered, f: &dyn Fn(&ConnRow) -> u64) -> Vec<(Labels, Value)> {
+    g.conns
+        .iter()
+        .map(|c| (vec![("channel", pid(c.id, 0))], Value::Int(f(c))))
+        .collect()
+}
+
+/// `queue_coarse_metrics`, `queue_consumer_count` and `queue_metrics`: depth, consumers, memory.
+fn queue_metrics(out: &mut Out, queues: &[&QueueRow]) {
     let group = "queue_coarse_metrics";
     out.objects(
         group,
         "queue_messages_ready",
         Kind::Gauge,
         "Messages ready to be delivered to consumers",
-        per_queue(&|q| q.ready),
+        per_queue(queues, &|q| q.ready),
     );
     out.objects(
         group,
         "queue_messages_unacked",
         Kind::Gauge,
         "Messages delivered to consumers but not yet acknowledged",
-        per_queue(&|q| q.unacked),
+        per_queue(queues, &|q| q.unacked),
     );
     out.objects(
         group,
         "queue_messages",
         Kind::Gauge,
         "Sum of ready and unacknowledged messages - total queue depth",
-        per_queue(&|q| q.ready + q.unacked),
+        per_queue(queues, &|q| q.ready + q.unacked),
     );
     for group in ["queue_consumer_count", "queue_metrics"] {
         out.objects(
@@ -665,7 +730,7 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
             "queue_consumers",
             Kind::Gauge,
             "Consumers on a queue",
-            per_queue(&|q| q.consumers),
+            per_queue(queues, &|q| q.consumers),
         );
     }
     out.objects(
@@ -673,56 +738,52 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
         "queue_process_memory_bytes",
         Kind::Gauge,
         "Memory in bytes used by the Erlang queue process",
-        per_queue(&|q| q.memory),
+        per_queue(queues, &|q| q.memory),
     );
+}
 
-    // Channels.
-    let per_channel = |f: &dyn Fn(&ChannelInfo) -> u64| -> Vec<(Labels, Value)> {
-        g.conns
-            .iter()
-            .flat_map(|c| {
-                c.channels
-                    .iter()
-                    .map(move |ch| (vec![("channel", pid(c.id, ch.number))], int(f(ch))))
-            })
-            .collect()
-    };
+/// `channel_metrics`: consumers, unacked and unconfirmed messages and prefetch per channel.
+fn channel_metrics(out: &mut Out, g: &Gathered) {
     let group = "channel_metrics";
     out.objects(
         group,
         "channel_consumers",
         Kind::Gauge,
         "Consumers on a channel",
-        per_channel(&|ch| ch.consumers as u64),
+        per_channel(g, &|ch| ch.consumers as u64),
     );
     out.objects(
         group,
         "channel_messages_unacked",
         Kind::Gauge,
         "Delivered but not yet acknowledged messages",
-        per_channel(&|ch| ch.unacked as u64),
+        per_channel(g, &|ch| ch.unacked as u64),
     );
     out.objects(
         group,
         "channel_messages_unconfirmed",
         Kind::Gauge,
         "Published but not yet confirmed messages",
-        per_channel(&|ch| ch.unconfirmed as u64),
+        per_channel(g, &|ch| ch.unconfirmed as u64),
     );
     out.objects(
         group,
         "consumer_prefetch",
         Kind::Gauge,
         "Limit of unacknowledged messages for each consumer",
-        per_channel(&|ch| ch.prefetch_count as u64),
+        per_channel(g, &|ch| ch.prefetch_count as u64),
     );
     out.objects(
         group,
         "channel_prefetch",
         Kind::Gauge,
         "Total limit of unacknowledged messages for all consumers on a channel",
-        per_channel(&|ch| ch.global_prefetch_count as u64),
+        per_channel(g, &|ch| ch.global_prefetch_count as u64),
     );
+}
+
+/// `channel_exchange_metrics`: publishes, confirms and unroutable messages per channel.
+fn channel_exchange_metrics(out: &mut Out, g: &Gathered) {
     let group = "channel_exchange_metrics";
     for (name, help, f) in [
         (
@@ -751,9 +812,13 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
             name,
             Kind::Counter,
             help,
-            per_channel(&|ch| f(&ch.counts)),
+            per_channel(g, &|ch| f(&ch.counts)),
         );
     }
+}
+
+/// `channel_queue_metrics`: gets, deliveries, redeliveries and acks per channel.
+fn channel_queue_metrics(out: &mut Out, g: &Gathered) {
     let group = "channel_queue_metrics";
     for (name, help, f) in [
         (
@@ -797,31 +862,27 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
             name,
             Kind::Counter,
             help,
-            per_channel(&|ch| f(&ch.counts)),
+            per_channel(g, &|ch| f(&ch.counts)),
         );
     }
+}
 
-    // Connections.
-    let per_conn = |f: &dyn Fn(&ConnRow) -> u64| -> Vec<(Labels, Value)> {
-        g.conns
-            .iter()
-            .map(|c| (vec![("channel", pid(c.id, 0))], int(f(c))))
-            .collect()
-    };
+/// `connection_coarse_metrics` and `connection_metrics`: bytes, packets and channels.
+fn connection_metrics(out: &mut Out, g: &Gathered) {
     let group = "connection_coarse_metrics";
     out.objects(
         group,
         "connection_incoming_bytes_total",
         Kind::Counter,
         "Total number of bytes received on a connection",
-        per_conn(&|c| c.recv_oct),
+        per_conn(g, &|c| c.recv_oct),
     );
     out.objects(
         group,
         "connection_outgoing_bytes_total",
         Kind::Counter,
         "Total number of bytes sent on a connection",
-        per_conn(&|c| c.sent),
+        per_conn(g, &|c| c.sent),
     );
     let group = "connection_metrics";
     out.objects(
@@ -829,100 +890,106 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
         "connection_incoming_packets_total",
         Kind::Counter,
         "Total number of packets received on a connection",
-        per_conn(&|c| c.recv_cnt),
+        per_conn(g, &|c| c.recv_cnt),
     );
     out.objects(
         group,
         "connection_outgoing_packets_total",
         Kind::Counter,
         "Total number of packets sent on a connection",
-        per_conn(&|c| c.writes),
+        per_conn(g, &|c| c.writes),
     );
     out.objects(
         group,
         "connection_channels",
         Kind::Gauge,
         "Channels on a connection",
-        per_conn(&|c| c.channel_count),
+        per_conn(g, &|c| c.channel_count),
     );
+}
 
+/// `channel_queue_exchange_metrics`: messages published to each queue.
+fn channel_queue_exchange_metrics(out: &mut Out, queues: &[&QueueRow]) {
     out.objects(
         "channel_queue_exchange_metrics",
         "queue_messages_published_total",
         Kind::Counter,
         "Total number of messages published to queues",
-        per_queue(&|q| q.published),
+        per_queue(queues, &|q| q.published),
     );
+}
 
-    if core {
-        let consumers: u64 = g.queues.iter().map(|q| q.consumers).sum();
-        let channels: u64 = g.conns.iter().map(|c| c.channel_count).sum();
-        for (name, help, v) in [
-            (
-                "connections",
-                "Connections currently open",
-                g.conns.len() as u64,
-            ),
-            ("channels", "Channels currently open", channels),
-            ("consumers", "Consumers currently connected", consumers),
-            ("queues", "Queues available", g.queues.len() as u64),
-        ] {
-            out.node("totals", name, Kind::Gauge, help, int(v));
+/// `rabbitmq_connections`, `_channels`, `_consumers` and `_queues` (the core endpoints only).
+fn totals(out: &mut Out, g: &Gathered) {
+    let consumers: u64 = g.queues.iter().map(|q| q.consumers).sum();
+    let channels: u64 = g.conns.iter().map(|c| c.channel_count).sum();
+    for (name, help, v) in [
+        (
+            "connections",
+            "Connections currently open",
+            g.conns.len() as u64,
+        ),
+        ("channels", "Channels currently open", channels),
+        ("consumers", "Consumers currently connected", consumers),
+        ("queues", "Queues available", g.queues.len() as u64),
+    ] {
+        out.node("totals", name, Kind::Gauge, help, Value::Int(v));
+    }
+}
+
+/// `vhost_status`, `exchange_bindings` and `exchange_names` (the detailed endpoint only).
+fn cluster_metrics(out: &mut Out, state: &BrokerState) {
+    let mut vhosts: Vec<_> = state.vhosts.iter().map(|v| v.clone()).collect();
+    vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+    out.single(
+        "vhost_status",
+        "vhost_status",
+        Kind::Gauge,
+        "Whether a given vhost is running",
+        vhosts
+            .iter()
+            .map(|v| (vec![("vhost", v.name.clone())], Value::Int(1)))
+            .collect(),
+    );
+    let mut exchanges = Vec::new();
+    for v in &vhosts {
+        let mut xs: Vec<_> = v
+            .exchanges
+            .iter()
+            .filter(|x| !x.key().is_empty())
+            .map(|x| x.value().clone())
+            .collect();
+        xs.sort_by(|a, b| a.def.name.cmp(&b.def.name));
+        for x in xs {
+            let labels = vec![
+                ("vhost", v.name.clone()),
+                ("exchange", x.def.name.clone()),
+                ("type", x.def.kind.as_str().to_string()),
+            ];
+            exchanges.push((labels, x.binding_count() as u64));
         }
     }
+    out.single(
+        "exchange_bindings",
+        "exchange_bindings",
+        Kind::Gauge,
+        "Number of bindings for an exchange. This value is cluster-wide.",
+        exchanges
+            .iter()
+            .map(|(l, n)| (l.clone(), Value::Int(*n)))
+            .collect(),
+    );
+    out.single(
+        "exchange_names",
+        "exchange_name",
+        Kind::Gauge,
+        "Enumerates exchanges without any additional info. This value is cluster-wide. A cheaper alternative to `exchange_bindings`",
+        exchanges.into_iter().map(|(l, _)| (l, Value::Int(1))).collect(),
+    );
+}
 
-    // vhost_status, exchange_bindings, exchange_names (detailed only).
-    if !core {
-        let mut vhosts: Vec<_> = state.vhosts.iter().map(|v| v.clone()).collect();
-        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
-        out.single(
-            "vhost_status",
-            "vhost_status",
-            Kind::Gauge,
-            "Whether a given vhost is running",
-            vhosts
-                .iter()
-                .map(|v| (vec![("vhost", v.name.clone())], int(1)))
-                .collect(),
-        );
-        let mut exchanges = Vec::new();
-        for v in &vhosts {
-            let mut xs: Vec<_> = v
-                .exchanges
-                .iter()
-                .filter(|x| !x.key().is_empty())
-                .map(|x| x.value().clone())
-                .collect();
-            xs.sort_by(|a, b| a.def.name.cmp(&b.def.name));
-            for x in xs {
-                let labels = vec![
-                    ("vhost", v.name.clone()),
-                    ("exchange", x.def.name.clone()),
-                    ("type", x.def.kind.as_str().to_string()),
-                ];
-                exchanges.push((labels, x.binding_count() as u64));
-            }
-        }
-        out.single(
-            "exchange_bindings",
-            "exchange_bindings",
-            Kind::Gauge,
-            "Number of bindings for an exchange. This value is cluster-wide.",
-            exchanges
-                .iter()
-                .map(|(l, n)| (l.clone(), int(*n)))
-                .collect(),
-        );
-        out.single(
-            "exchange_names",
-            "exchange_name",
-            Kind::Gauge,
-            "Enumerates exchanges without any additional info. This value is cluster-wide. A cheaper alternative to `exchange_bindings`",
-            exchanges.into_iter().map(|(l, _)| (l, int(1))).collect(),
-        );
-    }
-
-    // Always: build and identity info.
+/// `rabbitmq_build_info` and `rabbitmq_identity_info`, in every scrape.
+fn build_and_identity_info(out: &mut Out, state: &BrokerState) {
     let cluster = state.config.cluster_name.clone();
     out.families.push(Family {
         name: "rabbitmq_build_info".into(),
@@ -937,7 +1004,7 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
                 ("product_name", "Warren".to_string()),
                 ("product_version", env!("CARGO_PKG_VERSION").to_string()),
             ],
-            int(1),
+            Value::Int(1),
         )],
     });
     out.families.push(Family {
@@ -950,20 +1017,9 @@ fn render(state: &BrokerState, g: &Gathered, scope: &Scope) -> String {
                 ("rabbitmq_cluster", cluster.clone()),
                 ("rabbitmq_cluster_permanent_id", permanent_id(&cluster)),
             ],
-            int(1),
+            Value::Int(1),
         )],
     });
-
-    if core {
-        global(&mut out, state, g);
-    }
-
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Families(out.families)));
-    let mut text = String::new();
-    // Writing to a String cannot fail.
-    let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
-    text
 }
 
 /// `rabbitmq_global_*`: broker-wide totals since start, labelled by protocol (Warren speaks

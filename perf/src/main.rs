@@ -25,13 +25,14 @@ use clap::Parser;
 use client::{Conn, Res, Uri};
 use consumer::{ConsumerCfg, ConsumerStats, SeenRow};
 use parking_lot::Mutex;
-use producer::{ProducerCfg, ProducerStats};
+use producer::{ProducerCfg, ProducerResult, ProducerStats};
 use stats::{AtomicBits, Histogram};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -427,7 +428,67 @@ struct Verdict {
     unexpected: u64,
 }
 
+/// Run the benchmark: set it up, publish, drain, verify and report.
 async fn run(cli: Cli) -> Res<ExitCode> {
+    validate(&cli)?;
+    let peer_mode = peer_mode(&cli);
+    let uri = broker_uri(&cli, peer_mode).await?;
+    let plan = plan(&cli, peer_mode);
+    let topo = &plan.topo;
+
+    let mut setup = Conn::connect(&uri, "warren-perf setup").await?;
+    announce(&cli, &uri, &setup, topo);
+    declare(&mut setup, topo, cli.persistent).await?;
+
+    let ctl = Arc::new(Control {
+        stop: CancellationToken::new(),
+        halt: CancellationToken::new(),
+        error: Mutex::new(None),
+    });
+    let np = cli.producers;
+    let capacity = capacity(&cli, plan.duration);
+    let seen = plan.verify.then(|| seen_bitsets(topo, np, capacity));
+    let (clients, tasks) = start(&cli, &uri, &plan, &seen, &ctl).await?;
+
+    // Publish.
+    let presults = await_producers(tasks.producers, clients.deadline, clients.t0, &ctl).await;
+    let seconds = publish_seconds(&clients.pstats, clients.t0_ns);
+
+    // Drain: until every expected message arrived, or 5 s without anything new.
+    if !topo.consumers.is_empty() && np > 0 {
+        let expected = expected_per_queue(&cli, topo, &presults, &clients.pstats);
+        drain(&cli, topo, plan.verify, &ctl, &clients.cstats, &expected).await;
+    }
+    let latency = stop(&ctl, tasks.consumers, tasks.reporter, tasks.signals).await;
+    clean_up(&cli, setup, topo, &ctl).await;
+    if let Some(e) = ctl.error.lock().clone() {
+        return Err(e);
+    }
+
+    // Verify.
+    let v = verify(
+        plan.verify && np > 0,
+        seen.as_deref(),
+        topo,
+        &clients.cstats,
+        &presults,
+    );
+
+    let s = summarize(&cli, &presults, &clients, seconds, &latency, v);
+    if cli.json {
+        print_json(&cli, &s);
+    } else {
+        print_text(&cli, topo, &s);
+    }
+    Ok(if s.failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Refuse option values the run cannot work with.
+fn validate(cli: &Cli) -> Res<()> {
     if cli.multi_ack == 0 {
         return Err("--multi-ack must be at least 1".into());
     }
@@ -437,12 +498,21 @@ async fn run(cli: Cli) -> Res<ExitCode> {
     if cli.fanout == Some(0) || cli.queues == Some(0) {
         return Err("--fanout and --queues need at least 1".into());
     }
-    let peer_mode = match (cli.fault, cli.discard_peer) {
+    Ok(())
+}
+
+/// The in-process peer the options ask for, if any.
+fn peer_mode(cli: &Cli) -> Option<peer::Mode> {
+    match (cli.fault, cli.discard_peer) {
         (Some(f), _) => Some(peer::Mode::Echo(f)),
         (None, true) => Some(peer::Mode::Discard),
         (None, false) => None,
-    };
-    let uri = match peer_mode {
+    }
+}
+
+/// The broker to run against: the in-process peer (started here) or `--uri`.
+async fn broker_uri(cli: &Cli, peer_mode: Option<peer::Mode>) -> Res<Uri> {
+    Ok(match peer_mode {
         Some(mode) => {
             let addr = peer::start(mode).await.map_err(|e| e.to_string())?;
             Uri {
@@ -454,13 +524,27 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             }
         }
         None => Uri::parse(&cli.uri)?,
-    };
+    })
+}
+
+/// The run's parameters, derived from the command line.
+struct Plan {
+    topo: Topology,
+    prefetch: u16,
+    /// Whether message ids are tracked and checked.
+    verify: bool,
+    /// How long to publish (`None`: until `--count`).
+    duration: Option<Duration>,
+}
+
+/// Derive the topology, prefetch, verification and publishing time from the options.
+fn plan(cli: &Cli, peer_mode: Option<peer::Mode>) -> Plan {
     let n_consumers = if peer_mode == Some(peer::Mode::Discard) {
         0
     } else {
         cli.consumers
     };
-    let topo = topology(&cli, n_consumers);
+    let topo = topology(cli, n_consumers);
     let prefetch = if cli.autoack {
         0
     } else {
@@ -472,8 +556,16 @@ async fn run(cli: Cli) -> Res<ExitCode> {
         (None, Some(_)) => None,
         (None, None) => Some(Duration::from_secs(10)),
     };
+    Plan {
+        topo,
+        prefetch,
+        verify,
+        duration,
+    }
+}
 
-    let mut setup = Conn::connect(&uri, "warren-perf setup").await?;
+/// The line on stderr that says what runs against what.
+fn announce(cli: &Cli, uri: &Uri, setup: &Conn, topo: &Topology) {
     eprintln!(
         "warren-perf: {} at {}:{} vhost {:?}: {} producer(s), {} consumer(s), {} B messages, queue(s) {}{}",
         setup.server.trim(),
@@ -490,41 +582,40 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             format!(" via exchange {}", topo.exchange)
         }
     );
-    declare(&mut setup, &topo, cli.persistent).await?;
+}
 
-    let ctl = Arc::new(Control {
-        stop: CancellationToken::new(),
-        halt: CancellationToken::new(),
-        error: Mutex::new(None),
-    });
-    let np = cli.producers;
-    let capacity = match cli.count {
+/// How many ids per producer the verifier's bitsets hold.
+fn capacity(cli: &Cli, duration: Option<Duration>) -> u64 {
+    match cli.count {
         Some(c) => c,
         None if cli.rate > 0 => {
             (cli.rate as f64 * duration.unwrap_or_default().as_secs_f64() * 1.2) as u64 + 100_000
         }
         None => 1 << 30,
     }
-    .min(1 << 32);
-    let seen: Option<Arc<Vec<SeenRow>>> = verify.then(|| {
-        Arc::new(
-            (0..topo.queues.len())
-                .map(|q| {
-                    (0..np)
-                        .map(|p| {
-                            topo.routes[p]
-                                .contains(&q)
-                                .then(|| AtomicBits::new(capacity))
-                        })
-                        .collect()
-                })
-                .collect(),
-        )
-    });
+    .min(1 << 32)
+}
 
-    // Consumers first, so that no message is published before every queue has its consumer.
-    let ccfgs: Vec<ConsumerCfg> = topo
-        .consumers
+/// Per queue, per producer: the ids seen (only for the producers routed to that queue).
+fn seen_bitsets(topo: &Topology, np: usize, capacity: u64) -> Arc<Vec<SeenRow>> {
+    Arc::new(
+        (0..topo.queues.len())
+            .map(|q| {
+                (0..np)
+                    .map(|p| {
+                        topo.routes[p]
+                            .contains(&q)
+                            .then(|| AtomicBits::new(capacity))
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// One consumer configuration per consumer of the topology.
+fn consumer_cfgs(cli: &Cli, topo: &Topology, prefetch: u16) -> Vec<ConsumerCfg> {
+    topo.consumers
         .iter()
         .enumerate()
         .map(|(id, &q)| ConsumerCfg {
@@ -535,10 +626,12 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             prefetch,
             multi_ack: cli.multi_ack,
         })
-        .collect();
-    let cconns =
-        futures::future::try_join_all(ccfgs.iter().map(|c| consumer::setup(&uri, c))).await?;
-    let pcfgs: Vec<ProducerCfg> = (0..np)
+        .collect()
+}
+
+/// One producer configuration per producer.
+fn producer_cfgs(cli: &Cli, topo: &Topology) -> Vec<ProducerCfg> {
+    (0..cli.producers)
         .map(|p| ProducerCfg {
             id: p as u64,
             exchange: topo.exchange.clone(),
@@ -549,16 +642,51 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             rate: cli.rate,
             count: cli.count,
         })
-        .collect();
+        .collect()
+}
+
+/// The started clients' statistics and clock.
+struct Clients {
+    cstats: Vec<Arc<ConsumerStats>>,
+    pstats: Vec<Arc<ProducerStats>>,
+    /// When publishing started.
+    t0: Instant,
+    /// `t0` on the clock of message bodies.
+    t0_ns: u64,
+    /// When publishing ends (`None`: at `--count`).
+    deadline: Option<Instant>,
+}
+
+/// The tasks of a started run.
+struct Tasks {
+    consumers: Vec<JoinHandle<Res<Histogram>>>,
+    producers: Vec<JoinHandle<Res<ProducerResult>>>,
+    reporter: JoinHandle<()>,
+    signals: JoinHandle<()>,
+}
+
+/// Connect the consumers, then the producers, and start them with the reporter and Ctrl-C.
+async fn start(
+    cli: &Cli,
+    uri: &Uri,
+    plan: &Plan,
+    seen: &Option<Arc<Vec<SeenRow>>>,
+    ctl: &Arc<Control>,
+) -> Res<(Clients, Tasks)> {
+    // Consumers first, so that no message is published before every queue has its consumer.
+    let ccfgs = consumer_cfgs(cli, &plan.topo, plan.prefetch);
+    let cconns =
+        futures::future::try_join_all(ccfgs.iter().map(|c| consumer::setup(uri, c))).await?;
+    let pcfgs = producer_cfgs(cli, &plan.topo);
     let pconns =
-        futures::future::try_join_all(pcfgs.iter().map(|p| producer::setup(&uri, p))).await?;
+        futures::future::try_join_all(pcfgs.iter().map(|p| producer::setup(uri, p))).await?;
 
     let cstats: Vec<Arc<ConsumerStats>> = ccfgs.iter().map(|_| Default::default()).collect();
     let pstats: Vec<Arc<ProducerStats>> = pcfgs.iter().map(|_| Default::default()).collect();
     let t0 = Instant::now();
     let t0_ns = now_ns();
-    let deadline = duration.map(|d| t0 + d);
-    let chandles: Vec<_> = cconns
+    let deadline = plan.duration.map(|d| t0 + d);
+    let consumers: Vec<_> = cconns
         .into_iter()
         .zip(&ccfgs)
         .zip(&cstats)
@@ -572,7 +700,7 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             ))
         })
         .collect();
-    let phandles: Vec<_> = pconns
+    let producers: Vec<_> = pconns
         .into_iter()
         .zip(&pcfgs)
         .zip(&pstats)
@@ -586,34 +714,57 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             ))
         })
         .collect();
-    let report = tokio::spawn(reporter(
+    let reporter = tokio::spawn(reporter(
         pstats.clone(),
         cstats.clone(),
         t0,
         cli.confirm > 0,
     ));
-    let signals = {
-        let ctl = ctl.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("warren-perf: interrupted, stopping the producers");
-                ctl.stop.cancel();
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                ctl.halt.cancel();
-            }
-        })
+    let signals = spawn_signals(ctl.clone());
+    let clients = Clients {
+        cstats,
+        pstats,
+        t0,
+        t0_ns,
+        deadline,
     };
+    let tasks = Tasks {
+        consumers,
+        producers,
+        reporter,
+        signals,
+    };
+    Ok((clients, tasks))
+}
 
-    // Publish.
-    let mut presults = Vec::with_capacity(np);
-    if np == 0 {
+/// Ctrl-C stops the producers; a second one stops everything.
+fn spawn_signals(ctl: Arc<Control>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("warren-perf: interrupted, stopping the producers");
+            ctl.stop.cancel();
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            ctl.halt.cancel();
+        }
+    })
+}
+
+/// Wait for every producer (without any: for the deadline or a stop); their results.
+async fn await_producers(
+    handles: Vec<JoinHandle<Res<ProducerResult>>>,
+    deadline: Option<Instant>,
+    t0: Instant,
+    ctl: &Control,
+) -> Vec<Option<ProducerResult>> {
+    let mut presults = Vec::with_capacity(handles.len());
+    if handles.is_empty() {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.unwrap_or(t0 + Duration::from_secs(10))) => {}
             _ = ctl.stop.cancelled() => {}
         }
     }
-    for h in phandles {
+    for h in handles {
         match h.await {
             Ok(Ok(r)) => presults.push(Some(r)),
             Ok(Err(_)) => presults.push(None),
@@ -623,75 +774,115 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             }
         }
     }
+    presults
+}
+
+/// Seconds from the start to the last producer's end of publishing.
+fn publish_seconds(pstats: &[Arc<ProducerStats>], t0_ns: u64) -> f64 {
     let end_ns = pstats
         .iter()
         .map(|p| p.done_ns.load(Acquire))
         .max()
         .unwrap_or_else(now_ns);
-    let seconds = (end_ns.saturating_sub(t0_ns)) as f64 / 1e9;
+    (end_ns.saturating_sub(t0_ns)) as f64 / 1e9
+}
 
-    // Drain: until every expected message arrived, or 5 s without anything new.
-    let sent_of = |p: usize| presults[p].as_ref().map_or(0, |r| r.sent);
+/// How many messages producer `p` sent (0 if it failed).
+fn sent_of(presults: &[Option<ProducerResult>], p: usize) -> u64 {
+    presults[p].as_ref().map_or(0, |r| r.sent)
+}
+
+/// Per queue: how many messages should arrive (with confirms: only the confirmed ones).
+fn expected_per_queue(
+    cli: &Cli,
+    topo: &Topology,
+    presults: &[Option<ProducerResult>],
+    pstats: &[Arc<ProducerStats>],
+) -> Vec<u64> {
     let expected_of = |p: usize| {
         if cli.confirm > 0 {
             pstats[p].confirmed.load(Acquire)
         } else {
-            sent_of(p)
+            sent_of(presults, p)
         }
     };
-    if !topo.consumers.is_empty() && np > 0 {
-        let mut expected = vec![0u64; topo.queues.len()];
-        for p in 0..np {
-            for &q in &topo.routes[p] {
-                expected[q] += expected_of(p);
-            }
-        }
-        let total_expected: u64 = expected.iter().sum();
-        let mut last = u64::MAX;
-        let mut since = Instant::now();
-        while !ctl.halt.is_cancelled() {
-            let recv: u64 = cstats.iter().map(|c| c.received.load(Relaxed)).sum();
-            let done = if verify {
-                (0..topo.queues.len()).all(|q| {
-                    let got: u64 = topo
-                        .consumers
-                        .iter()
-                        .zip(&cstats)
-                        .filter(|(cq, _)| **cq == q)
-                        .map(|(_, c)| c.unique.load(Relaxed))
-                        .sum();
-                    got >= expected[q]
-                })
-            } else {
-                recv >= total_expected
-            };
-            if done {
-                // Give late duplicates a moment to show up.
-                tokio::time::sleep(SETTLE).await;
-                break;
-            }
-            if recv != last {
-                last = recv;
-                since = Instant::now();
-            } else if since.elapsed().as_secs_f64() >= cli.drain_timeout {
-                eprintln!(
-                    "warren-perf: nothing received for {} s, ending the drain",
-                    cli.drain_timeout
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut expected = vec![0u64; topo.queues.len()];
+    for p in 0..cli.producers {
+        for &q in &topo.routes[p] {
+            expected[q] += expected_of(p);
         }
     }
+    expected
+}
+
+/// Wait until every queue got what it should, or `--drain-timeout` passed without a delivery.
+async fn drain(
+    cli: &Cli,
+    topo: &Topology,
+    verify: bool,
+    ctl: &Control,
+    cstats: &[Arc<ConsumerStats>],
+    expected: &[u64],
+) {
+    let total_expected: u64 = expected.iter().sum();
+    let mut last = u64::MAX;
+    let mut since = Instant::now();
+    while !ctl.halt.is_cancelled() {
+        let recv: u64 = cstats.iter().map(|c| c.received.load(Relaxed)).sum();
+        let done = if verify {
+            (0..topo.queues.len()).all(|q| {
+                let got: u64 = topo
+                    .consumers
+                    .iter()
+                    .zip(cstats)
+                    .filter(|(cq, _)| **cq == q)
+                    .map(|(_, c)| c.unique.load(Relaxed))
+                    .sum();
+                got >= expected[q]
+            })
+        } else {
+            recv >= total_expected
+        };
+        if done {
+            // Give late duplicates a moment to show up.
+            tokio::time::sleep(SETTLE).await;
+            break;
+        }
+        if recv != last {
+            last = recv;
+            since = Instant::now();
+        } else if since.elapsed().as_secs_f64() >= cli.drain_timeout {
+            eprintln!(
+                "warren-perf: nothing received for {} s, ending the drain",
+                cli.drain_timeout
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Halt the consumers and merge their latencies; end the reporter and the Ctrl-C handler.
+async fn stop(
+    ctl: &Control,
+    consumers: Vec<JoinHandle<Res<Histogram>>>,
+    reporter: JoinHandle<()>,
+    signals: JoinHandle<()>,
+) -> Histogram {
     ctl.halt.cancel();
     let mut latency = Histogram::default();
-    for h in chandles {
+    for h in consumers {
         if let Ok(Ok(hist)) = h.await {
             latency.merge(&hist);
         }
     }
-    report.abort();
+    reporter.abort();
     signals.abort();
+    latency
+}
+
+/// Delete the queues (unless kept or the run failed) and close the setup connection.
+async fn clean_up(cli: &Cli, mut setup: Conn, topo: &Topology, ctl: &Control) {
     if !cli.keep_queues && ctl.error.lock().is_none() {
         for q in &topo.queues {
             if let Err(e) = delete_queue(&mut setup, q).await {
@@ -701,22 +892,27 @@ async fn run(cli: Cli) -> Res<ExitCode> {
         }
     }
     setup.close().await;
-    if let Some(e) = ctl.error.lock().clone() {
-        return Err(e);
-    }
+}
 
-    // Verify.
+/// Check that every id sent (with confirms: confirmed) arrived once on each of its queues.
+fn verify(
+    checked: bool,
+    seen: Option<&Vec<SeenRow>>,
+    topo: &Topology,
+    cstats: &[Arc<ConsumerStats>],
+    presults: &[Option<ProducerResult>],
+) -> Verdict {
     let mut v = Verdict {
-        checked: verify && np > 0,
+        checked,
         ..Default::default()
     };
-    for c in &cstats {
+    for c in cstats {
         v.duplicated += c.duplicated.load(Relaxed);
         v.unexpected += c.unexpected.load(Relaxed);
     }
-    if let (true, Some(seen)) = (v.checked, &seen) {
-        for p in 0..np {
-            let sent = sent_of(p);
+    if let (true, Some(seen)) = (v.checked, seen) {
+        for p in 0..presults.len() {
+            let sent = sent_of(presults, p);
             let confirmed = presults[p].as_ref().and_then(|r| r.confirmed.as_ref());
             for (q, row) in seen.iter().enumerate() {
                 let Some(bits) = &row[p] else { continue };
@@ -737,8 +933,45 @@ async fn run(cli: Cli) -> Res<ExitCode> {
             }
         }
     }
+    v
+}
 
-    let sent: u64 = (0..np).map(sent_of).sum();
+/// The totals, rates and verdict of a finished run, as reported.
+struct Summary {
+    sent: u64,
+    received: u64,
+    confirmed: u64,
+    nacked: u64,
+    returned: u64,
+    redelivered: u64,
+    /// Publishing time.
+    seconds: f64,
+    /// Time to the last delivery.
+    recv_seconds: f64,
+    send_rate: f64,
+    receive_rate: f64,
+    /// Whether any latency was measured (the quantiles are 0 otherwise).
+    has_latency: bool,
+    p50: u64,
+    p95: u64,
+    p99: u64,
+    max: u64,
+    v: Verdict,
+    verdict: &'static str,
+    failed: bool,
+}
+
+/// Add up the clients' counts and work out the rates, latency quantiles and verdict.
+fn summarize(
+    cli: &Cli,
+    presults: &[Option<ProducerResult>],
+    clients: &Clients,
+    seconds: f64,
+    latency: &Histogram,
+    v: Verdict,
+) -> Summary {
+    let (cstats, pstats) = (&clients.cstats, &clients.pstats);
+    let sent: u64 = (0..cli.producers).map(|p| sent_of(presults, p)).sum();
     let received: u64 = cstats.iter().map(|c| c.received.load(Relaxed)).sum();
     let confirmed: u64 = pstats.iter().map(|p| p.confirmed.load(Relaxed)).sum();
     let nacked: u64 = pstats.iter().map(|p| p.nacked.load(Relaxed)).sum();
@@ -749,11 +982,10 @@ async fn run(cli: Cli) -> Res<ExitCode> {
         .map(|c| c.last_ns.load(Relaxed))
         .max()
         .unwrap_or(0);
-    let recv_seconds = last_recv.saturating_sub(t0_ns) as f64 / 1e9;
+    let recv_seconds = last_recv.saturating_sub(clients.t0_ns) as f64 / 1e9;
     let rate = |n: u64, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
     let send_rate = rate(sent, seconds);
     let receive_rate = rate(received, recv_seconds);
-    let mib = |r: f64| r * cli.size as f64 / (1024.0 * 1024.0);
     let failed = v.checked && (v.lost > 0 || v.duplicated > 0 || v.unexpected > 0);
     let verdict = if !v.checked {
         "skipped"
@@ -772,64 +1004,129 @@ async fn run(cli: Cli) -> Res<ExitCode> {
     } else {
         (0, 0, 0, 0)
     };
-    if cli.json {
-        println!(
-            "{{\"sent\":{sent},\"received\":{received},\"seconds\":{seconds:.3},\"send_rate\":{send_rate:.1},\"receive_rate\":{receive_rate:.1},\"send_mib_s\":{:.3},\"receive_mib_s\":{:.3},\"latency_us\":{{\"p50\":{p50},\"p95\":{p95},\"p99\":{p99},\"max\":{max}}},\"lost\":{},\"duplicated\":{},\"unexpected\":{},\"redelivered\":{redelivered},\"confirmed\":{confirmed},\"nacked\":{nacked},\"returned\":{returned},\"verify\":\"{verdict}\"}}",
-            mib(send_rate),
-            mib(receive_rate),
-            v.lost,
-            v.duplicated,
-            v.unexpected,
-        );
-    } else {
-        println!(
-            "sent:      {sent} msgs in {seconds:.2} s = {send_rate:.0} msg/s, {:.2} MiB/s",
-            mib(send_rate)
-        );
-        if cli.confirm > 0 {
-            println!("confirmed: {confirmed} ({nacked} nacked)");
-        }
-        if returned > 0 {
-            println!("returned:  {returned}");
-        }
-        println!(
-            "received:  {received} msgs in {recv_seconds:.2} s = {receive_rate:.0} msg/s, {:.2} MiB/s",
-            mib(receive_rate)
-        );
-        if latency.n > 0 {
-            println!("latency:   p50 {p50} µs, p95 {p95} µs, p99 {p99} µs, max {max} µs");
-        }
-        if redelivered > 0 {
-            println!("redelivered: {redelivered}");
-        }
-        let extra = if v.unexpected > 0 {
-            format!(", {} unexpected", v.unexpected)
-        } else {
-            String::new()
-        };
-        match verdict {
-            "ok" => println!("verify: OK ({received} received, 0 lost, 0 duplicated{extra})"),
-            "failed" => println!(
-                "verify: FAILED ({} lost, {} duplicated{extra})",
-                v.lost, v.duplicated
-            ),
-            _ => println!(
-                "verify: skipped ({})",
-                if cli.no_verify {
-                    "--no-verify"
-                } else if cli.size < 16 {
-                    "--size below 16"
-                } else if topo.consumers.is_empty() {
-                    "no consumers"
-                } else {
-                    "no producers"
-                }
-            ),
-        }
+    Summary {
+        sent,
+        received,
+        confirmed,
+        nacked,
+        returned,
+        redelivered,
+        seconds,
+        recv_seconds,
+        send_rate,
+        receive_rate,
+        has_latency: latency.n > 0,
+        p50,
+        p95,
+        p99,
+        max,
+        v,
+        verdict,
+        failed,
     }
-    Ok(if failed {
-        ExitCode::from(1)
+}
+
+/// MiB/s of `rate` messages per second of `--size` bytes.
+fn mib(cli: &Cli, rate: f64) -> f64 {
+    rate * cli.size as f64 / (1024.0 * 1024.0)
+}
+
+/// The summary as one JSON line on stdout (`--json`).
+fn print_json(cli: &Cli, s: &Summary) {
+    let Summary {
+        sent,
+        received,
+        confirmed,
+        nacked,
+        returned,
+        redelivered,
+        seconds,
+        send_rate,
+        receive_rate,
+        p50,
+        p95,
+        p99,
+        max,
+        ref v,
+        verdict,
+        ..
+    } = *s;
+    println!(
+        "{{\"sent\":{sent},\"received\":{received},\"seconds\":{seconds:.3},\"send_rate\":{send_rate:.1},\"receive_rate\":{receive_rate:.1},\"send_mib_s\":{:.3},\"receive_mib_s\":{:.3},\"latency_us\":{{\"p50\":{p50},\"p95\":{p95},\"p99\":{p99},\"max\":{max}}},\"lost\":{},\"duplicated\":{},\"unexpected\":{},\"redelivered\":{redelivered},\"confirmed\":{confirmed},\"nacked\":{nacked},\"returned\":{returned},\"verify\":\"{verdict}\"}}",
+        mib(cli, send_rate),
+        mib(cli, receive_rate),
+        v.lost,
+        v.duplicated,
+        v.unexpected,
+    );
+}
+
+/// The summary as readable lines on stdout.
+fn print_text(cli: &Cli, topo: &Topology, s: &Summary) {
+    let Summary {
+        sent,
+        received,
+        confirmed,
+        nacked,
+        returned,
+        redelivered,
+        seconds,
+        recv_seconds,
+        send_rate,
+        receive_rate,
+        has_latency,
+        p50,
+        p95,
+        p99,
+        max,
+        ref v,
+        verdict,
+        ..
+    } = *s;
+    println!(
+        "sent:      {sent} msgs in {seconds:.2} s = {send_rate:.0} msg/s, {:.2} MiB/s",
+        mib(cli, send_rate)
+    );
+    if cli.confirm > 0 {
+        println!("confirmed: {confirmed} ({nacked} nacked)");
+    }
+    if returned > 0 {
+        println!("returned:  {returned}");
+    }
+    println!(
+        "received:  {received} msgs in {recv_seconds:.2} s = {receive_rate:.0} msg/s, {:.2} MiB/s",
+        mib(cli, receive_rate)
+    );
+    if has_latency {
+        println!("latency:   p50 {p50} µs, p95 {p95} µs, p99 {p99} µs, max {max} µs");
+    }
+    if redelivered > 0 {
+        println!("redelivered: {redelivered}");
+    }
+    let extra = if v.unexpected > 0 {
+        format!(", {} unexpected", v.unexpected)
     } else {
-        ExitCode::SUCCESS
-    })
+        String::new()
+    };
+    match verdict {
+        "ok" => println!("verify: OK ({received} received, 0 lost, 0 duplicated{extra})"),
+        "failed" => println!(
+            "verify: FAILED ({} lost, {} duplicated{extra})",
+            v.lost, v.duplicated
+        ),
+        _ => println!("verify: skipped ({})", skip_reason(cli, topo)),
+    }
+}
+
+/// Why the verification was skipped.
+fn skip_reason(cli: &Cli, topo: &Topology) -> &'static str {
+    if cli.no_verify {
+        "--no-verify"
+    } else if cli.size < 16 {
+        "--size below 16"
+    } else if topo.consumers.is_empty() {
+        "no consumers"
+    } else {
+        "no producers"
+    }
 }

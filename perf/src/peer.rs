@@ -214,37 +214,7 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
     };
     let mut rd = FramedRead::with_capacity(r, codec, READ_CAPACITY);
     let mut out = BytesMut::with_capacity(64 * 1024);
-    let mut caps = FieldTable::default();
-    for c in [
-        "publisher_confirms",
-        "basic.nack",
-        "consumer_cancel_notify",
-        "exchange_exchange_bindings",
-        "connection.blocked",
-    ] {
-        caps.insert(c.into(), AMQPValue::Boolean(true));
-    }
-    let mut props = FieldTable::default();
-    props.insert(
-        "product".into(),
-        AMQPValue::LongString("warren-perf peer".into()),
-    );
-    props.insert(
-        "version".into(),
-        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
-    );
-    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    put_method(
-        &mut out,
-        0,
-        AMQPClass::Connection(conn::AMQPMethod::Start(conn::Start {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: props,
-            mechanisms: "PLAIN AMQPLAIN".into(),
-            locales: "en_US".into(),
-        })),
-    );
+    put_connection_start(&mut out);
     let (tx, mut rx) = mpsc::channel::<Vec<Delivery>>(64);
     let mut channels = Channels::default();
     let mut frame_max = FRAME_MAX;
@@ -317,6 +287,41 @@ async fn serve(peer: Arc<Peer>, mut sock: TcpStream, id: u64) -> Res {
     }
 }
 
+/// The handshake's opening: connection.start with the peer's properties and capabilities.
+fn put_connection_start(out: &mut BytesMut) {
+    let mut caps = FieldTable::default();
+    for c in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "exchange_exchange_bindings",
+        "connection.blocked",
+    ] {
+        caps.insert(c.into(), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    props.insert(
+        "product".into(),
+        AMQPValue::LongString("warren-perf peer".into()),
+    );
+    props.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    put_method(
+        out,
+        0,
+        AMQPClass::Connection(conn::AMQPMethod::Start(conn::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+}
+
 fn encode_deliveries(
     out: &mut BytesMut,
     channels: &mut Channels,
@@ -358,59 +363,15 @@ fn handle(
             class_id: 60,
             method_id: 40,
             payload,
-        } => {
-            let st = channels.get(channel);
-            let mut at = 6;
-            let (exchange, routing_key) = if echo {
-                (
-                    shortstr(&payload, &mut at).ok_or("bad publish")?,
-                    shortstr(&payload, &mut at).ok_or("bad publish")?,
-                )
-            } else {
-                (Bytes::new(), Bytes::new())
-            };
-            st.incoming = Some(Incoming {
-                exchange,
-                routing_key,
-                properties: Bytes::new(),
-                remaining: u64::MAX,
-                body: BytesMut::new(),
-                single: None,
-            });
-        }
+        } => start_publish(channels.get(channel), echo, &payload)?,
         Frame::Header {
             channel,
             body_size,
             properties,
             ..
-        } => {
-            let st = channels.get(channel);
-            if let Some(inc) = st.incoming.as_mut() {
-                inc.remaining = body_size;
-                inc.properties = properties;
-                if body_size == 0 {
-                    complete(peer, st, routed);
-                }
-            }
-        }
+        } => content_header(peer, channels.get(channel), routed, body_size, properties),
         Frame::Body { channel, payload } => {
-            let st = channels.get(channel);
-            if let Some(inc) = st.incoming.as_mut() {
-                inc.remaining = inc.remaining.saturating_sub(payload.len() as u64);
-                if echo {
-                    if inc.single.is_none() && inc.body.is_empty() && inc.remaining == 0 {
-                        inc.single = Some(payload);
-                    } else {
-                        if let Some(s) = inc.single.take() {
-                            inc.body.extend_from_slice(&s);
-                        }
-                        inc.body.extend_from_slice(&payload);
-                    }
-                }
-                if inc.remaining == 0 {
-                    complete(peer, st, routed);
-                }
-            }
+            content_body(peer, channels.get(channel), routed, echo, payload)
         }
         Frame::Heartbeat { .. } => {}
         Frame::Method {
@@ -425,181 +386,306 @@ fn handle(
             let m = parse_class(&payload[..])
                 .map(|(_, m)| m)
                 .map_err(|e| format!("undecodable {class_id}/{method_id}: {e:?}"))?;
-            let reply = |out: &mut BytesMut, m: AMQPClass| put_method(out, channel, m);
             match m {
-                AMQPClass::Connection(conn::AMQPMethod::StartOk(_)) => reply(
-                    out,
-                    AMQPClass::Connection(conn::AMQPMethod::Tune(conn::Tune {
-                        channel_max: 2047,
-                        frame_max: FRAME_MAX,
-                        heartbeat: 0,
-                    })),
-                ),
-                AMQPClass::Connection(conn::AMQPMethod::TuneOk(t)) if t.frame_max != 0 => {
-                    *frame_max = t.frame_max.min(FRAME_MAX);
+                AMQPClass::Connection(m) => {
+                    return Ok(connection_method(m, channel, out, frame_max));
                 }
-                AMQPClass::Connection(conn::AMQPMethod::Open(_)) => reply(
-                    out,
-                    AMQPClass::Connection(conn::AMQPMethod::OpenOk(conn::OpenOk {})),
-                ),
-                AMQPClass::Connection(conn::AMQPMethod::Close(_)) => {
-                    reply(
-                        out,
-                        AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
-                    );
-                    return Ok(true);
-                }
-                AMQPClass::Connection(conn::AMQPMethod::CloseOk(_)) => return Ok(true),
-                AMQPClass::Channel(chan::AMQPMethod::Open(_)) => {
-                    *channels.get(channel) = ChannelState::default();
-                    reply(
-                        out,
-                        AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
-                    )
-                }
-                AMQPClass::Channel(chan::AMQPMethod::Close(_)) => {
-                    *channels.get(channel) = ChannelState::default();
-                    reply(
-                        out,
-                        AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
-                    )
-                }
-                AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => {
-                    peer.routing
-                        .lock()
-                        .exchanges
-                        .entry(d.exchange.to_string())
-                        .or_insert_with(|| (d.kind.to_string(), Vec::new()));
-                    if !d.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
-                                exchange::DeclareOk {},
-                            )),
-                        )
-                    }
-                }
-                AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => {
-                    peer.routing.lock().exchanges.remove(d.exchange.as_str());
-                    if !d.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(
-                                exchange::DeleteOk {},
-                            )),
-                        )
-                    }
-                }
-                AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
-                    let name = if d.queue.as_str().is_empty() {
-                        format!("amq.gen-{id}-{}", peer.next_id.fetch_add(1, Relaxed))
-                    } else {
-                        d.queue.to_string()
-                    };
-                    peer.routing.lock().queues.entry(name.clone()).or_default();
-                    if !d.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                                queue: name.into(),
-                                message_count: 0,
-                                consumer_count: 0,
-                            })),
-                        )
-                    }
-                }
-                AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
-                    if let Some((_, binds)) =
-                        peer.routing.lock().exchanges.get_mut(b.exchange.as_str())
-                    {
-                        binds.push((b.queue.to_string(), b.routing_key.to_string()));
-                    }
-                    if !b.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
-                        )
-                    }
-                }
-                AMQPClass::Queue(queue::AMQPMethod::Purge(p)) if !p.nowait => reply(
-                    out,
-                    AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
-                        message_count: 0,
-                    })),
-                ),
-                AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
-                    peer.routing.lock().queues.remove(d.queue.as_str());
-                    if !d.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                                message_count: 0,
-                            })),
-                        )
-                    }
-                }
-                AMQPClass::Basic(basic::AMQPMethod::Qos(_)) => reply(
-                    out,
-                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
-                ),
-                AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => {
-                    let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
-                        format!("ctag-{id}-{channel}").into()
-                    } else {
-                        c.consumer_tag.as_str().into()
-                    };
-                    peer.routing
-                        .lock()
-                        .queues
-                        .entry(c.queue.to_string())
-                        .or_default()
-                        .0
-                        .push(ConsumerRef {
-                            conn: id,
-                            channel,
-                            tag: tag.clone(),
-                            tx: tx.clone(),
-                        });
-                    if !c.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                                consumer_tag: tag.as_ref().into(),
-                            })),
-                        )
-                    }
-                }
-                AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
-                    for (consumers, _) in peer.routing.lock().queues.values_mut() {
-                        consumers.retain(|r| {
-                            !(r.conn == id
-                                && r.channel == channel
-                                && *r.tag == *c.consumer_tag.as_str())
-                        });
-                    }
-                    if !c.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                                consumer_tag: c.consumer_tag,
-                            })),
-                        )
-                    }
-                }
-                AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
-                    channels.get(channel).confirm = true;
-                    if !s.nowait {
-                        reply(
-                            out,
-                            AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                        )
-                    }
-                }
+                AMQPClass::Channel(m) => channel_method(m, channel, out, channels),
+                AMQPClass::Exchange(m) => exchange_method(peer, m, channel, out),
+                AMQPClass::Queue(m) => queue_method(peer, id, m, channel, out),
+                AMQPClass::Basic(m) => basic_method(peer, id, m, channel, out, tx),
+                AMQPClass::Confirm(m) => confirm_method(m, channel, out, channels),
                 _ => {}
             }
         }
     }
     Ok(false)
+}
+
+/// basic.publish: start assembling a message (in echo mode with its exchange and routing key).
+fn start_publish(st: &mut ChannelState, echo: bool, payload: &Bytes) -> Res {
+    let mut at = 6;
+    let (exchange, routing_key) = if echo {
+        (
+            shortstr(payload, &mut at).ok_or("bad publish")?,
+            shortstr(payload, &mut at).ok_or("bad publish")?,
+        )
+    } else {
+        (Bytes::new(), Bytes::new())
+    };
+    st.incoming = Some(Incoming {
+        exchange,
+        routing_key,
+        properties: Bytes::new(),
+        remaining: u64::MAX,
+        body: BytesMut::new(),
+        single: None,
+    });
+    Ok(())
+}
+
+/// A content header: the publish's properties and body size (complete if the body is empty).
+fn content_header(
+    peer: &Peer,
+    st: &mut ChannelState,
+    routed: &mut Routed,
+    body_size: u64,
+    properties: Bytes,
+) {
+    if let Some(inc) = st.incoming.as_mut() {
+        inc.remaining = body_size;
+        inc.properties = properties;
+        if body_size == 0 {
+            complete(peer, st, routed);
+        }
+    }
+}
+
+/// A content body frame: counted (in echo mode, kept) until the publish is complete.
+fn content_body(
+    peer: &Peer,
+    st: &mut ChannelState,
+    routed: &mut Routed,
+    echo: bool,
+    payload: Bytes,
+) {
+    if let Some(inc) = st.incoming.as_mut() {
+        inc.remaining = inc.remaining.saturating_sub(payload.len() as u64);
+        if echo {
+            if inc.single.is_none() && inc.body.is_empty() && inc.remaining == 0 {
+                inc.single = Some(payload);
+            } else {
+                if let Some(s) = inc.single.take() {
+                    inc.body.extend_from_slice(&s);
+                }
+                inc.body.extend_from_slice(&payload);
+            }
+        }
+        if inc.remaining == 0 {
+            complete(peer, st, routed);
+        }
+    }
+}
+
+/// connection.*: the rest of the handshake and the close; `true` when the connection is done.
+fn connection_method(
+    m: conn::AMQPMethod,
+    channel: u16,
+    out: &mut BytesMut,
+    frame_max: &mut u32,
+) -> bool {
+    match m {
+        conn::AMQPMethod::StartOk(_) => put_method(
+            out,
+            channel,
+            AMQPClass::Connection(conn::AMQPMethod::Tune(conn::Tune {
+                channel_max: 2047,
+                frame_max: FRAME_MAX,
+                heartbeat: 0,
+            })),
+        ),
+        conn::AMQPMethod::TuneOk(t) if t.frame_max != 0 => {
+            *frame_max = t.frame_max.min(FRAME_MAX);
+        }
+        conn::AMQPMethod::Open(_) => put_method(
+            out,
+            channel,
+            AMQPClass::Connection(conn::AMQPMethod::OpenOk(conn::OpenOk {})),
+        ),
+        conn::AMQPMethod::Close(_) => {
+            put_method(
+                out,
+                channel,
+                AMQPClass::Connection(conn::AMQPMethod::CloseOk(conn::CloseOk {})),
+            );
+            return true;
+        }
+        conn::AMQPMethod::CloseOk(_) => return true,
+        _ => {}
+    }
+    false
+}
+
+/// channel.open and channel.close: a fresh channel state, and the reply.
+fn channel_method(m: chan::AMQPMethod, channel: u16, out: &mut BytesMut, channels: &mut Channels) {
+    match m {
+        chan::AMQPMethod::Open(_) => {
+            *channels.get(channel) = ChannelState::default();
+            put_method(
+                out,
+                channel,
+                AMQPClass::Channel(chan::AMQPMethod::OpenOk(chan::OpenOk {})),
+            )
+        }
+        chan::AMQPMethod::Close(_) => {
+            *channels.get(channel) = ChannelState::default();
+            put_method(
+                out,
+                channel,
+                AMQPClass::Channel(chan::AMQPMethod::CloseOk(chan::CloseOk {})),
+            )
+        }
+        _ => {}
+    }
+}
+
+/// exchange.declare and exchange.delete: the routing table, and the reply.
+fn exchange_method(peer: &Peer, m: exchange::AMQPMethod, channel: u16, out: &mut BytesMut) {
+    match m {
+        exchange::AMQPMethod::Declare(d) => {
+            peer.routing
+                .lock()
+                .exchanges
+                .entry(d.exchange.to_string())
+                .or_insert_with(|| (d.kind.to_string(), Vec::new()));
+            if !d.nowait {
+                put_method(
+                    out,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                )
+            }
+        }
+        exchange::AMQPMethod::Delete(d) => {
+            peer.routing.lock().exchanges.remove(d.exchange.as_str());
+            if !d.nowait {
+                put_method(
+                    out,
+                    channel,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                )
+            }
+        }
+        _ => {}
+    }
+}
+
+/// queue.declare, bind, purge and delete: the routing table, and the reply.
+fn queue_method(peer: &Peer, id: u64, m: queue::AMQPMethod, channel: u16, out: &mut BytesMut) {
+    let reply = |out: &mut BytesMut, m: queue::AMQPMethod| {
+        put_method(out, channel, AMQPClass::Queue(m));
+    };
+    match m {
+        queue::AMQPMethod::Declare(d) => {
+            let name = if d.queue.as_str().is_empty() {
+                format!("amq.gen-{id}-{}", peer.next_id.fetch_add(1, Relaxed))
+            } else {
+                d.queue.to_string()
+            };
+            peer.routing.lock().queues.entry(name.clone()).or_default();
+            if !d.nowait {
+                reply(
+                    out,
+                    queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: name.into(),
+                        message_count: 0,
+                        consumer_count: 0,
+                    }),
+                )
+            }
+        }
+        queue::AMQPMethod::Bind(b) => {
+            if let Some((_, binds)) = peer.routing.lock().exchanges.get_mut(b.exchange.as_str()) {
+                binds.push((b.queue.to_string(), b.routing_key.to_string()));
+            }
+            if !b.nowait {
+                reply(out, queue::AMQPMethod::BindOk(queue::BindOk {}))
+            }
+        }
+        queue::AMQPMethod::Purge(p) if !p.nowait => reply(
+            out,
+            queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: 0 }),
+        ),
+        queue::AMQPMethod::Delete(d) => {
+            peer.routing.lock().queues.remove(d.queue.as_str());
+            if !d.nowait {
+                reply(
+                    out,
+                    queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count: 0 }),
+                )
+            }
+        }
+        _ => {}
+    }
+}
+
+/// basic.qos, consume and cancel (acks never get here): the consumers, and the reply.
+fn basic_method(
+    peer: &Peer,
+    id: u64,
+    m: basic::AMQPMethod,
+    channel: u16,
+    out: &mut BytesMut,
+    tx: &mpsc::Sender<Vec<Delivery>>,
+) {
+    let reply = |out: &mut BytesMut, m: basic::AMQPMethod| {
+        put_method(out, channel, AMQPClass::Basic(m));
+    };
+    match m {
+        basic::AMQPMethod::Qos(_) => reply(out, basic::AMQPMethod::QosOk(basic::QosOk {})),
+        basic::AMQPMethod::Consume(c) => {
+            let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+                format!("ctag-{id}-{channel}").into()
+            } else {
+                c.consumer_tag.as_str().into()
+            };
+            peer.routing
+                .lock()
+                .queues
+                .entry(c.queue.to_string())
+                .or_default()
+                .0
+                .push(ConsumerRef {
+                    conn: id,
+                    channel,
+                    tag: tag.clone(),
+                    tx: tx.clone(),
+                });
+            if !c.nowait {
+                reply(
+                    out,
+                    basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                        consumer_tag: tag.as_ref().into(),
+                    }),
+                )
+            }
+        }
+        basic::AMQPMethod::Cancel(c) => {
+            for (consumers, _) in peer.routing.lock().queues.values_mut() {
+                consumers.retain(|r| {
+                    !(r.conn == id && r.channel == channel && *r.tag == *c.consumer_tag.as_str())
+                });
+            }
+            if !c.nowait {
+                reply(
+                    out,
+                    basic::AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    }),
+                )
+            }
+        }
+        _ => {}
+    }
+}
+
+/// confirm.select: confirms on for the channel, and the reply.
+fn confirm_method(
+    m: confirm::AMQPMethod,
+    channel: u16,
+    out: &mut BytesMut,
+    channels: &mut Channels,
+) {
+    if let confirm::AMQPMethod::Select(s) = m {
+        channels.get(channel).confirm = true;
+        if !s.nowait {
+            put_method(
+                out,
+                channel,
+                AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+            )
+        }
+    }
 }
 
 /// A publish is complete: count it for confirms and, in echo mode, route it.
