@@ -394,9 +394,24 @@ impl VHost {
 
     /// Delete every queue (the vhost itself is being deleted).
     pub fn delete_everything(&self) {
+        // The whole vhost goes, its files with it (the caller removes its directory): no
+        // journal or log record per queue, no unbinding one destination at a time.
         let all: Vec<Arc<Queue>> = self.queues.iter().map(|q| q.clone()).collect();
+        self.queues.clear();
         for q in all {
-            self.remove_queue(&q);
+            self.churn
+                .deleted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for c in q.consumers() {
+                let _ = c.events.send(crate::queue::consumer::ConnEvent::Cancelled {
+                    channel: c.channel,
+                    tag: c.tag.clone(),
+                });
+            }
+            q.mark_deleted();
+        }
+        for x in self.exchanges.iter() {
+            self.drop_delayed(&x);
         }
     }
 }
