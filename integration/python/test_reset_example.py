@@ -20,9 +20,9 @@ from conftest import Broker
 CONFIG = "[management]\nenabled = true\nport = 0\n"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def warren():
-    """One broker for every test of the file (use scope="session" in a conftest.py)."""
+    """One broker for the whole session (in a real suite this lives in conftest.py)."""
     b = Broker(config=CONFIG)
     yield b
     b.stop()
