@@ -166,16 +166,21 @@ impl Channel {
         let mut synced = self.synced_callback(ctx);
         // A delayed message exchange holds the message; like the plugin, it routes to no
         // queue now, so a mandatory message is returned at once (and still delivered later).
-        let returned = (p.mandatory && x.is_delayed()).then(|| msg.clone());
-        let msg = match ctx.vhost.delay(&x, msg, headers, &mut synced) {
-            Ok(waits) => {
-                if waits && let Some(seq) = self.confirm_seq {
-                    self.unsynced.insert(seq);
+        let msg = if x.is_delayed() {
+            let returned = p.mandatory.then(|| msg.clone());
+            match ctx.vhost.delay(&x, msg, headers, &mut synced) {
+                Ok(waits) => {
+                    if waits && let Some(seq) = self.confirm_seq {
+                        self.unsynced.insert(seq);
+                    }
+                    self.unroutable(ctx, returned.as_ref());
+                    return Ok(true);
                 }
-                self.unroutable(ctx, returned.as_ref());
-                return Ok(true);
+                Err(msg) => msg,
             }
-            Err(msg) => msg,
+        } else {
+            // The common case: no move through the delay check.
+            msg
         };
         let route_keys: &[&[u8]] = if keys.is_empty() {
             std::slice::from_ref(&rk)
