@@ -27,20 +27,35 @@ async fn open(c: &Connection) -> Channel {
     c.create_channel().await.unwrap()
 }
 
-/// Declare a durable delayed exchange routing as `kind`, a durable queue bound to it with
-/// `key`.
-async fn topology(ch: &Channel, x: &str, kind: &str, q: &str, key: &str) {
+/// `exchange.declare` of an `x-delayed-message` exchange with these arguments.
+async fn declare_delayed(
+    ch: &Channel,
+    x: &str,
+    durable: bool,
+    args: FieldTable,
+) -> lapin::Result<()> {
     ch.exchange_declare(
         x.into(),
         ExchangeKind::Custom("x-delayed-message".into()),
         ExchangeDeclareOptions {
-            durable: true,
+            durable,
             ..Default::default()
         },
-        table(&[("x-delayed-type", s(kind))]),
+        args,
     )
     .await
-    .unwrap();
+}
+
+fn routing_as(kind: &str) -> FieldTable {
+    table(&[("x-delayed-type", s(kind))])
+}
+
+/// Declare a durable delayed exchange routing as `kind`, a durable queue bound to it with
+/// `key`.
+async fn topology(ch: &Channel, x: &str, kind: &str, q: &str, key: &str) {
+    declare_delayed(ch, x, true, routing_as(kind))
+        .await
+        .unwrap();
     ch.queue_declare(
         q.into(),
         QueueDeclareOptions {
@@ -151,13 +166,7 @@ async fn declare_checks_the_delayed_type_with_the_plugins_texts() {
         // 503 is a connection error: a connection per case.
         let c = lapin_connect(&b).await;
         let ch = open(&c).await;
-        let e = ch
-            .exchange_declare(
-                "dx".into(),
-                ExchangeKind::Custom("x-delayed-message".into()),
-                ExchangeDeclareOptions::default(),
-                args.clone(),
-            )
+        let e = declare_delayed(&ch, "dx", false, args.clone())
             .await
             .unwrap_err();
         assert_eq!(amqp_error(&e), (*code, text.to_string()));
@@ -166,14 +175,9 @@ async fn declare_checks_the_delayed_type_with_the_plugins_texts() {
     let c = lapin_connect(&b).await;
     let ch = open(&c).await;
     for _ in 0..2 {
-        ch.exchange_declare(
-            "dx".into(),
-            ExchangeKind::Custom("x-delayed-message".into()),
-            ExchangeDeclareOptions::default(),
-            table(&[("x-delayed-type", s("topic"))]),
-        )
-        .await
-        .unwrap();
+        declare_delayed(&ch, "dx", false, routing_as("topic"))
+            .await
+            .unwrap();
     }
     let x = b.state().vhost("/").unwrap().exchange("dx").unwrap();
     assert_eq!(x.def.kind.as_str(), "x-delayed-message");
@@ -242,14 +246,9 @@ async fn routing_happens_when_the_delay_ends_and_mandatory_returns_at_once() {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
-    ch.exchange_declare(
-        "tx".into(),
-        ExchangeKind::Custom("x-delayed-message".into()),
-        ExchangeDeclareOptions::default(),
-        table(&[("x-delayed-type", s("topic"))]),
-    )
-    .await
-    .unwrap();
+    declare_delayed(&ch, "tx", false, routing_as("topic"))
+        .await
+        .unwrap();
     ch.queue_declare(
         "later".into(),
         QueueDeclareOptions::default(),
@@ -375,14 +374,9 @@ async fn durable_delayed_messages_survive_a_restart_in_due_order() {
         .unwrap();
     topology(&ch, "dx", "fanout", "dq", "").await;
     // A non-durable delayed exchange's messages do not survive.
-    ch.exchange_declare(
-        "gone-x".into(),
-        ExchangeKind::Custom("x-delayed-message".into()),
-        ExchangeDeclareOptions::default(),
-        table(&[("x-delayed-type", s("fanout"))]),
-    )
-    .await
-    .unwrap();
+    declare_delayed(&ch, "gone-x", false, routing_as("fanout"))
+        .await
+        .unwrap();
     // A durable exchange deleted with messages waiting: they go with it.
     topology(&ch, "deleted-x", "fanout", "dq", "").await;
     publish(

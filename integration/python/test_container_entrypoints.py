@@ -176,10 +176,12 @@ def test_the_commands_testcontainers_runs_inside_the_container():
         c = login(n.amqp, "user1", "password1", "vhost1")
         ch = c.channel()
         ch.queue_declare("dog1")
+        ch.confirm_delivery()  # both publishes enqueued before the count is read
         ch.basic_publish("", "dog1", b"a")
         ch.basic_publish("", "dog1", b"b")
-        time.sleep(0.1)
+        # max-length 1 from the policy: the second publish dropped the first.
         assert ch.queue_declare("dog1", passive=True).method.message_count == 1, "policy applied"
+        assert ch.basic_get("dog1", auto_ack=True)[2] == b"b"
         c.close()
         r = n.tool("rabbitmqctl", "await_startup")
         assert r.returncode == 0
