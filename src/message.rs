@@ -25,6 +25,66 @@ pub struct Message {
     pub store_id: Option<u64>,
     /// BCC routing keys (the header is stripped; dead-lettering still routes with them).
     pub bcc: Vec<Bytes>,
+    /// The publisher confirm waiting for this message's record to be synced, released early
+    /// when every durable queue that took it has settled it (see [`ConfirmGate`]).
+    pub confirm: Option<std::sync::Arc<ConfirmGate>>,
+}
+
+/// A callback run once with whether a publish can be confirmed (`true`) or must be nacked.
+pub type Done = Box<dyn FnOnce(bool) + Send>;
+
+/// A publisher confirm waiting for a stored message. The message log releases it once the
+/// message's record is synced (or nacks it if the record cannot be written); before that, it is
+/// released as soon as every durable queue that took the message has settled it: acked, or
+/// delivered to a no-ack consumer. That is RabbitMQ's rule: a message consumed before it is
+/// written is the consumer's, and its publisher need not wait for the disk. Other removals
+/// (expiry, purge, dead-lettering, overflow) wait for the sync.
+pub struct ConfirmGate {
+    done: parking_lot::Mutex<Option<Done>>,
+    /// Durable queues that hold the message and have not settled it.
+    holders: std::sync::atomic::AtomicUsize,
+}
+
+impl std::fmt::Debug for ConfirmGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfirmGate")
+            .field("pending", &self.pending())
+            .finish()
+    }
+}
+
+impl ConfirmGate {
+    /// A gate released by `holders` settlements or by [`ConfirmGate::fire`].
+    pub fn new(done: Done, holders: usize) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(ConfirmGate {
+            done: parking_lot::Mutex::new(Some(done)),
+            holders: std::sync::atomic::AtomicUsize::new(holders),
+        })
+    }
+
+    /// Release the confirm (`true`) or nack it (`false`), unless it was released already.
+    pub fn fire(&self, ok: bool) {
+        let done = self.done.lock().take();
+        if let Some(d) = done {
+            d(ok);
+        }
+    }
+
+    /// One holder settled the message; the last one releases the confirm.
+    pub fn settle(&self) {
+        use std::sync::atomic::Ordering;
+        let prev = self
+            .holders
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| h.checked_sub(1));
+        if prev == Ok(1) {
+            self.fire(true);
+        }
+    }
+
+    /// The confirm is still waiting.
+    pub fn pending(&self) -> bool {
+        self.done.lock().is_some()
+    }
 }
 
 /// The properties the broker acts on, read from raw content-header properties without
@@ -118,6 +178,7 @@ impl Message {
             persistent: true,
             store_id: Some(id),
             bcc: Vec::new(),
+            confirm: None,
         }
     }
 }

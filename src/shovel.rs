@@ -469,6 +469,7 @@ fn from_delivery(d: lapin::message::Delivery) -> Message {
         properties,
         body: bytes::Bytes::from(d.data),
         store_id: None,
+        confirm: None,
         bcc: Vec::new(),
     }
 }
@@ -552,6 +553,7 @@ impl Sink {
                     exchange: bytes::Bytes::copy_from_slice(xname.as_bytes()),
                     routing_key: bytes::Bytes::copy_from_slice(rk.as_bytes()),
                     store_id: None,
+                    confirm: None,
                     bcc: Vec::new(),
                     ..msg
                 };

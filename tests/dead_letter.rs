@@ -312,6 +312,7 @@ async fn a_million_expiring_messages_go_without_a_consumer_or_spinning() {
         expiration: None,
         persistent: false,
         store_id: None,
+        confirm: None,
         bcc: Vec::new(),
     });
     for _ in 0..1_000_000 {

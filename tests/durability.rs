@@ -370,6 +370,7 @@ fn stored_msg(key: &str, body: impl Into<bytes::Bytes>) -> warren::message::Mess
         expiration: None,
         persistent: true,
         store_id: None,
+        confirm: None,
         bcc: Vec::new(),
     }
 }
@@ -1243,4 +1244,179 @@ async fn transient_messages_and_non_durable_queues_page_out_too() {
     let (_c, ch) = channel(&b).await;
     assert_eq!(drain(&ch, "durable-transient").await.len(), 0);
     b.shutdown(Duration::from_secs(2)).await;
+}
+
+/// RabbitMQ's rule for a message consumed before it is written: its confirm does not wait for
+/// the disk. A confirm released by the message's queues (every durable queue settled it) before
+/// the writer got to its record leaves nothing to sync for; a confirm still waiting, or a
+/// stored message no confirm waits for (it must be readable back, which needs the sync), makes
+/// the writer sync.
+#[tokio::test]
+async fn a_sync_no_confirm_waits_for_is_skipped() {
+    use std::sync::mpsc;
+    use warren::message::ConfirmGate;
+    use warren::store::log::{self, Options, SyncPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = Options {
+        policy: SyncPolicy::Confirm,
+        interval: Duration::from_millis(10),
+        queue_memory: 0,
+        segment_size: 1 << 20,
+        journal_dir: None,
+    };
+    let log = log::open(tmp.path(), opts, &|_| true).unwrap().log;
+    let msg = stored_msg("k", vec![1u8; 1000]);
+    let record = || log::publish_record(0, 0, &[("q", false, 0)], &msg);
+    // Both stats calls go through the writer's queue: the second reports the batch that
+    // held the appends after the writer decided whether to sync it.
+    let syncs = || {
+        log.stats().unwrap();
+        log.stats().unwrap().syncs
+    };
+    let (tx, rx) = mpsc::channel();
+    let gate = |holders| {
+        let tx = tx.clone();
+        ConfirmGate::new(Box::new(move |ok| tx.send(ok).unwrap()), holders)
+    };
+
+    // Settled by both of its queues before the writer saw it: confirmed, never synced.
+    for _ in 0..100 {
+        let g = gate(2);
+        g.settle();
+        assert!(g.pending(), "one of two holders settled");
+        g.settle();
+        assert!(!g.pending());
+        log.append_gated(record(), Some(g)).unwrap();
+    }
+    assert_eq!(rx.try_iter().filter(|ok| *ok).count(), 100);
+    assert_eq!(syncs(), 0, "nothing to sync for");
+
+    // Removal records alone do not ask for a sync either.
+    log.append(log::remove_record(0, "q"), None).unwrap();
+    assert_eq!(syncs(), 0);
+
+    // A confirm that still waits is released by the sync.
+    let g = gate(1);
+    log.append_gated(record(), Some(g.clone())).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+    assert!(!g.pending());
+    g.settle();
+    assert!(rx.try_recv().is_err(), "released once only");
+    assert_eq!(syncs(), 1);
+
+    // A stored message without a confirm (a publisher without confirms) is synced too.
+    log.append(record(), None).unwrap();
+    assert_eq!(syncs(), 2);
+    log.close();
+}
+
+/// End to end: with a no-ack consumer on a durable queue, a persistent message delivered before
+/// its record is synced is confirmed on delivery (the writer's race with the consumer decides
+/// how many syncs remain: `a_sync_no_confirm_waits_for_is_skipped` shows the rule); every
+/// publish is confirmed once and the consumer gets them all. A message that also went to a
+/// durable queue nobody consumes waits for the sync, and survives a restart.
+#[tokio::test]
+async fn messages_consumed_before_they_are_written_are_confirmed_without_a_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let b = start_with(disk_config(tmp.path())).await;
+    let log = b.state().vhost("/").unwrap().log().unwrap().clone();
+    let (_c, ch) = channel(&b).await;
+    let (_c2, consumer_ch) = channel(&b).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(ss("consumed"), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            ss("consumed"),
+            ss("c"),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    let n = 2000;
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        confirms.push(
+            ch.basic_publish(
+                ss(""),
+                ss("consumed"),
+                BasicPublishOptions::default(),
+                format!("{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap(),
+        );
+        // A window of 100, as clients keep one.
+        if confirms.len() == 100 {
+            for c in confirms.drain(..) {
+                assert!(c.await.unwrap().is_ack());
+            }
+        }
+    }
+    for c in confirms.drain(..) {
+        assert!(c.await.unwrap().is_ack());
+    }
+    use futures::StreamExt;
+    for i in 0..n {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("delivered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, format!("{i}").as_bytes());
+    }
+    // Also routed to a durable queue that nobody consumes: that holder keeps the confirm
+    // waiting for the sync, and the message is there after a restart.
+    ch.queue_declare(ss("kept"), durable, FieldTable::default())
+        .await
+        .unwrap();
+    ch.queue_bind(
+        ss("kept"),
+        ss("amq.fanout"),
+        ss(""),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        ss("consumed"),
+        ss("amq.fanout"),
+        ss(""),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let before = log.stats().unwrap().syncs;
+    let confirm = ch
+        .basic_publish(
+            ss("amq.fanout"),
+            ss(""),
+            BasicPublishOptions::default(),
+            b"both",
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
+    assert!(
+        log.stats().unwrap().syncs > before,
+        "confirmed after a sync"
+    );
+    drop(consumer);
+    let b = restart(b, tmp.path()).await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(drain(&ch, "kept").await, vec![("both".to_string(), false)]);
+    assert_eq!(drain(&ch, "consumed").await, vec![]);
 }

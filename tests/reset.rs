@@ -281,6 +281,7 @@ async fn reset_of_1000_queues_holding_100000_messages_is_fast() {
                 expiration: None,
                 persistent: false,
                 store_id: None,
+                confirm: None,
                 bcc: Vec::new(),
             };
             v.publish_to(std::slice::from_ref(q), m, None);

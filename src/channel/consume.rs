@@ -250,7 +250,7 @@ impl Channel {
         put_content(&mut ctx.out, self.id, &props, &e.msg.body, ctx.frame_max);
         if d.consumer.no_ack {
             // Settled on delivery: a stored message leaves the log now that it is written.
-            d.queue.forget(&d.entry);
+            d.queue.settled(&d.entry);
         } else {
             let delivered = ctx.now();
             ctx.watch_timeout(delivered, d.consumer.timeout);

@@ -157,6 +157,7 @@ impl Channel {
             expiration,
             persistent,
             store_id: None,
+            confirm: None,
             bcc,
         };
         self.counts.publish += 1;

@@ -626,6 +626,7 @@ pub(super) async fn publish(
             body: payload,
             expiration,
             store_id: None,
+            confirm: None,
             bcc: Vec::new(),
         };
         // A delayed message exchange keeps it: routed to no queue now, as the plugin says.
@@ -997,6 +998,7 @@ pub(super) async fn aliveness(
         expiration: None,
         persistent: false,
         store_id: None,
+        confirm: None,
         bcc: Vec::new(),
     };
     v.publish_to(std::slice::from_ref(&q), msg, None);

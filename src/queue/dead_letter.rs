@@ -260,6 +260,7 @@ pub fn make_message(
         // queue is transient again where it is dead-lettered.
         persistent: *props.delivery_mode() == Some(2),
         store_id: None,
+        confirm: None,
         bcc: Vec::new(),
     };
     (msg, route_keys, headers)

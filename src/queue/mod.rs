@@ -604,7 +604,7 @@ impl Queue {
             s.counts.redeliver += e.redelivered as u64;
             if no_ack {
                 s.counts.get_no_ack += 1;
-                self.forget(e);
+                self.settled(e);
             } else {
                 s.counts.get += 1;
                 self.mark_delivered(e);
@@ -622,7 +622,7 @@ impl Queue {
         for seq in seqs {
             if let Some(e) = s.unhold(*seq) {
                 s.counts.ack += 1;
-                self.forget(&e);
+                self.settled(&e);
             }
         }
     }
@@ -904,6 +904,7 @@ mod tests {
             expiration: None,
             persistent: false,
             store_id: None,
+            confirm: None,
             bcc: Vec::new(),
         })
     }

@@ -102,6 +102,18 @@ impl Queue {
         self.forget_id(e.msg.store_id);
     }
 
+    /// A consumer settled the message (acked it, or it was delivered to a no-ack consumer):
+    /// it leaves the queue, and a durable queue releases its hold on the publisher's confirm
+    /// (see [`crate::message::ConfirmGate`]).
+    pub fn settled(&self, e: &Entry) {
+        self.forget(e);
+        if self.log.is_some()
+            && let Some(g) = &e.msg.confirm
+        {
+            g.settle();
+        }
+    }
+
     pub(super) fn forget_id(&self, id: Option<u64>) {
         if let (Some(log), Some(id)) = (&self.log, id) {
             log.append(crate::store::log::remove_record(id, &self.name), None);

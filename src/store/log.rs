@@ -50,9 +50,10 @@ pub fn segment_of(loc: u64) -> u64 {
 
 pub use crate::config::SyncPolicy;
 
+use crate::message::ConfirmGate;
 /// Called once the records it was attached to are durable (per the policy) with `true`, or
 /// with `false` if they could not be written (the publish must be nacked, never confirmed).
-pub type Done = Box<dyn FnOnce(bool) + Send>;
+pub use crate::message::Done;
 
 /// The writer's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +70,8 @@ pub struct Stats {
     pub refusing: bool,
     /// Bytes written to the definitions journal since start.
     pub journal_written: u64,
+    /// `fdatasync` calls on the message log since start.
+    pub syncs: u64,
 }
 
 /// Placement of the next record (guarded: reserving a location and handing the record to the
@@ -239,11 +242,17 @@ impl Log {
     /// record's location; `None` (and `done(false)` at once) for a publish record while the
     /// log refuses new messages (a failing disk, or no space left: see [`Log::refusing`]).
     pub fn append(&self, record: Bytes, done: Option<Done>) -> Option<u64> {
+        self.append_gated(record, done.map(|d| ConfirmGate::new(d, 0)))
+    }
+
+    /// As [`Log::append`], with a confirm that the message's queues may release before the
+    /// sync (see [`ConfirmGate`]); the writer skips a sync that no one waits for.
+    pub fn append_gated(&self, record: Bytes, gate: Option<Arc<ConfirmGate>>) -> Option<u64> {
         if self.refusing()
             && (record::publish_prefix(&record).is_some() || record::is_spool(&record))
         {
-            if let Some(d) = done {
-                d(false);
+            if let Some(g) = gate {
+                g.fire(false);
             }
             return None;
         }
@@ -256,11 +265,11 @@ impl Log {
         let loc = p.seg << 32 | p.size;
         p.size += len;
         self.shared.backlog.fetch_add(len, Ordering::Relaxed);
-        if let Err(mpsc::SendError(Cmd::Append(_, Some(d), _))) =
-            p.tx.send(Cmd::Append(record, done, loc))
+        if let Err(mpsc::SendError(Cmd::Append(_, Some(g), _))) =
+            p.tx.send(Cmd::Append(record, gate, loc))
         {
             drop(p);
-            d(false);
+            g.fire(false);
         }
         Some(loc)
     }

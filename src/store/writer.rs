@@ -12,6 +12,7 @@
 
 use super::log::{Done, Stats, SyncPolicy, segment_of, segment_path};
 use super::record;
+use crate::message::ConfirmGate;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,8 +25,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub(super) enum Cmd {
-    /// A record and the location reserved for it.
-    Append(Bytes, Option<Done>, u64),
+    /// A record, the confirm waiting for it and the location reserved for it.
+    Append(Bytes, Option<Arc<ConfirmGate>>, u64),
     /// A deleted queue's messages (locations) no longer count as live.
     Release(Vec<u64>),
     /// Flush and sync, then call back (tests, shutdown).
@@ -195,6 +196,10 @@ pub(super) struct Shared {
     pub flow: tokio::sync::watch::Sender<bool>,
 }
 
+/// Under `sync = "confirm"`, the log is synced at least every this many bytes written even
+/// when no confirm waits (see [`Writer::sync_needed`]).
+pub(super) const SYNC_AT_LEAST: u64 = 4 << 20;
+
 /// Publishing connections pause while the records waiting for the writer exceed this...
 pub(super) const FLOW_HIGH: u64 = 64 << 20;
 /// ...until they are below this.
@@ -287,6 +292,10 @@ pub(super) struct Writer {
     /// Records written to the current segment since its last sync (`confirm` policy): after
     /// a failed sync they are written again.
     pub unsynced: Vec<(u64, Bytes)>,
+    /// A message record no confirm waits for was written since the last sync: sync anyway.
+    pub must_sync: bool,
+    /// `fdatasync` calls on segments since start.
+    pub syncs: u64,
     /// Bytes kept allocated beyond the end of the current segment (0: not supported here).
     pub reserve: u64,
     /// End of the space allocated for the current segment.
@@ -327,6 +336,8 @@ impl Writer {
             compact_asked: None,
             pending: VecDeque::new(),
             unsynced: Vec::new(),
+            must_sync: false,
+            syncs: 0,
             reserve,
             reserved_to: 0,
             low_space: false,
@@ -387,7 +398,7 @@ impl Writer {
 
     pub(super) fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut last_sync = Instant::now();
-        let mut waiting: Vec<Done> = Vec::new();
+        let mut waiting: Vec<Arc<ConfirmGate>> = Vec::new();
         loop {
             let journal_failing = self.journal.as_ref().is_some_and(|j| j.failing);
             let deadline = match (&self.fault, self.policy) {
@@ -452,7 +463,7 @@ impl Writer {
             if retry_due || asked {
                 let mut wrote = self.write_pending();
                 let sync_now = match self.policy {
-                    SyncPolicy::Confirm => true,
+                    SyncPolicy::Confirm => self.sync_needed(&waiting) || asked,
                     SyncPolicy::Interval => last_sync.elapsed() >= self.interval || asked,
                     SyncPolicy::Never => false,
                 };
@@ -490,20 +501,24 @@ impl Writer {
                 written
             };
             if settled {
-                for d in waiting.drain(..) {
-                    d(true);
+                for g in waiting.drain(..) {
+                    g.fire(true);
                 }
+                self.must_sync = false;
             } else if !ok || self.failing() {
-                for d in waiting.drain(..) {
-                    d(false);
+                for g in waiting.drain(..) {
+                    g.fire(false);
                 }
+            } else if written && !self.sync_needed(&waiting) {
+                // Every confirm waiting was released by its queues: nothing to sync for.
+                waiting.clear();
             }
             for d in barrier {
                 d(true);
             }
             if let Some(d) = close {
-                for d in waiting.drain(..) {
-                    d(settled);
+                for g in waiting.drain(..) {
+                    g.fire(settled);
                 }
                 d(true);
                 return;
@@ -511,20 +526,38 @@ impl Writer {
         }
     }
 
+    /// Under `sync = "confirm"`: whether the records written since the last sync need one. Not
+    /// when every message written since was settled by its queues before (its confirm went
+    /// out then) and the rest are removals: RabbitMQ does not sync what was consumed first.
+    /// Still at least every [`SYNC_AT_LEAST`] bytes, which bounds the records kept for a
+    /// rewrite after a failed sync.
+    fn sync_needed(&self, waiting: &[Arc<ConfirmGate>]) -> bool {
+        self.must_sync
+            || self.size.saturating_sub(self.synced) >= SYNC_AT_LEAST
+            || waiting.iter().any(|g| g.pending())
+    }
+
     fn handle(
         &mut self,
         cmds: Vec<Cmd>,
-        waiting: &mut Vec<Done>,
+        waiting: &mut Vec<Arc<ConfirmGate>>,
         barrier: &mut Vec<Done>,
         close: &mut Option<Done>,
     ) {
         for c in cmds {
             match c {
-                Cmd::Append(rec, done, loc) => {
+                Cmd::Append(rec, gate, loc) => {
                     self.account(&rec, loc);
+                    // A message record no confirm waits for is synced promptly all the same:
+                    // queues read paged-out messages back only up to the synced end.
+                    if gate.is_none()
+                        && (record::publish_prefix(&rec).is_some() || record::is_spool(&rec))
+                    {
+                        self.must_sync = true;
+                    }
                     self.pending.push_back((loc, rec));
-                    if let Some(d) = done {
-                        waiting.push(d);
+                    if let Some(g) = gate {
+                        waiting.push(g);
                     }
                 }
                 Cmd::Release(locs) => {
@@ -541,6 +574,7 @@ impl Writer {
                         pending: self.pending.len() as u64,
                         refusing: self.shared.refusing.load(Ordering::Acquire),
                         journal_written: self.journal.as_ref().map_or(0, |j| j.total),
+                        syncs: self.syncs,
                     });
                 }
                 Cmd::Close(d) => {
@@ -696,6 +730,7 @@ impl Writer {
         if self.policy == SyncPolicy::Never {
             return true;
         }
+        self.syncs += 1;
         match file.sync_data() {
             Ok(()) => {
                 self.synced = self.size;

@@ -105,7 +105,13 @@ impl VHost {
             if !durable.is_empty() {
                 let rec = crate::store::log::publish_record(0, 0, &durable, &msg);
                 waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
-                msg.store_id = log.append(rec, if waits { synced } else { None });
+                // The confirm goes out when the record is synced, or before if every durable
+                // queue settles the message first (see `ConfirmGate`).
+                let gate = synced
+                    .filter(|_| waits)
+                    .map(|d| crate::message::ConfirmGate::new(d, durable.len()));
+                msg.confirm = gate.clone();
+                msg.store_id = log.append_gated(rec, gate);
             }
         }
         let msg = Arc::new(msg);
