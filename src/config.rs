@@ -167,6 +167,9 @@ pub struct Management {
     /// How often message rates are sampled, in milliseconds (RabbitMQ's
     /// `collect_statistics_interval`).
     pub stats_interval_ms: u64,
+    /// Serve the web UI's files from this directory instead of the copy built into the binary
+    /// (for working on the UI without rebuilding the broker).
+    pub ui_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Management {
@@ -177,6 +180,7 @@ impl Default for Management {
             port: 15672,
             tls: false,
             stats_interval_ms: 5000,
+            ui_dir: None,
         }
     }
 }

@@ -20,6 +20,7 @@ mod reset;
 
 pub(crate) use reset::reset;
 mod topology;
+mod ui;
 
 pub(crate) use amqp_json::{table_json, value_json};
 pub(crate) use definitions::load_file as load_definitions;
@@ -47,8 +48,13 @@ const MAX_BODY: usize = 20 * 1024 * 1024;
 /// The RabbitMQ version whose behaviour Warren follows (reported as `rabbitmq_version`).
 const RABBITMQ_COMPAT: &str = "3.10.8";
 
-/// The routes, behind basic authentication.
+/// The API's routes, behind basic authentication, and the web UI's files.
 pub(crate) fn router(state: Shared) -> Router {
+    api(state.clone()).merge(ui::router(state))
+}
+
+/// The API's routes, behind basic authentication.
+fn api(state: Shared) -> Router {
     Router::new()
         .route("/api/overview", get(node::overview))
         .route("/api/cluster-name", get(node::cluster_name))
