@@ -1,6 +1,7 @@
 //! `warren`: command line, configuration and logging, then [`warren::Broker::start`]. Nothing else.
 
 use clap::Parser;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -188,6 +189,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (the parent went away, `warren 2>&1 | head`) must not turn a log
+        // line into a panic: the default reports the failed write on stderr, which panics.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -214,7 +218,9 @@ fn main() -> ExitCode {
         // One machine-readable line on stdout (logs go to stderr) for test harnesses that
         // start the binary with --port 0: where each listener is.
         let addr = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string());
-        println!(
+        // Written, not printed: a closed stdout must not panic the broker.
+        let _ = writeln!(
+            std::io::stdout(),
             "{}",
             serde_json::json!({
                 "warren": "ready",

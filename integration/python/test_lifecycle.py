@@ -66,3 +66,28 @@ def test_flags_and_env_override_the_file(tmp_path):
         capture_output=True, text=True, timeout=10, env={**os.environ, "WARREN_PORT": "4321"},
     ).stdout
     assert "port = 999" in out
+
+
+def test_sigterm_with_closed_output_pipes_exits_0():
+    """A parent that closes its ends of the broker's pipes before stopping it (Java's
+    Process.destroy(), `warren 2>&1 | head -1`): the shutdown's log lines fail to write, and
+    the broker still closes its clients and exits 0 instead of panicking (exit 101)."""
+    proc = subprocess.Popen(
+        [BIN, "--bind", "127.0.0.1", "--port", "0", "--in-memory", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        ready = proc.stdout.readline()
+        assert '"warren":"ready"' in ready
+        port = int(ready.split('"amqp":"127.0.0.1:')[1].split('"')[0])
+        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+            conn.process_data_events(time_limit=1)
+        assert e.value.reply_code == 320
+    finally:
+        if proc.poll() is None:
+            proc.kill()
