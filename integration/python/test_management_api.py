@@ -225,3 +225,31 @@ def test_paging_shape(node):
     assert (status, body["error"]) == (400, "page_out_of_range")
     status, cols, _ = call(http, "GET", "/api/queues?columns=name,messages&sort=name")
     assert all(sorted(c) == ["messages", "name"] for c in cols)
+
+
+def test_overview_counts_dead_lettered_messages(node):
+    """Warren's addition to `message_stats` (the web UI charts it): `dead_lettered`, messages
+    that died in a queue with a dead-letter exchange, with its rate. RabbitMQ 3.10.8 has no
+    such field."""
+    if os.environ.get("WARREN_EXTERNAL") == "1":
+        pytest.skip("Warren's own field")
+    amqp, http = node
+    conn = pika.BlockingConnection(pika.ConnectionParameters(port=amqp))
+    ch = conn.channel()
+    ch.queue_declare("dl-counted", arguments={"x-message-ttl": 0, "x-dead-letter-exchange": "amq.fanout"})
+    _, before, _ = call(http, "GET", "/api/overview")
+    base = before["message_stats"].get("dead_lettered", 0)
+    for _ in range(3):
+        ch.basic_publish("", "dl-counted", b"expires at once")
+    deadline = time.monotonic() + 10
+    stats = {}
+    while time.monotonic() < deadline:
+        _, o, _ = call(http, "GET", "/api/overview")
+        stats = o["message_stats"]
+        if stats.get("dead_lettered") == base + 3:
+            break
+        time.sleep(0.05)
+    assert stats.get("dead_lettered") == base + 3, stats
+    assert "rate" in stats["dead_lettered_details"]
+    ch.queue_delete("dl-counted")
+    conn.close()

@@ -219,7 +219,7 @@ def test_one_call_replay_sends_dead_letters_back_where_they_died(node):
 
         # After the fix: replay only what died in `payments`.
         status, body = call(http, "POST", f"/warren/replay/{env.v}/all.dlq", {"queue": "payments"})
-        assert (status, body) == (201, {"shovel": "replay-all.dlq"})
+        assert (status, body) == (201, {"shovel": "replay-all.dlq", "messages": 2})
         assert until(lambda: ch.queue_declare("payments", passive=True).method.message_count == 1, 10)
         assert until(lambda: call(http, "GET", f"/parameters/shovel/{env.v}/replay-all.dlq")[0] == 404, 10)
         method, props, body = ch.basic_get("payments", auto_ack=True)

@@ -370,11 +370,24 @@ pub(crate) async fn sample_once(state: &BrokerState) {
             );
         }
     }
+    // Warren's addition to `message_stats`: messages dead-lettered to an exchange (the
+    // management UI charts its rate beside publish and deliver).
+    let mut dead: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for v in state.vhosts.iter() {
+        dead.insert(v.name.clone(), v.dead_lettered.to_dlx());
+        vhosts.entry(v.name.clone()).or_default();
+    }
+    let with_dead = |c: &MessageCounts, d: u64| {
+        let mut v = c.named().to_vec();
+        v.push(("dead_lettered", d));
+        v
+    };
     for (vhost, c) in &vhosts {
         global += *c;
-        s.put(format!("vhost:{vhost}"), c.named().to_vec());
+        let d = dead.get(vhost).copied().unwrap_or(0);
+        s.put(format!("vhost:{vhost}"), with_dead(c, d));
     }
-    s.put("global".into(), global.named().to_vec());
+    s.put("global".into(), with_dead(&global, dead.values().sum()));
     s.put(
         "totals".into(),
         vec![

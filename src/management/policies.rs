@@ -543,9 +543,11 @@ pub(super) async fn replay(
     let Some(v) = super::vhost(&state, &user, &vhost) else {
         return not_found();
     };
-    if !v.queues.contains_key(&queue) {
+    // What the replay moves at most: the messages ready now (`src-delete-after` =
+    // `queue-length`); returned so a caller can show progress against it.
+    let Some(ready) = v.queues.get(&queue).map(|q| q.stats().0) else {
         return not_found();
-    }
+    };
     let uri = format!("amqp:///{}", url_encode(&vhost));
     let mut value = json!({
         "src-uri": uri, "src-queue": queue, "dest-uri": uri, "dest-x-death": true,
@@ -575,7 +577,11 @@ pub(super) async fn replay(
     .await;
     crate::shovel::sync(&state);
     match r {
-        Ok(name) => (StatusCode::CREATED, axum::Json(json!({"shovel": name}))).into_response(),
+        Ok(name) => (
+            StatusCode::CREATED,
+            axum::Json(json!({"shovel": name, "messages": ready})),
+        )
+            .into_response(),
         Err(r) => r,
     }
 }

@@ -81,6 +81,16 @@ impl Counts {
         self.0[quorum as usize][reason.index()][dlx as usize]
             .load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Messages that died in a queue with a dead-letter exchange, for every reason and queue
+    /// type (the management API's `dead_lettered`).
+    pub fn to_dlx(&self) -> u64 {
+        self.0
+            .iter()
+            .flatten()
+            .map(|c| c[1].load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
 }
 
 fn lstr(s: &str) -> AMQPValue {
