@@ -153,3 +153,48 @@ def test_memory_goes_back_to_the_os_after_a_queue_is_deleted(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_small_messages_do_not_hold_the_read_buffers_of_large_ones():
+    """Frames are slices of the connection's read buffer. A 16 B message kept in a queue used to
+    keep the whole buffer it was read into, with the 64 KiB messages read beside it: 12,000 of
+    them held 25.5 MB once the large ones were gone (2.2 KB each). A message now has an
+    allocation of its own size: 14 MB (1.2 KB each; what remains is the allocator's
+    fragmentation from the large messages' small parts, 0.7 KB with 16 B ones instead)."""
+    from conftest import Broker
+    b = Broker(args=["--in-memory"])
+    try:
+        setup = pika.BlockingConnection(pika.ConnectionParameters(HOST, b.port))
+        ch = setup.channel()
+        ch.queue_declare("pin-large")
+        ch.queue_declare("pin-small")
+        before = rss_mb(b.proc.pid)
+        s = a.connect(b.port, HOST, 5.0)
+        a.handshake(s, timeout=5.0)
+        a.open_channel(s, 1, timeout=5.0)
+        pair = (a.publish_message(1, b"L" * 65536, routing_key="pin-large")
+                + a.publish_message(1, b"s" * 16, routing_key="pin-small"))
+        n = 12000
+        for _ in range(n // 500):
+            s.sendall(pair * 500)
+        deadline = time.monotonic() + 30
+        while ch.queue_declare("pin-small", passive=True).method.message_count < n:
+            assert time.monotonic() < deadline, "the small messages did not all arrive"
+            time.sleep(0.05)
+        ch.queue_delete("pin-large")
+        # The large messages' memory goes back to the system within jemalloc's decay time
+        # (10 s).
+        deadline = time.monotonic() + 40
+        while True:
+            grown = rss_mb(b.proc.pid) - before
+            if grown < 20:
+                break
+            assert time.monotonic() < deadline, (
+                f"{n} queued 16 B messages still hold {grown:.0f} MB "
+                f"({grown * 1024 * 1024 / n:.0f} B each)")
+            time.sleep(0.25)
+        assert ch.queue_declare("pin-small", passive=True).method.message_count == n
+        s.close()
+        setup.close()
+    finally:
+        b.stop()

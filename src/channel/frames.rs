@@ -248,11 +248,14 @@ impl Channel {
     }
 }
 
-/// Join body frames; a single frame is passed through without a copy.
+/// Join body frames. A single frame up to [`crate::message::INLINE_BODY`] is passed
+/// through (the message is re-homed with its other parts, see [`crate::message::own`]); any
+/// other body is copied into an allocation of its own, so that it does not hold the read
+/// buffer it arrived in.
 pub(super) fn join(mut parts: Vec<Bytes>, size: usize) -> Bytes {
     match parts.len() {
         0 => Bytes::new(),
-        1 => parts.pop().unwrap_or_default(),
+        1 if size <= crate::message::INLINE_BODY => parts.pop().unwrap_or_default(),
         _ => {
             let mut b = BytesMut::with_capacity(size);
             for p in parts {
@@ -260,5 +263,25 @@ pub(super) fn join(mut parts: Vec<Bytes>, size: usize) -> Bytes {
             }
             b.freeze()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::join;
+    use crate::message::INLINE_BODY;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_large_single_frame_body_is_copied_out_of_the_read_buffer() {
+        let read = Bytes::from(vec![3u8; INLINE_BODY + 100]);
+        let small = read.slice(..10);
+        assert_eq!(join(vec![small.clone()], 10).as_ptr(), small.as_ptr());
+        let large = read.slice(..INLINE_BODY + 1);
+        let joined = join(vec![large.clone()], large.len());
+        assert_eq!(joined, large);
+        assert_ne!(joined.as_ptr(), large.as_ptr());
+        let parts = vec![read.slice(..4), read.slice(4..8)];
+        assert_eq!(&join(parts, 8)[..], &[3u8; 8][..]);
     }
 }

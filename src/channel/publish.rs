@@ -148,9 +148,11 @@ impl Channel {
         };
         let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
         let persistent = crate::message::peek_properties(&properties).delivery_mode == Some(2);
+        let [exchange, routing_key, properties, body] =
+            crate::message::own(&p.exchange, &p.routing_key, &properties, body);
         let msg = Message {
-            exchange: p.exchange.clone(),
-            routing_key: p.routing_key.clone(),
+            exchange,
+            routing_key,
             properties,
             body,
             priority,
