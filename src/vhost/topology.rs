@@ -125,9 +125,7 @@ impl VHost {
         };
         let is_destination = || {
             let me = Destination::Exchange(name.into());
-            self.exchanges
-                .iter()
-                .any(|e| e.bindings().iter().any(|b| b.destination == me))
+            self.exchanges.iter().any(|e| e.has_destination(&me))
         };
         if if_unused && (x.binding_count() > 0 || is_destination()) {
             return Err(AmqpError::precondition_failed(format!(
