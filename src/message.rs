@@ -181,6 +181,18 @@ pub fn own(exchange: &[u8], routing_key: &[u8], properties: &[u8], body: Bytes) 
 pub const MEM_OVERHEAD: u64 = 256;
 
 impl Message {
+    /// Give the message bytes of its own (see [`own`]): done at publish for a message that
+    /// may stay in a queue (one of its queues has no consumer, or it is delayed).
+    pub fn rehome(&mut self) {
+        let body = std::mem::take(&mut self.body);
+        let [exchange, routing_key, properties, body] =
+            own(&self.exchange, &self.routing_key, &self.properties, body);
+        self.exchange = exchange;
+        self.routing_key = routing_key;
+        self.properties = properties;
+        self.body = body;
+    }
+
     /// Estimated memory this message holds (paging budget, memory alarm).
     pub fn memory_cost(&self) -> u64 {
         self.body.len() as u64 + self.properties.len() as u64 + MEM_OVERHEAD

@@ -148,11 +148,9 @@ impl Channel {
         };
         let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
         let persistent = crate::message::peek_properties(&properties).delivery_mode == Some(2);
-        let [exchange, routing_key, properties, body] =
-            crate::message::own(&p.exchange, &p.routing_key, &properties, body);
-        let msg = Message {
-            exchange,
-            routing_key,
+        let mut msg = Message {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
             properties,
             body,
             priority,
@@ -169,7 +167,8 @@ impl Channel {
         let mut synced = self.synced_callback(ctx);
         // A delayed message exchange holds the message; like the plugin, it routes to no
         // queue now, so a mandatory message is returned at once (and still delivered later).
-        let msg = if x.is_delayed() {
+        let mut msg = if x.is_delayed() {
+            msg.rehome();
             let returned = p.mandatory.then(|| msg.clone());
             match ctx.vhost.delay(&x, msg, headers, &mut synced) {
                 Ok(waits) => {
@@ -196,6 +195,12 @@ impl Channel {
             return Ok(true);
         }
         self.counts.routed += 1;
+        // A message that may stay in a queue gets bytes of its own (see `Message::rehome`);
+        // one every queue has a consumer for is usually gone within microseconds, and is not
+        // copied (the copy cost 12 % of the broker's CPU per 16 B message on the autoack row).
+        if queues.iter().any(|q| !q.has_consumers()) {
+            msg.rehome();
+        }
         let (accepted, waits) = ctx.vhost.publish_to(&queues, msg, synced);
         if waits && let Some(seq) = self.confirm_seq {
             self.unsynced.insert(seq);

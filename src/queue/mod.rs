@@ -168,6 +168,9 @@ pub struct Queue {
     counts_deliveries: AtomicBool,
     /// An `x-expires` task runs for this queue.
     pub(crate) expiry_task: AtomicBool,
+    /// It has a consumer (kept with `State::consumers`; read without the lock, see
+    /// [`Queue::has_consumers`]).
+    consumed: AtomicBool,
     state: Mutex<State>,
     /// Wakes the expiry task when the head's deadline moved earlier.
     timer: tokio::sync::Notify,
@@ -217,6 +220,7 @@ impl Queue {
             }),
             counts_deliveries: AtomicBool::new(args.counts_deliveries),
             expiry_task: AtomicBool::new(false),
+            consumed: AtomicBool::new(false),
             args,
             owner,
             deleted: AtomicBool::new(false),
@@ -548,6 +552,7 @@ impl Queue {
         }
         s.consumers.push(c);
         s.had_consumers = true;
+        self.consumed.store(true, Ordering::Relaxed);
         s.last_used = Some(now_ms());
         self.dispatch_locked(&mut s);
         self.finish(s);
@@ -562,6 +567,8 @@ impl Queue {
         let mut s = self.state.lock();
         c.active.store(false, Ordering::Relaxed);
         s.consumers.retain(|x| !Arc::ptr_eq(x, c));
+        self.consumed
+            .store(!s.consumers.is_empty(), Ordering::Relaxed);
         s.last_used = Some(now_ms());
         self.def.auto_delete && s.had_consumers && s.consumers.is_empty()
     }
@@ -753,6 +760,11 @@ impl Queue {
     }
 
     /// Consumers.
+    /// Whether it has a consumer, without taking the lock (a hint: it may change at once).
+    pub fn has_consumers(&self) -> bool {
+        self.consumed.load(Ordering::Relaxed)
+    }
+
     pub fn consumer_count(&self) -> u32 {
         self.state.lock().consumers.len() as u32
     }
