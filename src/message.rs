@@ -41,6 +41,9 @@ pub type Done = Box<dyn FnOnce(bool) + Send>;
 /// (expiry, purge, dead-lettering, overflow) wait for the sync.
 pub struct ConfirmGate {
     done: parking_lot::Mutex<Option<Done>>,
+    /// Released (or nacked): read by the writer for every waiting confirm on each of its
+    /// rounds, so without the lock.
+    fired: std::sync::atomic::AtomicBool,
     /// Durable queues that hold the message and have not settled it.
     holders: std::sync::atomic::AtomicUsize,
 }
@@ -58,12 +61,16 @@ impl ConfirmGate {
     pub fn new(done: Done, holders: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(ConfirmGate {
             done: parking_lot::Mutex::new(Some(done)),
+            fired: std::sync::atomic::AtomicBool::new(false),
             holders: std::sync::atomic::AtomicUsize::new(holders),
         })
     }
 
     /// Release the confirm (`true`) or nack it (`false`), unless it was released already.
     pub fn fire(&self, ok: bool) {
+        if self.fired.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
         let done = self.done.lock().take();
         if let Some(d) = done {
             d(ok);
@@ -83,7 +90,7 @@ impl ConfirmGate {
 
     /// The confirm is still waiting.
     pub fn pending(&self) -> bool {
-        self.done.lock().is_some()
+        !self.fired.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 
@@ -157,8 +164,8 @@ pub const INLINE_BODY: usize = 64 * 1024;
 /// queue would otherwise hold the whole buffer it was read into (with other messages' bytes,
 /// long consumed) for as long as it lives. Measured before this: 16 B messages read between
 /// 64 KiB ones held 2.2 KB each once the large ones were gone, 1.2 KB after. A body up to
-/// [`INLINE_BODY`] goes in the same allocation as the rest; a larger one was copied into its
-/// own already (see `channel::frames::join`).
+/// [`INLINE_BODY`] goes in the same allocation as the rest; a larger one is copied into its
+/// own unless it has one already (a body joined from several frames).
 pub fn own(exchange: &[u8], routing_key: &[u8], properties: &[u8], body: Bytes) -> [Bytes; 4] {
     let head = exchange.len() + routing_key.len() + properties.len();
     let inline = body.len() <= INLINE_BODY;
@@ -172,7 +179,11 @@ pub fn own(exchange: &[u8], routing_key: &[u8], properties: &[u8], body: Bytes) 
     let exchange = buf.split_to(exchange.len()).freeze();
     let routing_key = buf.split_to(routing_key.len()).freeze();
     let properties = buf.split_to(properties.len()).freeze();
-    let body = if inline { buf.freeze() } else { body };
+    let body = match inline {
+        true => buf.freeze(),
+        false if body.is_unique() => body,
+        false => Bytes::copy_from_slice(&body),
+    };
     [exchange, routing_key, properties, body]
 }
 
@@ -243,10 +254,18 @@ mod tests {
         );
         assert_eq!(body, read.slice(100..116));
         assert!(![&x, &rk, &props, &body].into_iter().any(within));
-        // A body over INLINE_BODY keeps its own allocation (frames::join made it).
+        // A body over INLINE_BODY keeps an allocation of its own (a joined body)...
         let big = Bytes::from(vec![1u8; INLINE_BODY + 1]);
-        let [_, _, _, body] = own(b"", b"q", b"", big.clone());
-        assert_eq!(body.as_ptr(), big.as_ptr());
+        let ptr = big.as_ptr();
+        let [_, _, _, body] = own(b"", b"q", b"", big);
+        assert_eq!(body.as_ptr(), ptr);
+        // ...and is copied out of a shared one (a single frame of the read buffer).
+        let read = Bytes::from(vec![2u8; INLINE_BODY + 100]);
+        let frame = read.slice(..INLINE_BODY + 1);
+        let [_, _, _, body] = own(b"", b"q", b"", frame.clone());
+        assert_eq!(body, frame);
+        let r = read.as_ptr() as usize..read.as_ptr() as usize + read.len();
+        assert!(!r.contains(&(body.as_ptr() as usize)));
     }
 
     #[test]

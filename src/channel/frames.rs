@@ -248,14 +248,12 @@ impl Channel {
     }
 }
 
-/// Join body frames. A single frame up to [`crate::message::INLINE_BODY`] is passed
-/// through (the message is re-homed with its other parts, see [`crate::message::own`]); any
-/// other body is copied into an allocation of its own, so that it does not hold the read
-/// buffer it arrived in.
+/// Join body frames; a single frame is passed through without a copy (a message that may stay
+/// in a queue is re-homed later, see [`crate::message::Message::rehome`]).
 pub(super) fn join(mut parts: Vec<Bytes>, size: usize) -> Bytes {
     match parts.len() {
         0 => Bytes::new(),
-        1 if size <= crate::message::INLINE_BODY => parts.pop().unwrap_or_default(),
+        1 => parts.pop().unwrap_or_default(),
         _ => {
             let mut b = BytesMut::with_capacity(size);
             for p in parts {
@@ -269,19 +267,21 @@ pub(super) fn join(mut parts: Vec<Bytes>, size: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::join;
-    use crate::message::INLINE_BODY;
     use bytes::Bytes;
 
     #[test]
-    fn a_large_single_frame_body_is_copied_out_of_the_read_buffer() {
-        let read = Bytes::from(vec![3u8; INLINE_BODY + 100]);
+    fn a_single_frame_passes_through_and_frames_are_joined_into_a_body_of_its_own() {
+        let read = Bytes::from(vec![3u8; 200_000]);
         let small = read.slice(..10);
         assert_eq!(join(vec![small.clone()], 10).as_ptr(), small.as_ptr());
-        let large = read.slice(..INLINE_BODY + 1);
-        let joined = join(vec![large.clone()], large.len());
-        assert_eq!(joined, large);
-        assert_ne!(joined.as_ptr(), large.as_ptr());
+        let large = read.slice(..131_064);
+        assert_eq!(
+            join(vec![large.clone()], large.len()).as_ptr(),
+            large.as_ptr()
+        );
         let parts = vec![read.slice(..4), read.slice(4..8)];
-        assert_eq!(&join(parts, 8)[..], &[3u8; 8][..]);
+        let joined = join(parts, 8);
+        assert_eq!(&joined[..], &[3u8; 8][..]);
+        assert!(joined.is_unique());
     }
 }
