@@ -9,10 +9,15 @@
 #   ack10     confirm window 10, the same consumer
 #   ack1      confirm window 1 (each publish waits for its confirm), the same consumer
 #   nocons    confirm window 100, no consumer (every message must reach the disk)
+# and transient 16 B rows, for CPU per message with an independent client:
+#   t1x1      1 producer, 1 autoack consumer, no confirms
+#   t4x4      4 producers, 4 autoack consumers, one queue, no confirms
 # ROWS="auto100 ack1" picks rows. Each round runs every row on both brokers, alternating;
 # Warren starts fresh (empty data dir, ephemeral port) per run; RabbitMQ is the node that
 # `../shared/tools/rmq-node start $RMQ_PORT` runs (default 5680), its queue deleted after
-# each run. Broker CPU per message is read from /proc/PID/stat (utime + stime) around the run.
+# each run. BROKERS="base=/tmp/old/warren new=target/release/warren" compares Warren builds
+# instead (any NAME=PATH is a Warren binary; `warren` is $WARREN, `rabbitmq` the node), in the
+# order given, alternating. Broker CPU per message is read from /proc/PID/stat (utime + stime) around the run.
 # Prints one line per run and a median table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +26,7 @@ DUR=${2:-10}
 ROWS=${ROWS:-auto100 ack100 ack10 ack1 nocons}
 RMQ_PORT=${RMQ_PORT:-5680}
 WARREN=${WARREN:-target/release/warren}
+BROKERS=${BROKERS:-warren rabbitmq}
 CP=$(mktemp /tmp/perftest-cp.XXXXXX)
 (cd bench/perftest && mvn -q -B dependency:build-classpath -Dmdep.outputFile="$CP" >/dev/null)
 OUT=$(mktemp -d /tmp/warren-perftest.XXXXXX)
@@ -30,9 +36,9 @@ trap 'kill $WPID 2>/dev/null || true; rm -rf "$OUT" "$CP"' EXIT
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
-start_warren() {
+start_warren() {  # start_warren BINARY
   rm -rf "$OUT/data" && mkdir -p "$OUT/data"
-  "$WARREN" --bind 127.0.0.1 --port 0 --data-dir "$OUT/data" --log-level warn >"$OUT/ready" 2>"$OUT/err" &
+  "$1" --bind 127.0.0.1 --port 0 --data-dir "$OUT/data" --log-level warn >"$OUT/ready" 2>"$OUT/err" &
   WPID=$!
   PORT=""
   local deadline=$((SECONDS + 30))
@@ -45,26 +51,38 @@ start_warren() {
 
 rmq_pid() { ss -ltnpH "sport = :$RMQ_PORT" | sed -n "s/.*beam.smp\",pid=\([0-9]*\).*/\1/p" | head -n1; }
 
+PERSISTENT="-x 1 -s 1000 -f persistent -ad false"
 args_of() {
   case $1 in
-    auto100) echo "-y 1 -c 100 -a" ;;
-    ack100) echo "-y 1 -c 100 -q 100 -A 10" ;;
-    ack10) echo "-y 1 -c 10 -q 100 -A 10" ;;
-    ack1) echo "-y 1 -c 1 -q 100 -A 10" ;;
+    t1x1) echo "-x 1 -y 1 -s 16 -a -ad false" ;;
+    t4x4) echo "-x 4 -y 4 -s 16 -a -ad false" ;;
+    auto100) echo "$PERSISTENT -y 1 -c 100 -a" ;;
+    ack100) echo "$PERSISTENT -y 1 -c 100 -q 100 -A 10" ;;
+    ack10) echo "$PERSISTENT -y 1 -c 10 -q 100 -A 10" ;;
+    ack1) echo "$PERSISTENT -y 1 -c 1 -q 100 -A 10" ;;
     # PerfTest takes the first of repeated options: -y is set per row only.
-    nocons) echo "-y 0 -c 100" ;;
+    nocons) echo "$PERSISTENT -y 0 -c 100" ;;
   esac
 }
 
-run() {  # run BROKER ROW
-  local broker=$1 row=$2 port pid q
-  if [ "$broker" = warren ]; then start_warren; port=$PORT; pid=$WPID; else port=$RMQ_PORT; pid=$(rmq_pid); fi
+binary_of() {  # the Warren binary a BROKERS entry names
+  case $1 in
+    warren) echo "$WARREN" ;;
+    *=*) echo "${1#*=}" ;;
+    *) echo "unknown broker $1 (warren, rabbitmq or NAME=PATH)" >&2; exit 2 ;;
+  esac
+}
+
+run() {  # run BROKER ROW (BROKER: an entry of $BROKERS)
+  local broker=${1%%=*} row=$2 port pid q
+  if [ "$broker" = rabbitmq ]; then port=$RMQ_PORT; pid=$(rmq_pid); else
+    start_warren "$(binary_of "$1")"; port=$PORT; pid=$WPID; fi
   q="perftest-$row-$RANDOM"
   local t0 t1
   t0=$(ticks "$pid")
   # shellcheck disable=SC2046
   java -cp "$(cat "$CP")" com.rabbitmq.perf.PerfTest -h "amqp://guest:guest@127.0.0.1:$port" \
-    -x 1 -s 1000 -f persistent -ad false -u "$q" -z "$DUR" $(args_of "$row") >"$OUT/pt" 2>&1 || true
+    -u "$q" -z "$DUR" $(args_of "$row") >"$OUT/pt" 2>&1 || true
   t1=$(ticks "$pid")
   local sent recv conf
   sent=$(sed -n 's/.*sending rate avg: \([0-9]*\) msg\/s.*/\1/p' "$OUT/pt")
@@ -74,23 +92,25 @@ run() {  # run BROKER ROW
   local us
   us=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$sent" -v d="$DUR" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / (n * d) : 0) }')
   echo "$broker $row sent=$sent recv=${recv:-0} cpu_us_per_msg=$us confirm_p50_p99_us=${conf// //}" | tee -a "$OUT/lines"
-  if [ "$broker" = warren ]; then kill $WPID; wait $WPID 2>/dev/null || true; WPID=; else
+  if [ "$broker" != rabbitmq ]; then kill $WPID; wait $WPID 2>/dev/null || true; WPID=; else
     ../shared/tools/rmq-node ctl "$RMQ_PORT" delete_queue "$q" >/dev/null 2>&1 || true; fi
 }
 
-[ -n "$(rmq_pid)" ] || { echo "no RabbitMQ on $RMQ_PORT: ../shared/tools/rmq-node start $RMQ_PORT" >&2; exit 1; }
+case " $BROKERS " in *" rabbitmq "*) [ -n "$(rmq_pid)" ] || { echo "no RabbitMQ on $RMQ_PORT: ../shared/tools/rmq-node start $RMQ_PORT" >&2; exit 1; } ;; esac
 for r in $(seq 1 "$ROUNDS"); do
   for row in $ROWS; do
-    run warren "$row"
-    run rabbitmq "$row"
+    for b in $BROKERS; do run "$b" "$row"; done
   done
 done
 echo
 echo "median of $ROUNDS rounds, ${DUR}s each (msg/s published; broker CPU µs per message; confirm latency p50/p99 µs)"
-printf '%-8s | %-28s | %-28s\n' row Warren "RabbitMQ"
+header=""
+for b in $BROKERS; do header="$header$(printf '%-28s | ' "${b%%=*}")"; done
+printf '%-8s | %s\n' row "$header"
 for row in $ROWS; do
   line=""
-  for b in warren rabbitmq; do
+  for b in $BROKERS; do
+    b=${b%%=*}
     med() { grep "^$b $row " "$OUT/lines" | sed -n "s/.* $1=\([^ ]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
     line="$line$(printf '%-28s | ' "$(med sent) msg/s $(med cpu_us_per_msg) µs $(med confirm_p50_p99_us)")"
   done

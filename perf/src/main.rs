@@ -172,6 +172,11 @@ struct Cli {
     /// 100th delivery (implies an in-process peer).
     #[arg(long, value_enum, hide = true)]
     fault: Option<peer::Fault>,
+    /// Benchmark aid: run only the echo peer (a toy broker) as a process of its own, print
+    /// `listening on ADDR` and serve until killed: an out-of-process floor for latency (the
+    /// client and the broker in separate processes, as with a real broker).
+    #[arg(long, hide = true)]
+    serve_echo: bool,
 }
 
 /// Where messages go.
@@ -430,6 +435,13 @@ struct Verdict {
 
 /// Run the benchmark: set it up, publish, drain, verify and report.
 async fn run(cli: Cli) -> Res<ExitCode> {
+    if cli.serve_echo {
+        let addr = peer::start(peer::Mode::Echo(peer::Fault::None))
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("listening on {addr}");
+        std::future::pending::<()>().await;
+    }
     validate(&cli)?;
     let peer_mode = peer_mode(&cli);
     let uri = broker_uri(&cli, peer_mode).await?;
