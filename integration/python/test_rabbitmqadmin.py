@@ -1,5 +1,5 @@
 """RabbitMQ's official CLI, rabbitmqadmin v2 (crate `rabbitmqadmin`, installed by scripts/test
-into target/tools), run against Warren's management API: each command an operator uses, its
+into ~/.cache/warren/tools), run against Warren's management API: each command an operator uses, its
 output checked. Warren needs no CLI of its own.
 """
 import json
