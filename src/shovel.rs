@@ -460,18 +460,16 @@ impl Source {
 fn from_delivery(d: lapin::message::Delivery) -> Message {
     let properties = crate::protocol::codec::encode_properties(&d.properties);
     let peek = crate::message::peek_properties(&properties);
-    Message {
-        exchange: bytes::Bytes::copy_from_slice(d.exchange.as_str().as_bytes()),
-        routing_key: bytes::Bytes::copy_from_slice(d.routing_key.as_str().as_bytes()),
-        priority: peek.priority,
-        expiration: peek.expiration(),
-        persistent: peek.delivery_mode == Some(2),
-        properties,
-        body: bytes::Bytes::from(d.data),
-        store_id: None,
-        confirm: None,
-        bcc: Vec::new(),
-    }
+    let mut m = Message::new(
+        d.exchange.as_str().as_bytes(),
+        d.routing_key.as_str().as_bytes(),
+        &properties,
+        bytes::Bytes::from(d.data),
+    );
+    m.priority = peek.priority;
+    m.set_expiration(peek.expiration());
+    m.persistent = peek.delivery_mode == Some(2);
+    m
 }
 
 /// Where a shovel puts messages.
@@ -549,18 +547,15 @@ impl Sink {
                 let Ok(x) = dst.exchange(xname) else {
                     return Err(format!("no exchange '{xname}' in vhost '{}'", dst.name).into());
                 };
-                let msg = Message {
-                    exchange: bytes::Bytes::copy_from_slice(xname.as_bytes()),
-                    routing_key: bytes::Bytes::copy_from_slice(rk.as_bytes()),
-                    store_id: None,
-                    confirm: None,
-                    bcc: Vec::new(),
-                    ..msg
-                };
+                let mut msg = msg;
+                msg.set_route(xname.as_bytes(), rk.as_bytes());
+                msg.set_store_id(None);
+                msg.confirm = None;
+                msg.set_bcc(Vec::new());
                 // Headers are decoded for a headers exchange (and a delayed one) only.
                 let headers = (x.def.routing_kind() == crate::defs::ExchangeKind::Headers
                     || x.is_delayed())
-                .then(|| amq_protocol::protocol::basic::parse_properties(&msg.properties[..]).ok())
+                .then(|| amq_protocol::protocol::basic::parse_properties(msg.properties()).ok())
                 .flatten()
                 .and_then(|(_, p)| p.headers().clone());
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -578,7 +573,7 @@ impl Sink {
                 Ok(waits.then_some(Stored::Local(rx)))
             }
             Sink::Remote(ch) => {
-                let props = amq_protocol::protocol::basic::parse_properties(&msg.properties[..])
+                let props = amq_protocol::protocol::basic::parse_properties(msg.properties())
                     .map(|(_, p)| p)
                     .unwrap_or_default();
                 let confirm = ch
@@ -697,10 +692,10 @@ async fn move_messages(state: &BrokerState, shovel: &Shovel) -> Result<bool, Fai
                 Dest::Exchange(x, key) => (
                     x.clone(),
                     vec![key.clone().unwrap_or_else(|| {
-                        String::from_utf8_lossy(&t.msg.routing_key).into_owned()
+                        String::from_utf8_lossy(t.msg.routing_key()).into_owned()
                     })],
                 ),
-                Dest::XDeath => match last_death(&t.msg.properties) {
+                Dest::XDeath => match last_death(t.msg.properties()) {
                     Some((x, keys, reason, queue))
                         if filter_reason.as_ref().is_none_or(|r| *r == reason)
                             && filter_queue.as_ref().is_none_or(|q| *q == queue) =>

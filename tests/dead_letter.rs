@@ -303,18 +303,12 @@ async fn a_million_expiring_messages_go_without_a_consumer_or_spinning() {
     .await;
     // Enqueue in-process (a client would take longer than the TTL in a debug build).
     let q = b.state().vhost("/").unwrap().queue("million").unwrap();
-    let msg = Arc::new(warren::message::Message {
-        exchange: bytes::Bytes::new(),
-        routing_key: bytes::Bytes::from_static(b"million"),
-        properties: bytes::Bytes::from_static(&[0, 0]),
-        body: bytes::Bytes::from_static(b"0123456789abcdef"),
-        priority: 0,
-        expiration: None,
-        persistent: false,
-        store_id: None,
-        confirm: None,
-        bcc: Vec::new(),
-    });
+    let msg = Arc::new(warren::message::Message::new(
+        b"",
+        b"million",
+        &[0, 0],
+        bytes::Bytes::from_static(b"0123456789abcdef"),
+    ));
     for _ in 0..1_000_000 {
         q.publish(msg.clone());
     }

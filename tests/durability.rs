@@ -361,18 +361,9 @@ async fn acked_data_is_reclaimed_from_disk() {
 
 /// A persistent message (properties: delivery_mode 2) for `publish_to`.
 fn stored_msg(key: &str, body: impl Into<bytes::Bytes>) -> warren::message::Message {
-    warren::message::Message {
-        exchange: bytes::Bytes::new(),
-        routing_key: bytes::Bytes::copy_from_slice(key.as_bytes()),
-        properties: bytes::Bytes::from_static(&[0x10, 0x00, 2]),
-        body: body.into(),
-        priority: 0,
-        expiration: None,
-        persistent: true,
-        store_id: None,
-        confirm: None,
-        bcc: Vec::new(),
-    }
+    let mut m = warren::message::Message::new(b"", key.as_bytes(), &[0x10, 0x00, 2], body.into());
+    m.persistent = true;
+    m
 }
 
 /// A 1 KiB body starting with its number.

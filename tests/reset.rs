@@ -272,18 +272,12 @@ async fn reset_of_1000_queues_holding_100000_messages_is_fast() {
     let queues: Vec<_> = v.queues.iter().map(|q| q.clone()).collect();
     for q in &queues {
         for _ in 0..100 {
-            let m = warren::message::Message {
-                exchange: bytes::Bytes::new(),
-                routing_key: bytes::Bytes::from(q.name.to_string()),
-                properties: bytes::Bytes::from_static(&[0, 0]),
-                body: bytes::Bytes::from_static(b"0123456789abcdef"),
-                priority: 0,
-                expiration: None,
-                persistent: false,
-                store_id: None,
-                confirm: None,
-                bcc: Vec::new(),
-            };
+            let m = warren::message::Message::new(
+                b"",
+                q.name.as_bytes(),
+                &[0, 0],
+                bytes::Bytes::from_static(b"0123456789abcdef"),
+            );
             v.publish_to(std::slice::from_ref(q), m, None);
         }
     }

@@ -243,8 +243,8 @@ impl Channel {
             d.consumer.tag.as_bytes(),
             tag,
             e.redelivered,
-            &e.msg.exchange,
-            &e.msg.routing_key,
+            e.msg.exchange(),
+            e.msg.routing_key(),
         );
         let props = crate::queue::dead_letter::delivered_properties(&d.queue, e, false);
         put_content(&mut ctx.out, self.id, &props, &e.msg.body, ctx.frame_max);

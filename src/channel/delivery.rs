@@ -87,8 +87,8 @@ impl Channel {
                     self.id,
                     tag,
                     entry.redelivered,
-                    &msg.exchange,
-                    &msg.routing_key,
+                    msg.exchange(),
+                    msg.routing_key(),
                     left,
                 );
                 let props = crate::queue::dead_letter::delivered_properties(&q, &entry, true);

@@ -148,18 +148,11 @@ impl Channel {
         };
         let priority = props.as_ref().and_then(|p| *p.priority()).unwrap_or(0);
         let persistent = crate::message::peek_properties(&properties).delivery_mode == Some(2);
-        let mut msg = Message {
-            exchange: p.exchange.clone(),
-            routing_key: p.routing_key.clone(),
-            properties,
-            body,
-            priority,
-            expiration,
-            persistent,
-            store_id: None,
-            confirm: None,
-            bcc,
-        };
+        let mut msg = Message::new(&p.exchange, &p.routing_key, &properties, body);
+        msg.priority = priority;
+        msg.set_expiration(expiration);
+        msg.persistent = persistent;
+        msg.set_bcc(bcc);
         self.counts.publish += 1;
         if self.confirm_seq.is_some() {
             self.counts.publish_confirm += 1;
@@ -267,13 +260,13 @@ impl Channel {
             self.id,
             312,
             "NO_ROUTE",
-            &msg.exchange,
-            &msg.routing_key,
+            msg.exchange(),
+            msg.routing_key(),
         );
         put_content(
             &mut ctx.out,
             self.id,
-            &msg.properties,
+            msg.properties(),
             &msg.body,
             ctx.frame_max,
         );

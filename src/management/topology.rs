@@ -372,8 +372,8 @@ pub(super) async fn get_messages(
             out.push(json!({
                 "payload_bytes": body.len(),
                 "redelivered": entry.redelivered,
-                "exchange": String::from_utf8_lossy(&entry.msg.exchange),
-                "routing_key": String::from_utf8_lossy(&entry.msg.routing_key),
+                "exchange": String::from_utf8_lossy(entry.msg.exchange()),
+                "routing_key": String::from_utf8_lossy(entry.msg.routing_key()),
                 "message_count": left,
                 "properties": props,
                 "payload": payload,
@@ -617,18 +617,15 @@ pub(super) async fn publish(
         };
         let rk = b.routing_key.as_bytes();
         let headers = props.headers().clone();
-        let msg = crate::message::Message {
-            exchange: bytes::Bytes::copy_from_slice(xname.as_bytes()),
-            routing_key: bytes::Bytes::copy_from_slice(rk),
-            persistent: props.delivery_mode() == &Some(2),
-            priority: props.priority().unwrap_or(0),
-            properties: crate::protocol::codec::encode_properties(&props),
-            body: payload,
-            expiration,
-            store_id: None,
-            confirm: None,
-            bcc: Vec::new(),
-        };
+        let mut msg = crate::message::Message::new(
+            xname.as_bytes(),
+            rk,
+            &crate::protocol::codec::encode_properties(&props),
+            payload,
+        );
+        msg.persistent = props.delivery_mode() == &Some(2);
+        msg.priority = props.priority().unwrap_or(0);
+        msg.set_expiration(expiration);
         // A delayed message exchange keeps it: routed to no queue now, as the plugin says.
         let Err(msg) = v.delay(&x, msg, headers.as_ref(), &mut None) else {
             return Ok(axum::Json(json!({"routed": false})).into_response());
@@ -989,18 +986,12 @@ pub(super) async fn aliveness(
         Ok(d) => d.queue,
         Err(e) => return failed(e.detail()),
     };
-    let msg = crate::message::Message {
-        exchange: bytes::Bytes::new(),
-        routing_key: bytes::Bytes::from_static(b"aliveness-test"),
-        properties: crate::protocol::codec::encode_properties(&Default::default()),
-        body: bytes::Bytes::from_static(b"test_message"),
-        priority: 0,
-        expiration: None,
-        persistent: false,
-        store_id: None,
-        confirm: None,
-        bcc: Vec::new(),
-    };
+    let msg = crate::message::Message::new(
+        b"",
+        b"aliveness-test",
+        &crate::protocol::codec::encode_properties(&Default::default()),
+        bytes::Bytes::from_static(b"test_message"),
+    );
     v.publish_to(std::slice::from_ref(&q), msg, None);
     match q.get(true) {
         Some(_) => axum::Json(json!({"status": "ok"})).into_response(),
@@ -1049,7 +1040,7 @@ pub(super) async fn dead_letters(
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     let mut not_dead = 0u64;
     for m in &messages {
-        let newest = amq_protocol::protocol::basic::parse_properties(&m.properties[..])
+        let newest = amq_protocol::protocol::basic::parse_properties(m.properties())
             .ok()
             .and_then(|(_, p)| p.headers().clone())
             .and_then(|h| match h.inner().get("x-death") {

@@ -101,8 +101,8 @@ fn key(s: &str) -> ShortString {
     ShortString::from(s)
 }
 
-fn decode(raw: &Bytes) -> BasicProperties {
-    amq_protocol::protocol::basic::parse_properties(&raw[..])
+fn decode(raw: &[u8]) -> BasicProperties {
+    amq_protocol::protocol::basic::parse_properties(raw)
         .map(|(_, p)| p)
         .unwrap_or_default()
 }
@@ -162,13 +162,14 @@ pub fn make_message(
     dlx: &str,
     dlrk: Option<&str>,
 ) -> (Message, Vec<Bytes>, FieldTable) {
-    let props = decode(&msg.properties);
+    let props = decode(msg.properties());
+    let priority = msg.priority;
     let mut headers: BTreeMap<ShortString, AMQPValue> = props
         .headers()
         .as_ref()
         .map(|h| h.inner().clone())
         .unwrap_or_default();
-    let rk = Bytes::copy_from_slice(&msg.routing_key);
+    let rk = Bytes::copy_from_slice(msg.routing_key());
     // x-death routing-keys: the publish key, then the CC keys (BCC is already gone).
     let mut death_keys = vec![rk.clone()];
     if let Some(AMQPValue::FieldArray(cc)) = headers.get("CC") {
@@ -186,9 +187,9 @@ pub fn make_message(
         }
         // The message's own routing keys, BCC included (RabbitMQ keeps them on the message
         // although the header is gone).
-        None => death_keys.iter().chain(msg.bcc.iter()).cloned().collect(),
+        None => death_keys.iter().chain(msg.bcc().iter()).cloned().collect(),
     };
-    let exchange = String::from_utf8_lossy(&msg.exchange).into_owned();
+    let exchange = String::from_utf8_lossy(msg.exchange()).into_owned();
     // Seconds since the Unix epoch on the broker's clock (the manual test clock moves it).
     let now = crate::clock::wall_ms() / 1000;
     let mut info = FieldTable::default();
@@ -259,25 +260,21 @@ pub fn make_message(
     }
     let headers = FieldTable::from(headers);
     let props = rebuild(&props, headers.clone(), true);
-    let msg = Message {
-        exchange: Bytes::copy_from_slice(dlx.as_bytes()),
-        routing_key: route_keys[0].clone(),
-        properties: encode_properties(&props),
-        body: msg.body.clone(),
-        priority: msg.priority,
-        expiration: None,
-        // From its delivery mode: a transient message stored only because it was in a quorum
-        // queue is transient again where it is dead-lettered.
-        persistent: *props.delivery_mode() == Some(2),
-        store_id: None,
-        confirm: None,
-        bcc: Vec::new(),
-    };
+    let mut msg = Message::new(
+        dlx.as_bytes(),
+        &route_keys[0],
+        &encode_properties(&props),
+        msg.body.clone(),
+    );
+    msg.priority = priority;
+    // From its delivery mode: a transient message stored only because it was in a quorum
+    // queue is transient again where it is dead-lettered.
+    msg.persistent = *props.delivery_mode() == Some(2);
     (msg, route_keys, headers)
 }
 
 /// The properties of a redelivered message with RabbitMQ's `x-delivery-count` header.
-pub fn with_delivery_count(raw: &Bytes, count: u32) -> Bytes {
+pub fn with_delivery_count(raw: &[u8], count: u32) -> Bytes {
     let props = decode(raw);
     let mut headers: BTreeMap<ShortString, AMQPValue> = props
         .headers()
@@ -293,11 +290,15 @@ pub fn with_delivery_count(raw: &Bytes, count: u32) -> Bytes {
 
 /// The properties to deliver an entry with: `x-delivery-count` once it was delivered before,
 /// and on every `basic.get` from a quorum queue (RabbitMQ 3.10.8 adds it there even at 0).
-pub fn delivered_properties(queue: &Queue, e: &Entry, get: bool) -> Bytes {
+pub fn delivered_properties<'a>(
+    queue: &Queue,
+    e: &'a Entry,
+    get: bool,
+) -> std::borrow::Cow<'a, [u8]> {
     if queue.counts_deliveries() && (e.delivery_count > 0 || (get && queue.args.quorum)) {
-        with_delivery_count(&e.msg.properties, e.delivery_count)
+        std::borrow::Cow::Owned(with_delivery_count(e.msg.properties(), e.delivery_count).into())
     } else {
-        e.msg.properties.clone()
+        std::borrow::Cow::Borrowed(e.msg.properties())
     }
 }
 

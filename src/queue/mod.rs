@@ -373,7 +373,7 @@ impl Queue {
                 s.dead.push((e, Reason::Maxlen));
             } else {
                 // Not in this queue after a restart either.
-                self.forget_id(msg.store_id);
+                self.forget_id(msg.store_id());
             }
             self.finish(s);
             return Accepted::Rejected;
@@ -395,7 +395,7 @@ impl Queue {
     fn entry(&self, s: &mut State, msg: Arc<Message>) -> Queued {
         let seq = s.next_seq;
         s.next_seq += 1;
-        let expires_at = Self::deadline(s.eff.message_ttl, msg.expiration, now_ms);
+        let expires_at = Self::deadline(s.eff.message_ttl, msg.expiration(), now_ms);
         Queued {
             seq,
             expires_at,
@@ -599,7 +599,7 @@ impl Queue {
                     s = self.state.lock();
                     if self.is_deleted() {
                         if let (Some(log), Some(e)) = (&self.log, &e) {
-                            log.release(e.msg.store_id.into_iter().collect());
+                            log.release(e.msg.store_id().into_iter().collect());
                         }
                         return None;
                     }
@@ -644,7 +644,7 @@ impl Queue {
                 e.redelivered = true;
                 e.delivery_count += 1;
                 if s.eff.counts_deliveries
-                    && let (Some(log), Some(id)) = (&self.log, e.msg.store_id)
+                    && let (Some(log), Some(id)) = (&self.log, e.msg.store_id())
                 {
                     log.append(
                         crate::store::log::count_record(id, &self.name, e.delivery_count),
@@ -795,7 +795,7 @@ impl Queue {
                 .ready
                 .iter()
                 .filter_map(|e| e.held.store_id())
-                .chain(s.unacked.values().filter_map(|e| e.msg.store_id))
+                .chain(s.unacked.values().filter_map(|e| e.msg.store_id()))
                 .collect();
             log.release(locs);
         }
@@ -863,7 +863,11 @@ async fn expiry_task(queue: Weak<Queue>) {
 
 /// Bytes a delivery adds to its connection's backlog (frames overhead included).
 pub fn delivery_size(e: &Entry) -> usize {
-    e.msg.body.len() + e.msg.properties.len() + e.msg.routing_key.len() + e.msg.exchange.len() + 64
+    e.msg.body.len()
+        + e.msg.properties().len()
+        + e.msg.routing_key().len()
+        + e.msg.exchange().len()
+        + 64
 }
 
 /// The consumer to deliver to next: the highest priority with credit, round-robin from `rr`.
@@ -907,18 +911,12 @@ mod tests {
     }
 
     fn msg(b: &'static str) -> Arc<Message> {
-        Arc::new(Message {
-            exchange: Bytes::new(),
-            routing_key: Bytes::new(),
-            properties: Bytes::from_static(&[0, 0]),
-            body: Bytes::from_static(b.as_bytes()),
-            priority: 0,
-            expiration: None,
-            persistent: false,
-            store_id: None,
-            confirm: None,
-            bcc: Vec::new(),
-        })
+        Arc::new(Message::new(
+            b"",
+            b"",
+            &[0, 0],
+            Bytes::from_static(b.as_bytes()),
+        ))
     }
 
     #[test]

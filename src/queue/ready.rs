@@ -282,7 +282,7 @@ impl Ready {
             while mem > p.budget && f.paged < f.q.len() {
                 let e = &mut f.q[f.paged];
                 if let Held::Mem(m) = &e.held {
-                    match m.store_id.filter(|_| p.durable) {
+                    match m.store_id().filter(|_| p.durable) {
                         Some(loc) => {
                             if !p.log.is_written(loc) {
                                 pending = true;

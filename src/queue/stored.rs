@@ -46,7 +46,7 @@ impl Held {
     /// Location in the message log, if stored (durable: spooled records are not).
     pub fn store_id(&self) -> Option<u64> {
         match self {
-            Held::Mem(m) => m.store_id,
+            Held::Mem(m) => m.store_id(),
             Held::Disk { loc, spooled, .. } => (!spooled).then_some(*loc),
         }
     }
@@ -99,7 +99,7 @@ impl From<Entry> for Queued {
 impl Queue {
     /// Record that a stored message left this queue for good.
     pub fn forget(&self, e: &Entry) {
-        self.forget_id(e.msg.store_id);
+        self.forget_id(e.msg.store_id());
     }
 
     /// A consumer settled the message (acked it, or it was delivered to a no-ack consumer):
@@ -177,8 +177,8 @@ impl Queue {
     /// back), a stored one keeps its location.
     fn unspooled(mut m: Message, spooled: bool) -> Message {
         if spooled {
-            m.store_id = None;
-            m.persistent = crate::message::peek_properties(&m.properties).delivery_mode == Some(2);
+            m.set_store_id(None);
+            m.persistent = crate::message::peek_properties(m.properties()).delivery_mode == Some(2);
         }
         m
     }
@@ -266,7 +266,7 @@ impl Queue {
     /// Record a stored message's first delivery (it comes back redelivered after a crash).
     pub(super) fn mark_delivered(&self, e: &Entry) {
         if !e.redelivered
-            && let (Some(log), Some(id)) = (&self.log, e.msg.store_id)
+            && let (Some(log), Some(id)) = (&self.log, e.msg.store_id())
         {
             log.append(crate::store::log::delivered_record(id, &self.name), None);
         }
@@ -391,7 +391,7 @@ impl Queue {
                 }
             }
             for e in unacked.values() {
-                if let Some(loc) = e.msg.store_id.filter(|l| segment_of(*l) == seg) {
+                if let Some(loc) = e.msg.store_id().filter(|l| segment_of(*l) == seg) {
                     found.push(Candidate {
                         seq: e.seq,
                         priority: e.msg.priority,
@@ -427,7 +427,7 @@ impl Queue {
                     _ => s
                         .unacked
                         .get(&seq)
-                        .filter(|e| e.msg.store_id == Some(loc))
+                        .filter(|e| e.msg.store_id() == Some(loc))
                         .map(|e| (true, e.delivery_count)),
                 };
                 let Some((delivered, count)) = state else {
@@ -444,7 +444,7 @@ impl Queue {
                     return moved;
                 };
                 let mut m = (*msg).clone();
-                m.store_id = Some(at);
+                m.set_store_id(Some(at));
                 let m = Arc::new(m);
                 if !s.ready.replace(seq, prio, Held::Mem(m.clone()))
                     && let Some(e) = s.unacked.get_mut(&seq)

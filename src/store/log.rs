@@ -372,7 +372,7 @@ impl Log {
                     field(p.properties),
                     field(p.body),
                 );
-                m.bcc = p.bcc.into_iter().map(field).collect();
+                m.set_bcc(p.bcc.into_iter().map(field).collect());
                 Ok(m)
             }
             _ => Err(damaged(loc, "not a publish record")),

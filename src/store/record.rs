@@ -104,7 +104,7 @@ fn message_record(
     msg: &Message,
 ) -> Bytes {
     let names: usize = queues.iter().map(|(q, _, _)| q.len().min(255) + 6).sum();
-    let mut p = record(64 + names + msg.properties.len() + msg.body.len());
+    let mut p = record(64 + names + msg.properties().len() + msg.body.len());
     p.put_u8(ty);
     p.put_u64(order);
     p.put_u64(from);
@@ -114,15 +114,15 @@ fn message_record(
         p.put_u8(*delivered as u8);
         p.put_u32(*count);
     }
-    put_str(&mut p, &msg.exchange);
-    put_str(&mut p, &msg.routing_key);
-    p.put_u32(msg.properties.len() as u32);
-    p.put_slice(&msg.properties);
+    put_str(&mut p, msg.exchange());
+    put_str(&mut p, msg.routing_key());
+    p.put_u32(msg.properties().len() as u32);
+    p.put_slice(msg.properties());
     p.put_u32(msg.body.len() as u32);
     p.put_slice(&msg.body);
-    if !msg.bcc.is_empty() {
-        p.put_u32(msg.bcc.len() as u32);
-        for k in &msg.bcc {
+    if !msg.bcc().is_empty() {
+        p.put_u32(msg.bcc().len() as u32);
+        for k in msg.bcc() {
             put_str(&mut p, k);
         }
     }

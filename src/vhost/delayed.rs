@@ -186,7 +186,7 @@ impl Delays {
                 break;
             }
             let Held::Mem(m) = &p.held else { continue };
-            let Some(loc) = m.store_id else { continue };
+            let Some(loc) = m.store_id() else { continue };
             if !log.is_written(loc) {
                 waiting = true;
                 continue;
@@ -274,7 +274,7 @@ impl Delays {
                 };
                 p.held = match &p.held {
                     Held::Mem(_) => {
-                        msg.store_id = Some(new);
+                        msg.set_store_id(Some(new));
                         Held::Mem(Arc::new(msg))
                     }
                     Held::Disk { size, priority, .. } => Held::Disk {
@@ -302,8 +302,8 @@ fn forget(per_exchange: &mut HashMap<Arc<str>, u64>, exchange: &Arc<str>) {
 
 /// `x-delay` as the plugin leaves it on a delivered message: the delay, negated (a signed
 /// 32-bit integer, or 64-bit where the negation does not fit).
-fn swap_delay_header(properties: &bytes::Bytes, delay: i64) -> Option<bytes::Bytes> {
-    let (_, props) = amq_protocol::protocol::basic::parse_properties(&properties[..]).ok()?;
+fn swap_delay_header(properties: &[u8], delay: i64) -> Option<bytes::Bytes> {
+    let (_, props) = amq_protocol::protocol::basic::parse_properties(properties).ok()?;
     let mut headers = props.headers().clone().unwrap_or_default();
     let v = match i32::try_from(-delay) {
         Ok(v) => AMQPValue::LongInt(v),
@@ -335,13 +335,13 @@ impl VHost {
             Some(d) if d > 0 && d <= MAX_DELAY => d,
             _ => return Err(msg),
         };
-        if let Some(p) = swap_delay_header(&msg.properties, delay) {
-            msg.properties = p;
+        if let Some(p) = swap_delay_header(msg.properties(), delay) {
+            msg.set_properties(&p);
         }
         // +1: real time is read in whole ms, rounded down (the manual test clock is exact).
         let due = wall_ms() + u64::from(!crate::clock::is_manual()) + delay as u64;
         let mut waits = false;
-        msg.store_id = None;
+        msg.set_store_id(None);
         if msg.persistent
             && x.def.durable
             && let Some(log) = self.log()
@@ -349,8 +349,8 @@ impl VHost {
             let name = log_name(&x.def.name);
             let rec = crate::store::log::publish_record(due, 0, &[(&name, false, 0)], &msg);
             waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
-            msg.store_id = log.append(rec, if waits { synced.take() } else { None });
-            if msg.store_id.is_none() && waits {
+            msg.set_store_id(log.append(rec, if waits { synced.take() } else { None }));
+            if msg.store_id().is_none() && waits {
                 // Refused by the log (a failing or full disk): nacked, not kept.
                 return Ok(true);
             }
@@ -415,18 +415,19 @@ impl VHost {
     /// Route a message whose time has come: through its exchange's bindings as they are
     /// now (its alternate exchange if none matches), then drop its delay record.
     fn route_delayed(&self, exchange: &str, mut msg: Message) {
-        let stored = msg.store_id.take();
+        let stored = msg.store_id();
+        msg.set_store_id(None);
         if let Ok(x) = self.exchange(exchange) {
-            let props = amq_protocol::protocol::basic::parse_properties(&msg.properties[..])
+            let props = amq_protocol::protocol::basic::parse_properties(msg.properties())
                 .ok()
                 .map(|(_, p)| p);
             let headers = props.as_ref().and_then(|p| p.headers().as_ref());
-            let rk = msg.routing_key.clone();
+            let rk = msg.routing_key().to_vec();
             let mut keys: Vec<&[u8]> = vec![&rk];
             if let Some(AMQPValue::FieldArray(a)) = headers.and_then(|h| h.inner().get("CC")) {
                 keys.extend(a.as_slice().iter().filter_map(crate::args::as_str_bytes));
             }
-            let bcc = msg.bcc.clone();
+            let bcc = msg.bcc().to_vec();
             keys.extend(bcc.iter().map(|k| &k[..]));
             let queues = self.route(&x, &keys, headers);
             self.publish_to(&queues, msg, None);
@@ -511,7 +512,7 @@ async fn deliver(v: &Arc<VHost>, due: Vec<Pending>) {
     for (exchange, loc, msg) in read {
         match msg {
             Ok(mut m) => {
-                m.store_id = Some(loc);
+                m.set_store_id(Some(loc));
                 v.route_delayed(&exchange, m);
             }
             Err(e) => {

@@ -111,7 +111,7 @@ impl VHost {
                     .filter(|_| waits)
                     .map(|d| crate::message::ConfirmGate::new(d, durable.len()));
                 msg.confirm = gate.clone();
-                msg.store_id = log.append_gated(rec, gate);
+                msg.set_store_id(log.append_gated(rec, gate));
             }
         }
         let msg = Arc::new(msg);
