@@ -12,6 +12,9 @@
 # and transient 16 B rows, for CPU per message with an independent client:
 #   t1x1      1 producer, 1 autoack consumer, no confirms
 #   t4x4      4 producers, 4 autoack consumers, one queue, no confirms
+#   fan10     1 producer, fanout exchange to 10 queues (a server-named queue per consumer),
+#             an autoack consumer each, no confirms
+#   lat1000   1 producer at 1,000 msg/s, 1 autoack consumer: consumer latency p50/p99 (µs)
 # ROWS="auto100 ack1" picks rows. Each round runs every row on both brokers, alternating;
 # Warren starts fresh (empty data dir, ephemeral port) per run; RabbitMQ is the node that
 # `../shared/tools/rmq-node start $RMQ_PORT` runs (default 5680), its queue deleted after
@@ -56,6 +59,8 @@ args_of() {
   case $1 in
     t1x1) echo "-x 1 -y 1 -s 16 -a -ad false" ;;
     t4x4) echo "-x 4 -y 4 -s 16 -a -ad false" ;;
+    fan10) echo "-x 1 -y 10 -s 16 -a -e perf-fanout -t fanout" ;;
+    lat1000) echo "-x 1 -y 1 -s 16 -a -ad false -r 1000" ;;
     auto100) echo "$PERSISTENT -y 1 -c 100 -a" ;;
     ack100) echo "$PERSISTENT -y 1 -c 100 -q 100 -A 10" ;;
     ack10) echo "$PERSISTENT -y 1 -c 10 -q 100 -A 10" ;;
@@ -78,20 +83,28 @@ run() {  # run BROKER ROW (BROKER: an entry of $BROKERS)
   if [ "$broker" = rabbitmq ]; then port=$RMQ_PORT; pid=$(rmq_pid); else
     start_warren "$(binary_of "$1")"; port=$PORT; pid=$WPID; fi
   q="perftest-$row-$RANDOM"
+  local queue=(-u "$q")
+  [ "$row" = fan10 ] && queue=()
   local t0 t1
   t0=$(ticks "$pid")
   # shellcheck disable=SC2046
   java -cp "$(cat "$CP")" com.rabbitmq.perf.PerfTest -h "amqp://guest:guest@127.0.0.1:$port" \
-    -u "$q" -z "$DUR" $(args_of "$row") >"$OUT/pt" 2>&1 || true
+    "${queue[@]}" -z "$DUR" $(args_of "$row") >"$OUT/pt" 2>&1 || true
   t1=$(ticks "$pid")
-  local sent recv conf
+  local sent recv conf lat
   sent=$(sed -n 's/.*sending rate avg: \([0-9]*\) msg\/s.*/\1/p' "$OUT/pt")
   recv=$(sed -n 's/.*receiving rate avg: \([0-9]*\) msg\/s.*/\1/p' "$OUT/pt")
+  # Consumer latency: the median over the per-second lines after the first 2 s (PerfTest's
+  # summary includes the JVM's warm-up) of each second's p50 and p99.
+  lat=$(sed -n 's/.*time \([0-9]*\)\.[0-9]* s, .*consumer latency: [0-9]*\/\([0-9]*\)\/[0-9]*\/[0-9]*\/\([0-9]*\) µs.*/\1 \2 \3/p' "$OUT/pt" |
+    python3 -c 'import sys, statistics as s
+rows = [l.split() for l in sys.stdin if int(l.split()[0]) > 2]
+if rows: print(int(s.median_low(int(r[1]) for r in rows)), int(s.median_low(int(r[2]) for r in rows)))')
   conf=$(sed -n 's/.*confirm latency min\/median\/75th\/95th\/99th \([0-9]*\)\/\([0-9]*\)\/[0-9]*\/[0-9]*\/\([0-9]*\) µs.*/\2 \3/p' "$OUT/pt")
-  [ -n "$sent" ] || { echo "perftest failed:" >&2; tail -5 "$OUT/pt" >&2; exit 1; }
+  [ -n "$sent" ] || { echo "perftest failed:" >&2; grep -v "^\s*at " "$OUT/pt" | tail -5 >&2; exit 1; }
   local us
   us=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$sent" -v d="$DUR" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / (n * d) : 0) }')
-  echo "$broker $row sent=$sent recv=${recv:-0} cpu_us_per_msg=$us confirm_p50_p99_us=${conf// //}" | tee -a "$OUT/lines"
+  echo "$broker $row sent=$sent recv=${recv:-0} cpu_us_per_msg=$us confirm_p50_p99_us=${conf// //} latency_p50_p99_us=${lat// //}" | tee -a "$OUT/lines"
   if [ "$broker" != rabbitmq ]; then kill $WPID; wait $WPID 2>/dev/null || true; WPID=; else
     ../shared/tools/rmq-node ctl "$RMQ_PORT" delete_queue "$q" >/dev/null 2>&1 || true; fi
 }
@@ -112,7 +125,7 @@ for row in $ROWS; do
   for b in $BROKERS; do
     b=${b%%=*}
     med() { grep "^$b $row " "$OUT/lines" | sed -n "s/.* $1=\([^ ]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-    line="$line$(printf '%-28s | ' "$(med sent) msg/s $(med cpu_us_per_msg) µs $(med confirm_p50_p99_us)")"
+    line="$line$(printf "%-28s | " "$(med sent) msg/s $(med cpu_us_per_msg) µs $(med confirm_p50_p99_us)$(med latency_p50_p99_us)")"
   done
   printf '%-8s | %s\n' "$row" "$line"
 done
