@@ -147,8 +147,8 @@ impl Channel {
                     ));
                 };
                 self.hold(ctx, -(self.held as i64));
-                for (p, props, body) in buf.publishes {
-                    self.publish(ctx, p, props, body)?;
+                for (p, props, body, body_own) in buf.publishes {
+                    self.publish(ctx, p, props, body, body_own)?;
                 }
                 for (tag, multiple, how) in buf.settles {
                     self.settle(tag, multiple, how)?;
@@ -179,19 +179,21 @@ impl Channel {
     }
 
     /// A complete message: buffered in a transaction, else published (and counted for
-    /// confirms).
+    /// confirms). `body_own`: the body has an allocation of its own (joined from several
+    /// frames, or empty), not a slice of the read buffer.
     pub(super) fn on_publish(
         &mut self,
         ctx: &mut ConnCtx,
         p: Publish,
         properties: Bytes,
         body: Bytes,
+        body_own: bool,
     ) -> Result<(), AmqpError> {
         if let Some(buf) = &mut self.tx {
             // Unknown exchanges are reported at publish time, as RabbitMQ does.
             ctx.vhost.exchange(&String::from_utf8_lossy(&p.exchange))?;
             let size = (properties.len() + body.len()) as i64;
-            buf.publishes.push((p, properties, body));
+            buf.publishes.push((p, properties, body, body_own));
             self.hold(ctx, size);
             return Ok(());
         }
@@ -201,7 +203,7 @@ impl Channel {
                 ctx.confirms_dirty.push(self.id);
             }
         }
-        let accepted = self.publish(ctx, p, properties, body)?;
+        let accepted = self.publish(ctx, p, properties, body, body_own)?;
         if !accepted && let Some(seq) = self.confirm_seq {
             // Refused by a queue (x-overflow reject-publish): confirmed with basic.nack.
             let pos = self.nacks.partition_point(|n| *n < seq);

@@ -104,7 +104,7 @@ impl Channel {
             return Ok(Outcome::Open);
         }
         if body_size == 0 {
-            self.on_publish(ctx, publish, properties, Bytes::new())
+            self.on_publish(ctx, publish, properties, Bytes::new(), true)
                 .map_err(|e| e.on_if_unset(60, 40))?;
         } else {
             self.assembly = Assembly::Body(Partial {
@@ -155,8 +155,9 @@ impl Channel {
             // What earlier frames of this body held is released now.
             let earlier = p.body_size - len;
             self.hold(ctx, -(earlier as i64));
+            let body_own = p.parts.len() > 1;
             let body = join(p.parts, p.body_size as usize);
-            self.on_publish(ctx, p.publish, p.properties, body)
+            self.on_publish(ctx, p.publish, p.properties, body, body_own)
                 .map_err(|e| e.on_if_unset(60, 40))?;
         } else {
             self.hold(ctx, len as i64);
@@ -249,7 +250,8 @@ impl Channel {
 }
 
 /// Join body frames; a single frame is passed through without a copy (a message that may stay
-/// in a queue is re-homed later, see [`crate::message::Message::rehome`]).
+/// in a queue is re-homed later, see [`crate::message::Message::rehome`]); several are copied
+/// into one allocation of exactly their size, which the message keeps as it is.
 pub(super) fn join(mut parts: Vec<Bytes>, size: usize) -> Bytes {
     match parts.len() {
         0 => Bytes::new(),

@@ -125,7 +125,8 @@ pub(crate) struct Channel {
 /// Work buffered by a transaction until `tx.commit`.
 #[derive(Default)]
 struct TxBuffer {
-    publishes: Vec<(Publish, Bytes, Bytes)>,
+    /// (method, properties, body, whether the body has an allocation of its own).
+    publishes: Vec<(Publish, Bytes, Bytes, bool)>,
     settles: Vec<(u64, bool, Settle)>,
 }
 
