@@ -65,9 +65,9 @@ summary() { python3 bench/summarize.py "$RES"; }
 if [ $TABLE_ONLY = 1 ]; then summary; exit 0; fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
-log() { echo "[$(date +%T)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 has() { case " $BROKERS " in *" $1 "*) return 0;; esac; return 1; }
-uri() { echo "amqp://guest:guest@127.0.0.1:$1/%2f"; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }          # comm has no spaces for these brokers
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
@@ -93,31 +93,9 @@ start_garagemq() {
   log "garagemq did not start"; return 1
 }
 stop_garagemq() { [ -n "$GPID" ] && kill -9 "$GPID" 2>/dev/null && wait "$GPID" 2>/dev/null; GPID=; }
-rmq_pid() {
-  local p; p=$(cat /tmp/rmq-$RPORT/pid 2>/dev/null)
-  if [ -z "$p" ] || ! grep -q beam "/proc/$p/comm" 2>/dev/null; then
-    p=$(ss -ltnpH "sport = :$RPORT" | grep -o 'beam.smp",pid=[0-9]*' | head -1 | grep -o '[0-9]*$' || true)
-  fi
-  echo "$p"
-}
-RMQ_WAS_RUNNING=0 RMQ_STARTED=0
 ensure_rmq() {   # ensure_rmq [fresh]: start RabbitMQ once; "fresh" restarts it (RSS rows)
   [ $RMQ_STARTED = 1 ] && [ "${1:-}" != fresh ] && { RPID=$(rmq_pid); return 0; }
-  if $RMQ_NODE ctl $RPORT status >/dev/null 2>&1; then
-    [ $RMQ_STARTED = 1 ] || RMQ_WAS_RUNNING=1
-    log "rabbitmq: restarting with ulimit -n $(ulimit -n)"; $RMQ_NODE stop $RPORT
-    for _ in $(seq 1 60); do (echo > /dev/tcp/127.0.0.1/$RPORT) 2>/dev/null || break; sleep 0.5; done; sleep 1
-  fi
-  # not `rmq-node start`: its `su` resets the open-files limit to 1024 (RabbitMQ: 832 sockets)
-  setsid bench/rmq-exec.sh $RPORT > "$LOGS/rabbitmq-server.out" 2>&1 < /dev/null &
-  local ok=0
-  for _ in $(seq 1 120); do
-    if $RMQ_NODE ctl $RPORT status >/dev/null 2>&1 && (echo > /dev/tcp/127.0.0.1/$RPORT) 2>/dev/null; then ok=1; break; fi
-    sleep 1
-  done
-  [ $ok = 1 ] || { log "rabbitmq did not start; see $LOGS/rabbitmq-server.out"; return 1; }
-  RMQ_STARTED=1; RPID=$(rmq_pid)
-  log "rabbitmq beam.smp pid $RPID, $(grep 'open files' /proc/$RPID/limits)"
+  restart_rmq
 }
 finish() {
   stop_warren; stop_garagemq

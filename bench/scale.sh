@@ -65,8 +65,8 @@ summary() { python3 bench/summarize_scale.py "$RES"; }
 if [ $TABLE_ONLY = 1 ]; then summary; exit 0; fi
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"   # inherited by Warren and RabbitMQ
 
-log() { echo "[$(date +%T)] $*" >&2; }
-uri() { echo "amqp://guest:guest@127.0.0.1:$1/%2f"; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 record() { echo "$1" >> "$RES"; }
 
 GOSCALE=${GOSCALE:-}
@@ -76,7 +76,7 @@ if [ -z "$GOSCALE" ]; then
 fi
 [ -x "$WARREN" ] || case " $BROKERS " in *" warren "*) log "no Warren binary at $WARREN"; exit 1;; esac
 
-# ---------------------------------------------------------------- brokers (as in run.sh)
+# ---------------------------------------------------------------- brokers (RabbitMQ: bench/lib.sh)
 WPID= WDIR= RPID=
 start_warren() {   # start_warren LOGFILE: a fresh data dir every time
   WDIR=$(mktemp -d /tmp/warren-scale-data.XXXXXX)
@@ -89,32 +89,6 @@ stop_warren() {
   [ -n "$WPID" ] && kill "$WPID" 2>/dev/null && wait "$WPID" 2>/dev/null; WPID=
   [ -n "$WDIR" ] && rm -rf "$WDIR"; WDIR=
 }
-rmq_pid() {
-  local p; p=$(cat /tmp/rmq-$RPORT/pid 2>/dev/null)
-  if [ -z "$p" ] || ! grep -q beam "/proc/$p/comm" 2>/dev/null; then
-    p=$(ss -ltnpH "sport = :$RPORT" | grep -o 'beam.smp",pid=[0-9]*' | head -1 | grep -o '[0-9]*$' || true)
-  fi
-  echo "$p"
-}
-RMQ_WAS_RUNNING=0 RMQ_STARTED=0
-fresh_rmq() {   # (re)start RabbitMQ with this shell's open-files limit
-  if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then log "rabbitmq is not installed"; return 1; fi
-  if $RMQ_NODE ctl $RPORT status >/dev/null 2>&1; then
-    [ $RMQ_STARTED = 1 ] || RMQ_WAS_RUNNING=1
-    $RMQ_NODE stop $RPORT
-    for _ in $(seq 1 60); do (echo > /dev/tcp/127.0.0.1/$RPORT) 2>/dev/null || break; sleep 0.5; done; sleep 1
-  fi
-  # not `rmq-node start`: its `su` resets the open-files limit to 1024 (RabbitMQ: 832 sockets)
-  setsid bench/rmq-exec.sh $RPORT > "$LOGS/rabbitmq-server.out" 2>&1 < /dev/null &
-  local ok=0
-  for _ in $(seq 1 120); do
-    if $RMQ_NODE ctl $RPORT status >/dev/null 2>&1 && (echo > /dev/tcp/127.0.0.1/$RPORT) 2>/dev/null; then ok=1; break; fi
-    sleep 1
-  done
-  [ $ok = 1 ] || { log "rabbitmq did not start; see $LOGS/rabbitmq-server.out"; return 1; }
-  RMQ_STARTED=1; RPID=$(rmq_pid)
-  log "rabbitmq beam.smp pid $RPID, $(grep 'open files' /proc/$RPID/limits)"
-}
 finish() {
   stop_warren
   if [ $RMQ_STARTED = 1 ] && [ $RMQ_WAS_RUNNING = 0 ]; then $RMQ_NODE stop $RPORT; fi
@@ -124,7 +98,7 @@ trap finish EXIT
 up() {   # up BROKER LOGFILE: a freshly started broker; sets PID and PORT
   case $1 in
     warren) stop_warren; start_warren "$2" || return 1; PID=$WPID PORT=$WPORT;;
-    rabbitmq) fresh_rmq || return 1; PID=$RPID PORT=$RPORT;;
+    rabbitmq) restart_rmq || return 1; PID=$RPID PORT=$RPORT;;
     *) log "unknown broker $1"; return 1;;
   esac
   sleep 1   # let the broker settle before the first RSS sample

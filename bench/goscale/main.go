@@ -377,6 +377,38 @@ func teardown(ch *amqp.Channel, ex string, qs []string, subs []*amqp.Connection,
 	}
 }
 
+// publishing holds the publisher flags topic and fanout share.
+type publishing struct {
+	duration, drain *time.Duration
+	size            *int
+	backlog         *int64
+}
+
+func publishFlags(fs *flag.FlagSet, backlog int64) publishing {
+	return publishing{
+		duration: fs.Duration("duration", 10*time.Second, "publishing time"),
+		size:     fs.Int("size", 16, "body size in bytes"),
+		drain:    fs.Duration("drain", 5*time.Second, "longest wait for the consumers after publishing"),
+		backlog:  fs.Int64("max-backlog", backlog, "publisher pauses while this many deliveries are outstanding (0: never)"),
+	}
+}
+
+// declareAll declares exchange ex of kind and n queues named ex-q-<i>, bound to it with an
+// empty key if bind.
+func declareAll(ch *amqp.Channel, ex, kind string, n int, bind bool) []string {
+	must(ch.ExchangeDeclare(ex, kind, false, false, false, false, nil))
+	qs := make([]string, n)
+	for i := range qs {
+		qs[i] = fmt.Sprintf("%s-q-%d", ex, i)
+		_, err := ch.QueueDeclare(qs[i], false, false, false, false, nil)
+		must(err)
+		if bind {
+			must(ch.QueueBind(qs[i], "", ex, false, nil))
+		}
+	}
+	return qs
+}
+
 // topic: a topic exchange with -bindings bindings `k.<i>.*` spread over -queues queues (binding
 // i on queue i % queues), one consumer per queue, then one publisher with routing keys
 // `k.<random i>.x`, each matching exactly one binding.
@@ -384,22 +416,13 @@ func topic(args []string) map[string]any {
 	fs, c := flags("topic", 0)
 	nb := fs.Int("bindings", 100000, "bindings")
 	nq := fs.Int("queues", 100, "queues")
-	duration := fs.Duration("duration", 10*time.Second, "publishing time")
-	size := fs.Int("size", 16, "body size in bytes")
-	drain := fs.Duration("drain", 5*time.Second, "longest wait for the consumers after publishing")
-	backlog := fs.Int64("max-backlog", 10000, "publisher pauses while this many deliveries are outstanding (0: never)")
+	p := publishFlags(fs, 10000)
 	must(fs.Parse(args))
-	out := map[string]any{"cmd": "topic", "bindings": *nb, "queues": *nq, "size": *size}
+	out := map[string]any{"cmd": "topic", "bindings": *nb, "queues": *nq, "size": *p.size}
 	conn, ch := dial(c.uri)
 	defer conn.Close()
 	const ex = "scale-topic"
-	must(ch.ExchangeDeclare(ex, "topic", false, false, false, false, nil))
-	qs := make([]string, *nq)
-	for i := range qs {
-		qs[i] = fmt.Sprintf("scale-topic-q-%d", i)
-		_, err := ch.QueueDeclare(qs[i], false, false, false, false, nil)
-		must(err)
-	}
+	qs := declareAll(ch, ex, "topic", *nq, false)
 	r0 := c.rss()
 	start := time.Now()
 	for i := 0; i < *nb; i++ {
@@ -420,7 +443,7 @@ func topic(args []string) map[string]any {
 	for i := range keys {
 		keys[i] = "k." + strconv.Itoa(i) + ".x"
 	}
-	pubRun(c, ch, ex, func() string { return keys[rand.IntN(len(keys))] }, *size, *duration, *drain, 1, *backlog, &got, out)
+	pubRun(c, ch, ex, func() string { return keys[rand.IntN(len(keys))] }, *p.size, *p.duration, *p.drain, 1, *p.backlog, &got, out)
 	teardown(ch, ex, qs, subs, out) // deleting the queues removes their bindings
 	return out
 }
@@ -431,27 +454,17 @@ func fanout(args []string) map[string]any {
 	fs, c := flags("fanout", 0)
 	nq := fs.Int("queues", 1000, "queues")
 	nconn := fs.Int("conns", 10, "consumer connections")
-	duration := fs.Duration("duration", 10*time.Second, "publishing time")
-	size := fs.Int("size", 16, "body size in bytes")
-	drain := fs.Duration("drain", 5*time.Second, "longest wait for the consumers after publishing")
-	backlog := fs.Int64("max-backlog", 100000, "publisher pauses while this many deliveries are outstanding (0: never)")
+	p := publishFlags(fs, 100000)
 	must(fs.Parse(args))
-	out := map[string]any{"cmd": "fanout", "queues": *nq, "conns": *nconn, "size": *size}
+	out := map[string]any{"cmd": "fanout", "queues": *nq, "conns": *nconn, "size": *p.size}
 	conn, ch := dial(c.uri)
 	defer conn.Close()
 	const ex = "scale-fanout"
-	must(ch.ExchangeDeclare(ex, "fanout", false, false, false, false, nil))
-	qs := make([]string, *nq)
-	for i := range qs {
-		qs[i] = fmt.Sprintf("scale-fanout-q-%d", i)
-		_, err := ch.QueueDeclare(qs[i], false, false, false, false, nil)
-		must(err)
-		must(ch.QueueBind(qs[i], "", ex, false, nil))
-	}
+	qs := declareAll(ch, ex, "fanout", *nq, true)
 	var got atomic.Int64
 	subs := consumeAll(c.uri, qs, *nconn, &got)
 	c.doHold()
-	pubRun(c, ch, ex, func() string { return "" }, *size, *duration, *drain, int64(*nq), *backlog, &got, out)
+	pubRun(c, ch, ex, func() string { return "" }, *p.size, *p.duration, *p.drain, int64(*nq), *p.backlog, &got, out)
 	teardown(ch, ex, qs, subs, out)
 	return out
 }
