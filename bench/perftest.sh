@@ -125,7 +125,7 @@ for row in $ROWS; do
   for b in $BROKERS; do
     b=${b%%=*}
     med() { grep "^$b $row " "$OUT/lines" | sed -n "s/.* $1=\([^ ]*\).*/\1/p" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-    line="$line$(printf "%-28s | " "$(med sent) msg/s $(med cpu_us_per_msg) µs $(med confirm_p50_p99_us)$(med latency_p50_p99_us)")"
+    line="$line$(printf "%-28s | " "$(med sent) msg/s $(med cpu_us_per_msg) µs $(med confirm_p50_p99_us) $(med latency_p50_p99_us)")"
   done
   printf '%-8s | %s\n' "$row" "$line"
 done

@@ -53,7 +53,23 @@ pub struct ConfirmGate {
     fired: std::sync::atomic::AtomicBool,
     /// Durable queues that hold the message and have not settled it.
     holders: std::sync::atomic::AtomicUsize,
+    /// Whether the message's record may be left unwritten: it went to one durable queue (see
+    /// [`ConfirmGate::cancel_write`]); and, if so, [`WRITE_OPEN`], [`WRITE_TAKEN`] or
+    /// [`WRITE_CANCELLED`].
+    skippable: bool,
+    write: std::sync::atomic::AtomicU8,
+    /// Handed to a no-ack consumer of its only durable queue: it will be settled as soon as
+    /// that consumer's connection writes it out, so the writer may put off a sync for it a
+    /// little (see [`ConfirmGate::handed`]).
+    handed: std::sync::atomic::AtomicBool,
 }
+
+/// The writer has not reached the record yet.
+const WRITE_OPEN: u8 = 0;
+/// The writer took the record: it is (being) written.
+const WRITE_TAKEN: u8 = 1;
+/// The message left its queue first: the record is never written.
+const WRITE_CANCELLED: u8 = 2;
 
 impl std::fmt::Debug for ConfirmGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,12 +81,76 @@ impl std::fmt::Debug for ConfirmGate {
 
 impl ConfirmGate {
     /// A gate released by `holders` settlements or by [`ConfirmGate::fire`].
+    /// A message routed to a single durable queue (`holders == 1`) may have its record
+    /// left unwritten (see [`ConfirmGate::cancel_write`]).
     pub fn new(done: Done, holders: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(ConfirmGate {
             done: parking_lot::Mutex::new(Some(done)),
             fired: std::sync::atomic::AtomicBool::new(false),
             holders: std::sync::atomic::AtomicUsize::new(holders),
+            skippable: holders == 1,
+            write: std::sync::atomic::AtomicU8::new(WRITE_OPEN),
+            handed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The message was handed to a no-ack consumer of its only durable queue.
+    pub fn hand(&self) {
+        if self.skippable {
+            self.handed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Whether the message was handed to a no-ack consumer of its only durable queue: its
+    /// confirm goes out when that consumer's connection writes it, usually well within a
+    /// sync's time, and then its record is not written at all. The writer does not sync for
+    /// such a confirm at once (it waits up to [`crate::store::log::HANDED_GRACE`]).
+    pub fn handed(&self) -> bool {
+        self.handed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether the record this gate waits for may be left unwritten (one durable queue).
+    pub fn skippable(&self) -> bool {
+        self.skippable
+    }
+
+    /// The message's only durable queue is done with it (it left the queue for good): if the
+    /// log's writer has not taken its record yet, it never will (RabbitMQ does not write a
+    /// message consumed before it needs to be), and the queue must not write a removal for
+    /// it. False: the record is (being) written, so the queue records the removal as usual.
+    pub fn cancel_write(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.skippable
+            && match self.write.compare_exchange(
+                WRITE_OPEN,
+                WRITE_CANCELLED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => true,
+                Err(now) => now == WRITE_CANCELLED,
+            }
+    }
+
+    /// Whether the message's queue cancelled the write (see [`ConfirmGate::cancel_write`]).
+    pub fn write_cancelled(&self) -> bool {
+        self.write.load(std::sync::atomic::Ordering::Acquire) == WRITE_CANCELLED
+    }
+
+    /// The log's writer is about to write the record: false if it was cancelled (the writer
+    /// leaves the record's space empty), true otherwise (from then on it cannot be).
+    pub fn take_write(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        match self.write.compare_exchange(
+            WRITE_OPEN,
+            WRITE_TAKEN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => true,
+            Err(now) => now != WRITE_CANCELLED,
+        }
     }
 
     /// Release the confirm (`true`) or nack it (`false`), unless it was released already.

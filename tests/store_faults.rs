@@ -499,6 +499,113 @@ async fn low_free_space_raises_the_disk_alarm_until_space_is_freed() {
     b.shutdown(Duration::from_secs(2)).await;
 }
 
+/// A message whose only queue is done with it before the writer reaches its record is not
+/// written: a skip header stands for each run of such records (their space a hole when the
+/// run is long, zeros when short), recovery steps over it, and a log that ends inside a hole
+/// is cut at its skip header, so new records follow intact ones.
+#[tokio::test]
+async fn records_of_messages_consumed_first_are_left_out() {
+    use std::sync::Arc;
+    use warren::message::{ConfirmGate, Message};
+    use warren::store::log::{self, Options, SyncPolicy};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("msgs");
+    let opts = || Options {
+        policy: SyncPolicy::Confirm,
+        interval: Duration::from_millis(10),
+        queue_memory: 0,
+        segment_size: 1 << 20,
+        journal_dir: None,
+    };
+    let msg = |tag: u8, size: usize| {
+        Message::recovered(
+            0,
+            bytes::Bytes::new(),
+            bytes::Bytes::from_static(b"k"),
+            bytes::Bytes::from_static(&[0, 0]),
+            bytes::Bytes::from(vec![tag; size]),
+        )
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let gate = |left: bool| {
+        let tx = tx.clone();
+        let g = ConfirmGate::new(Box::new(move |ok| tx.send(ok).unwrap()), 1);
+        // Its queue was done with it before the writer saw it.
+        assert!(!left || g.cancel_write());
+        g
+    };
+    let q: Arc<str> = Arc::from("q");
+    let log = log::open(&dir, opts(), &|_| true).unwrap().log;
+    // A (64 KiB) left out: a hole; C kept; B (100 B) left out: zeros; D kept; E (64 KiB) left
+    // out, last: the file ends with its skip header.
+    let plan = [
+        (b'A', 65536, true),
+        (b'C', 1000, false),
+        (b'B', 100, true),
+        (b'D', 1000, false),
+        (b'E', 65536, true),
+    ];
+    let mut locs = Vec::new();
+    for (tag, size, left) in plan {
+        let m = log.append_publish(msg(tag, size), q.clone(), gate(left));
+        locs.push(m.store_id().unwrap());
+    }
+    log.barrier();
+    let stats = log.stats().unwrap();
+    assert_eq!((stats.skipped, stats.live), (3, 2), "{stats:?}");
+    assert_eq!(rx.try_iter().filter(|ok| *ok).count(), 5, "all confirmed");
+    let seg_path = dir.join("000000000001.seg");
+    let seg = std::fs::read(&seg_path).unwrap();
+    let off = |i: usize| (locs[i] & 0xffff_ffff) as usize;
+    let h = record::HEADER;
+    assert_eq!(off(0), 0);
+    assert_eq!(
+        record::parse_skip(&seg[off(0)..]),
+        Some((off(1) - h) as u32)
+    );
+    assert!(record::parse_header(&seg[off(1)..]).is_some());
+    assert_eq!(
+        record::parse_skip(&seg[off(2)..]),
+        Some((off(3) - off(2) - h) as u32)
+    );
+    assert!(record::parse_header(&seg[off(3)..]).is_some());
+    assert!(record::parse_skip(&seg[off(4)..]).is_some());
+    assert_eq!(seg.len(), off(4) + h, "E's space is not written");
+    assert!(seg[h..off(1)].iter().all(|b| *b == 0), "A's space is empty");
+    assert!(seg[off(2) + h..off(3)].iter().all(|b| *b == 0));
+    log.close();
+    drop(log);
+
+    let opened = log::open(&dir, opts(), &|_| true).unwrap();
+    assert_eq!(opened.corrupt_records, 0);
+    let got: Vec<u64> = opened.queues["q"].iter().map(|m| m.loc).collect();
+    assert_eq!(got, vec![locs[1], locs[3]]);
+    assert_eq!(
+        std::fs::metadata(&seg_path).unwrap().len() as usize,
+        off(4),
+        "cut at the skip header the file ended in"
+    );
+    let log = opened.log;
+    assert_eq!(log.read(locs[3], 1000).unwrap().body, vec![b'D'; 1000]);
+    let f = log.append_publish(msg(b'F', 10), q.clone(), gate(false));
+    assert_eq!(f.store_id(), Some(locs[4]), "F follows D");
+    log.barrier();
+    assert_eq!(log.stats().unwrap().live, 3);
+    log.close();
+    drop(log);
+
+    let opened = log::open(&dir, opts(), &|_| true).unwrap();
+    assert_eq!(opened.corrupt_records, 0);
+    let got: Vec<u64> = opened.queues["q"].iter().map(|m| m.loc).collect();
+    assert_eq!(got, vec![locs[1], locs[3], locs[4]]);
+    assert_eq!(opened.log.read(locs[4], 10).unwrap().body, vec![b'F'; 10]);
+    assert_eq!(
+        opened.log.read(locs[1], 1000).unwrap().body,
+        vec![b'C'; 1000]
+    );
+    opened.log.close();
+}
+
 /// Flow control: when publishers outrun the store's writer (here its next segment is a FIFO
 /// nobody reads yet, so the writer blocks opening it), the records waiting for it pass
 /// 64 MiB and the log asks publishing connections to pause; once the writer catches up

@@ -15,7 +15,9 @@
 //!   the next segment file before the record, bit 14 spoils the payload checksum, bit 13
 //!   writes 3 garbage bytes before the record (damage recovery must step over), bits 0..13
 //!   are the payload length. A record cut short by the end of the input is written cut short
-//!   (a torn tail).
+//!   (a torn tail). Bits 13 and 14 both set write a skip header instead (records the writer
+//!   left out), the payload being the space it covers: recovery must step over it whatever it
+//!   holds, and cut a last segment that ends inside it.
 //!
 //! Byte 0 bits 1..3 pick the segment size the writer rolls at.
 #![no_main]
@@ -60,6 +62,11 @@ fn segments(data: &[u8]) -> Vec<Vec<u8>> {
             crc ^= 1;
         }
         let seg = segs.last_mut().unwrap();
+        if hdr & 0x6000 == 0x6000 {
+            seg.extend_from_slice(&record::skip_header((record::HEADER + len) as u64));
+            seg.extend_from_slice(payload);
+            continue;
+        }
         if hdr & 0x2000 != 0 {
             seg.extend_from_slice(b"\x57\x52\x00");
         }

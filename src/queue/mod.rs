@@ -509,6 +509,11 @@ impl Queue {
             c.take_credit();
             if c.no_ack {
                 s.counts.deliver_no_ack += 1;
+                if self.log.is_some()
+                    && let Some(g) = &entry.msg.confirm
+                {
+                    g.hand();
+                }
             } else {
                 s.counts.deliver += 1;
                 self.mark_delivered(&entry);

@@ -97,8 +97,13 @@ impl From<Entry> for Queued {
 }
 
 impl Queue {
-    /// Record that a stored message left this queue for good.
+    /// Record that a stored message left this queue for good. If this durable queue is its
+    /// only one and the log's writer has not reached its record yet, the record is never
+    /// written and no removal is needed (see [`crate::message::ConfirmGate::cancel_write`]).
     pub fn forget(&self, e: &Entry) {
+        if self.log.is_some() && e.msg.confirm.as_ref().is_some_and(|g| g.cancel_write()) {
+            return;
+        }
         self.forget_id(e.msg.store_id());
     }
 

@@ -43,6 +43,11 @@ use std::time::Duration;
 /// Default size at which a new segment file is started.
 pub const SEGMENT_SIZE: u64 = crate::config::DEFAULT_SEGMENT_BYTES;
 
+/// How long the writer puts off a sync whose only waiting confirms are for messages handed to
+/// no-ack consumers (they are settled, and their records left out, when those consumers'
+/// connections write them; see [`crate::message::ConfirmGate::handed`]).
+pub const HANDED_GRACE: Duration = Duration::from_millis(1);
+
 /// The segment holding a location.
 pub fn segment_of(loc: u64) -> u64 {
     loc >> 32
@@ -54,6 +59,42 @@ use crate::message::ConfirmGate;
 /// Called once the records it was attached to are durable (per the policy) with `true`, or
 /// with `false` if they could not be written (the publish must be nacked, never confirmed).
 pub use crate::message::Done;
+
+/// A record as handed to the writer.
+pub(super) enum Rec {
+    /// Encoded.
+    Bytes(Bytes),
+    /// A new message's publish record for its one durable queue, encoded by the writer if
+    /// it writes it: a message consumed before the writer reaches it (see
+    /// [`ConfirmGate::cancel_write`]) is never encoded at all.
+    Publish(Arc<Message>, Arc<str>),
+}
+
+impl Rec {
+    /// Its length, header included.
+    pub(super) fn len(&self) -> u64 {
+        match self {
+            Rec::Bytes(b) => b.len() as u64,
+            Rec::Publish(m, q) => record::publish_len(q, m),
+        }
+    }
+
+    /// Append the encoded record to `buf`.
+    pub(super) fn encode_into(&self, buf: &mut Vec<u8>) {
+        match self {
+            Rec::Bytes(b) => buf.extend_from_slice(b),
+            Rec::Publish(m, q) => record::encode_publish_into(buf, q, m),
+        }
+    }
+
+    /// A message record (a publish or a spooled message).
+    pub(super) fn is_message(&self) -> bool {
+        match self {
+            Rec::Bytes(b) => record::publish_prefix(b).is_some() || record::is_spool(b),
+            Rec::Publish(..) => true,
+        }
+    }
+}
 
 /// The writer's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +113,9 @@ pub struct Stats {
     pub journal_written: u64,
     /// `fdatasync` calls on the message log since start.
     pub syncs: u64,
+    /// Publish records left out since start: their messages left their only queue before
+    /// the writer reached them.
+    pub skipped: u64,
 }
 
 /// Placement of the next record (guarded: reserving a location and handing the record to the
@@ -257,6 +301,44 @@ impl Log {
             return None;
         }
         let len = record.len() as u64;
+        Some(self.reserve(len, gate, |_| Rec::Bytes(record)))
+    }
+
+    /// Store a new persistent message for its one durable queue, `queue`, with a confirm
+    /// that its queue may release before the sync: its publish record is encoded and written
+    /// by the writer, and not at all if the queue is done with the message first (see
+    /// [`ConfirmGate::cancel_write`]). Returns the message, its location set (not stored,
+    /// the confirm nacked, while the log refuses new messages).
+    pub fn append_publish(
+        &self,
+        mut msg: Message,
+        queue: Arc<str>,
+        gate: Arc<ConfirmGate>,
+    ) -> Arc<Message> {
+        msg.confirm = Some(gate.clone());
+        if self.refusing() {
+            gate.fire(false);
+            return Arc::new(msg);
+        }
+        let len = record::publish_len(&queue, &msg);
+        let mut out = None;
+        self.reserve(len, Some(gate), |loc| {
+            msg.set_store_id(Some(loc));
+            let m = Arc::new(msg);
+            out = Some(m.clone());
+            Rec::Publish(m, queue)
+        });
+        out.expect("reserve calls back")
+    }
+
+    /// Reserve `len` bytes for a record and hand it (made by `rec` from its location) to the
+    /// writer, under the place lock: the writer receives records in location order.
+    fn reserve(
+        &self,
+        len: u64,
+        gate: Option<Arc<ConfirmGate>>,
+        rec: impl FnOnce(u64) -> Rec,
+    ) -> u64 {
         let mut p = self.place.lock();
         if p.size > 0 && p.size + len > self.segment_size {
             p.seg += 1;
@@ -266,12 +348,12 @@ impl Log {
         p.size += len;
         self.shared.backlog.fetch_add(len, Ordering::Relaxed);
         if let Err(mpsc::SendError(Cmd::Append(_, Some(g), _))) =
-            p.tx.send(Cmd::Append(record, gate, loc))
+            p.tx.send(Cmd::Append(rec(loc), gate, loc))
         {
             drop(p);
             g.fire(false);
         }
-        Some(loc)
+        loc
     }
 
     /// Hand a definitions journal record to the writer; returns its sequence number.

@@ -19,6 +19,10 @@
 //! - 5 queue deleted: `queue shortstr`;
 //! - 6 spooled: the layout of a publish with no queues — a transient message (or one in a
 //!   non-durable queue) paged out of memory. Never recovered: after a restart it is dead.
+//!
+//! A skip header ([`SKIP_MAGIC`], [`skip_header`]) stands where the writer left out records
+//! whose messages were consumed before it reached them: locations are reserved at publish, so
+//! their space stays (a hole in the file, never written) and recovery steps over it.
 
 use crate::message::Message;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -28,6 +32,30 @@ pub const MAGIC: u32 = 0x5752_4c32;
 
 /// Size of a record header.
 pub const HEADER: usize = 16;
+
+/// First four bytes of a skip header ("WRLS"): the space of records that were never written
+/// follows (a message consumed before the writer reached its record). Same layout as a record
+/// header, with no payload checksum: what follows is a hole in the file, never read.
+pub const SKIP_MAGIC: u32 = 0x5752_4c53;
+
+/// A skip header covering `total` bytes (itself included; at least [`HEADER`]).
+pub fn skip_header(total: u64) -> [u8; HEADER] {
+    debug_assert!(total >= HEADER as u64 && total - HEADER as u64 <= u32::MAX as u64);
+    let mut h = [0u8; HEADER];
+    h[0..4].copy_from_slice(&SKIP_MAGIC.to_be_bytes());
+    h[4..8].copy_from_slice(&((total - HEADER as u64) as u32).to_be_bytes());
+    let hcrc = crc32fast::hash(&h[0..12]);
+    h[12..16].copy_from_slice(&hcrc.to_be_bytes());
+    h
+}
+
+/// A verified skip header: the length of the space after it, or `None`.
+pub fn parse_skip(h: &[u8]) -> Option<u32> {
+    let h: &[u8; HEADER] = h.get(..HEADER)?.try_into().ok()?;
+    let word = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    (word(0) == SKIP_MAGIC && word(8) == 0 && crc32fast::hash(&h[0..12]) == word(12))
+        .then(|| word(4))
+}
 
 /// The largest payload a record may declare (a message body is at most 512 MiB in AMQP
 /// terms here; the rest is names). Anything longer is damage.
@@ -55,7 +83,7 @@ pub fn parse_header(h: &[u8]) -> Option<(u32, u32)> {
     Some((word(4), word(8)))
 }
 
-fn put_str(b: &mut BytesMut, s: &[u8]) {
+fn put_str<B: BufMut>(b: &mut B, s: &[u8]) {
     let s = &s[..s.len().min(255)];
     b.put_u8(s.len() as u8);
     b.put_slice(s);
@@ -105,17 +133,62 @@ fn message_record(
 ) -> Bytes {
     let names: usize = queues.iter().map(|(q, _, _)| q.len().min(255) + 6).sum();
     let mut p = record(64 + names + msg.properties().len() + msg.body.len());
+    put_message(&mut p, ty, order, from, queues, msg);
+    frame(p)
+}
+
+/// The length (header included) of a new message's publish record for one queue: what
+/// [`encode_publish_into`] appends.
+pub fn publish_len(queue: &str, msg: &Message) -> u64 {
+    let s = |b: &[u8]| 1 + b.len().min(255) as u64;
+    let bcc = msg.bcc();
+    HEADER as u64
+        + 21
+        + s(queue.as_bytes())
+        + 5
+        + s(msg.exchange())
+        + s(msg.routing_key())
+        + 4
+        + msg.properties().len() as u64
+        + 4
+        + msg.body.len() as u64
+        + if bcc.is_empty() {
+            0
+        } else {
+            4 + bcc.iter().map(|k| s(k)).sum::<u64>()
+        }
+}
+
+/// Append a new message's publish record for one queue (header included) to `buf`: the
+/// writer encodes it only if it writes it (see [`super::log::Rec`]).
+pub fn encode_publish_into(buf: &mut Vec<u8>, queue: &str, msg: &Message) {
+    let start = buf.len();
+    buf.resize(start + HEADER, 0);
+    put_message(buf, 1, 0, 0, &[(queue, false, 0)], msg);
+    let len = (buf.len() - start - HEADER) as u32;
+    let crc = crc32fast::hash(&buf[start + HEADER..]);
+    buf[start..start + HEADER].copy_from_slice(&header(len, crc));
+}
+
+fn put_message<B: BufMut>(
+    p: &mut B,
+    ty: u8,
+    order: u64,
+    from: u64,
+    queues: &[QueueState<'_>],
+    msg: &Message,
+) {
     p.put_u8(ty);
     p.put_u64(order);
     p.put_u64(from);
     p.put_u32(queues.len() as u32);
     for (q, delivered, count) in queues {
-        put_str(&mut p, q.as_bytes());
+        put_str(p, q.as_bytes());
         p.put_u8(*delivered as u8);
         p.put_u32(*count);
     }
-    put_str(&mut p, msg.exchange());
-    put_str(&mut p, msg.routing_key());
+    put_str(p, msg.exchange());
+    put_str(p, msg.routing_key());
     p.put_u32(msg.properties().len() as u32);
     p.put_slice(msg.properties());
     p.put_u32(msg.body.len() as u32);
@@ -123,10 +196,9 @@ fn message_record(
     if !msg.bcc().is_empty() {
         p.put_u32(msg.bcc().len() as u32);
         for k in msg.bcc() {
-            put_str(&mut p, k);
+            put_str(p, k);
         }
     }
-    frame(p)
 }
 
 fn small_record(ty: u8, loc: u64, queue: &str, count: Option<u32>) -> Bytes {
@@ -326,6 +398,20 @@ mod tests {
         assert_eq!(parse_header(&h[..15]), None);
         assert_eq!(parse_header(&[0u8; HEADER]), None);
         assert_eq!(parse_header(&header(MAX_PAYLOAD + 1, 0)), None);
+    }
+
+    #[test]
+    fn skip_headers_check_themselves_and_are_not_records() {
+        let h = skip_header(HEADER as u64 + 5000);
+        assert_eq!(parse_skip(&h), Some(5000));
+        assert_eq!(parse_header(&h), None);
+        assert_eq!(parse_skip(&header(5000, 0)), None);
+        assert_eq!(parse_skip(&skip_header(HEADER as u64)), Some(0));
+        for i in 0..HEADER {
+            let mut bad = h;
+            bad[i] ^= 0x01;
+            assert_eq!(parse_skip(&bad), None, "flipped byte {i}");
+        }
     }
 
     #[test]

@@ -154,6 +154,19 @@ pub(super) fn scan(
         let mut good_end = 0u64;
         let mut valid = 0usize;
         while pos + HEADER as u64 <= r.len {
+            if let Some(skip) = record::parse_skip(r.get(pos, HEADER)?) {
+                // Records left out (their messages were consumed first): a hole to step over.
+                let end = pos + HEADER as u64 + skip as u64;
+                if end > r.len {
+                    // The file ends inside it: nothing was written after it (a later record
+                    // lies past its end). The last segment is cut at the skip header.
+                    break;
+                }
+                valid += 1;
+                pos = end;
+                good_end = pos;
+                continue;
+            }
             let hdr = record::parse_header(r.get(pos, HEADER)?)
                 .filter(|(len, _)| pos + HEADER as u64 + *len as u64 <= r.len);
             let Some((len, crc)) = hdr else {

@@ -10,14 +10,14 @@
 //! (publishes are nacked at once and stay in memory) but still takes removals, deliveries and
 //! counts: they are small, the reserve holds them, and acking must be able to free space.
 
-use super::log::{Done, Stats, SyncPolicy, segment_of, segment_path};
+use super::log::{Done, Rec, Stats, SyncPolicy, segment_of, segment_path};
 use super::record;
 use crate::message::ConfirmGate;
 use bytes::Bytes;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 pub(super) enum Cmd {
     /// A record, the confirm waiting for it and the location reserved for it.
-    Append(Bytes, Option<Arc<ConfirmGate>>, u64),
+    Append(Rec, Option<Arc<ConfirmGate>>, u64),
     /// A deleted queue's messages (locations) no longer count as live.
     Release(Vec<u64>),
     /// Flush and sync, then call back (tests, shutdown).
@@ -271,6 +271,37 @@ struct Fault {
     retry_at: Instant,
 }
 
+/// When a sync is due under `sync = "confirm"` (see [`Writer::sync_due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Now,
+    /// Only confirms handed to no-ack consumers wait: sync at this time if they still do.
+    At(Instant),
+    /// No confirm waits.
+    Never,
+}
+
+/// A record waiting to be written (or, under `confirm`, to be synced).
+pub(super) struct Pending {
+    /// Its reserved location.
+    pub loc: u64,
+    /// Its length (the space reserved for it).
+    pub len: u64,
+    /// The record (emptied once it is left out).
+    pub rec: Rec,
+    /// The confirm of a message that went to a single durable queue: if the queue is done with
+    /// the message before the record is written, it is left out (see
+    /// [`ConfirmGate::cancel_write`]).
+    pub gate: Option<Arc<ConfirmGate>>,
+    /// Left out: its space is a hole behind a skip header, and its (queue, message) pair no
+    /// longer counts as live.
+    pub skipped: bool,
+}
+
+/// A run of left-out records shorter than this is filled with zeros in the same write; a
+/// longer one is a hole (not written at all).
+const HOLE_MIN: u64 = 4096;
+
 pub(super) struct Writer {
     pub shared: Arc<Shared>,
     /// The current segment's file (`None` until it could be opened).
@@ -288,14 +319,16 @@ pub(super) struct Writer {
     pub compact: tokio::sync::mpsc::UnboundedSender<u64>,
     pub compact_asked: Option<(u64, Instant)>,
     /// Records not written yet, in location order.
-    pub pending: VecDeque<(u64, Bytes)>,
+    pub pending: VecDeque<Pending>,
     /// Records written to the current segment since its last sync (`confirm` policy): after
     /// a failed sync they are written again.
-    pub unsynced: Vec<(u64, Bytes)>,
+    pub unsynced: Vec<Pending>,
     /// A message record no confirm waits for was written since the last sync: sync anyway.
     pub must_sync: bool,
     /// `fdatasync` calls on segments since start.
     pub syncs: u64,
+    /// Publish records left out since start (see [`Pending::skipped`]).
+    pub skipped: u64,
     /// Bytes kept allocated beyond the end of the current segment (0: not supported here).
     pub reserve: u64,
     /// End of the space allocated for the current segment.
@@ -307,6 +340,13 @@ pub(super) struct Writer {
     pub journal: Option<Journal>,
     /// Where appends reserve their locations (see [`Writer::reset`]).
     pub place: std::sync::Weak<parking_lot::Mutex<super::log::Place>>,
+    /// A sync put off for confirms handed to no-ack consumers is due then.
+    sync_at: Option<Instant>,
+    /// Location of the last compaction move appended (see [`Writer::moves_in_flight`]).
+    last_move: Option<u64>,
+    /// The current segment file's position, when known (writes are sequential but for the
+    /// holes left by records not written).
+    cursor: Option<u64>,
 }
 
 impl Writer {
@@ -338,12 +378,16 @@ impl Writer {
             unsynced: Vec::new(),
             must_sync: false,
             syncs: 0,
+            skipped: 0,
             reserve,
             reserved_to: 0,
             low_space: false,
             fault: None,
             journal: None,
             place: std::sync::Weak::new(),
+            sync_at: None,
+            last_move: None,
+            cursor: None,
         }
     }
 
@@ -351,7 +395,8 @@ impl Writer {
     pub(super) fn open_current(&mut self) -> io::Result<()> {
         let f = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(segment_path(&self.shared.dir, self.current))?;
         self.file = Some(f);
         self.reserved_to = self.size;
@@ -398,7 +443,7 @@ impl Writer {
 
     pub(super) fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut last_sync = Instant::now();
-        let mut waiting: Vec<Arc<ConfirmGate>> = Vec::new();
+        let mut waiting: Vec<(Arc<ConfirmGate>, Instant)> = Vec::new();
         loop {
             let journal_failing = self.journal.as_ref().is_some_and(|j| j.failing);
             let deadline = match (&self.fault, self.policy) {
@@ -410,6 +455,15 @@ impl Writer {
                 }
                 _ => None,
             };
+            // A sync put off for confirms handed to no-ack consumers (see `Due`).
+            let deadline = deadline.into_iter().chain(self.sync_at).min();
+            // Putting a sync off, the writer sleeps rather than waits on the channel: appends
+            // meanwhile then cost their senders no wake-up (it is at most `HANDED_GRACE`).
+            if let Some(at) = self.sync_at
+                && deadline == Some(at)
+            {
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            }
             let first = match deadline {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
                     Ok(c) => Some(c),
@@ -460,10 +514,18 @@ impl Writer {
                 .is_none_or(|f| Instant::now() >= f.retry_at);
             let asked = !barrier.is_empty() || close.is_some();
             let ok;
+            // While the only confirms waiting are for messages handed to no-ack consumers, the
+            // records wait too: those consumers settling them first means they are not
+            // written at all (see `Pending::skipped`).
+            let defer = self.policy == SyncPolicy::Confirm
+                && !asked
+                && matches!(self.sync_due(&waiting, Instant::now()), Due::At(_));
             if retry_due || asked {
-                let mut wrote = self.write_pending();
+                let mut wrote = defer || self.write_pending();
                 let sync_now = match self.policy {
-                    SyncPolicy::Confirm => self.sync_needed(&waiting) || asked,
+                    SyncPolicy::Confirm => {
+                        !defer && (self.sync_due(&waiting, Instant::now()) == Due::Now || asked)
+                    }
                     SyncPolicy::Interval => last_sync.elapsed() >= self.interval || asked,
                     SyncPolicy::Never => false,
                 };
@@ -501,23 +563,27 @@ impl Writer {
                 written
             };
             if settled {
-                for g in waiting.drain(..) {
+                for (g, _) in waiting.drain(..) {
                     g.fire(true);
                 }
                 self.must_sync = false;
             } else if !ok || self.failing() {
-                for g in waiting.drain(..) {
+                for (g, _) in waiting.drain(..) {
                     g.fire(false);
                 }
-            } else if written && !self.sync_needed(&waiting) {
-                // Every confirm waiting was released by its queues: nothing to sync for.
-                waiting.clear();
+            } else {
+                // Confirms released by their queues meanwhile need no sync.
+                waiting.retain(|(g, _)| g.pending());
             }
+            self.sync_at = match self.sync_due(&waiting, Instant::now()) {
+                Due::At(t) if ok && self.policy == SyncPolicy::Confirm => Some(t),
+                _ => None,
+            };
             for d in barrier {
                 d(true);
             }
             if let Some(d) = close {
-                for g in waiting.drain(..) {
+                for (g, _) in waiting.drain(..) {
                     g.fire(settled);
                 }
                 d(true);
@@ -526,38 +592,57 @@ impl Writer {
         }
     }
 
-    /// Under `sync = "confirm"`: whether the records written since the last sync need one. Not
+    /// Under `sync = "confirm"`: when the records written since the last sync need one. Not
     /// when every message written since was settled by its queues before (its confirm went
     /// out then) and the rest are removals: RabbitMQ does not sync what was consumed first.
-    /// Still at least every [`SYNC_AT_LEAST`] bytes, which bounds the records kept for a
-    /// rewrite after a failed sync.
-    fn sync_needed(&self, waiting: &[Arc<ConfirmGate>]) -> bool {
-        self.must_sync
-            || self.size.saturating_sub(self.synced) >= SYNC_AT_LEAST
-            || waiting.iter().any(|g| g.pending())
+    /// A confirm whose message was handed to a no-ack consumer is given
+    /// [`HANDED_GRACE`](super::log::HANDED_GRACE) from when the writer received its record
+    /// to be settled instead. Still at least every [`SYNC_AT_LEAST`] bytes, which bounds the
+    /// records kept for a rewrite after a failed sync.
+    fn sync_due(&self, waiting: &[(Arc<ConfirmGate>, Instant)], now: Instant) -> Due {
+        if self.must_sync || self.size.saturating_sub(self.synced) >= SYNC_AT_LEAST {
+            return Due::Now;
+        }
+        let mut at: Option<Instant> = None;
+        for (g, t) in waiting {
+            if !g.pending() {
+                continue;
+            }
+            let due = *t + super::log::HANDED_GRACE;
+            if !g.handed() || due <= now {
+                return Due::Now;
+            }
+            at = Some(at.map_or(due, |a| a.min(due)));
+        }
+        at.map_or(Due::Never, Due::At)
     }
 
     fn handle(
         &mut self,
         cmds: Vec<Cmd>,
-        waiting: &mut Vec<Arc<ConfirmGate>>,
+        waiting: &mut Vec<(Arc<ConfirmGate>, Instant)>,
         barrier: &mut Vec<Done>,
         close: &mut Option<Done>,
     ) {
+        let now = Instant::now();
         for c in cmds {
             match c {
                 Cmd::Append(rec, gate, loc) => {
                     self.account(&rec, loc);
                     // A message record no confirm waits for is synced promptly all the same:
                     // queues read paged-out messages back only up to the synced end.
-                    if gate.is_none()
-                        && (record::publish_prefix(&rec).is_some() || record::is_spool(&rec))
-                    {
+                    if gate.is_none() && rec.is_message() {
                         self.must_sync = true;
                     }
-                    self.pending.push_back((loc, rec));
+                    self.pending.push_back(Pending {
+                        loc,
+                        len: rec.len(),
+                        rec,
+                        gate: gate.as_ref().filter(|g| g.skippable()).cloned(),
+                        skipped: false,
+                    });
                     if let Some(g) = gate {
-                        waiting.push(g);
+                        waiting.push((g, now));
                     }
                 }
                 Cmd::Release(locs) => {
@@ -567,6 +652,7 @@ impl Writer {
                 }
                 Cmd::Barrier(d) => barrier.push(d),
                 Cmd::Stats(tx) => {
+                    self.leave_out_cancelled();
                     let _ = tx.send(Stats {
                         segments: self.segments.len() as u64,
                         live: self.acct.live.values().sum(),
@@ -575,6 +661,7 @@ impl Writer {
                         refusing: self.shared.refusing.load(Ordering::Acquire),
                         journal_written: self.journal.as_ref().map_or(0, |j| j.total),
                         syncs: self.syncs,
+                        skipped: self.skipped,
                     });
                 }
                 Cmd::Close(d) => {
@@ -609,7 +696,7 @@ impl Writer {
     /// segment on a full disk. Called with the place lock held.
     fn reset(&mut self, place: &mut super::log::Place) {
         let next = place.seg.max(self.current) + 1;
-        let dropped: u64 = self.pending.drain(..).map(|(_, r)| r.len() as u64).sum();
+        let dropped: u64 = self.pending.drain(..).map(|p| p.len).sum();
         self.shared.drained(dropped);
         self.unsynced.clear();
         self.file = None;
@@ -620,6 +707,7 @@ impl Writer {
         }
         self.acct = Accounting::default();
         self.compact_asked = None;
+        self.last_move = None;
         place.seg = next;
         place.size = 0;
         self.fault = None;
@@ -640,17 +728,22 @@ impl Writer {
     /// Whether a compaction move (a publish record superseding an older location) is not yet
     /// on stable storage.
     fn moves_in_flight(&self) -> bool {
-        self.pending
-            .iter()
-            .chain(self.unsynced.iter())
-            .any(|(_, r)| record::publish_prefix(r).is_some_and(|(_, from)| from != 0))
+        // Records are written and synced in location order: the last move is the one to ask.
+        self.last_move
+            .is_some_and(|loc| loc >= (self.current << 32 | self.synced))
     }
 
-    /// Write the pending records, rolling segments as their locations say. Returns false
-    /// (and records the fault) if a write or a segment creation failed.
+    /// Write the pending records, rolling segments as their locations say. A record whose
+    /// message left its only queue before the writer reached it is left out: a skip header
+    /// stands for each run of such records and their space stays a hole (never written), so
+    /// later records keep their reserved locations. Returns false (and records the fault) if a
+    /// write or a segment creation failed.
     fn write_pending(&mut self) -> bool {
         let mut buf: Vec<u8> = Vec::new();
-        while let Some(&(loc, _)) = self.pending.front() {
+        // Parts of `buf` to write: (file offset, start in `buf`); each ends where the next
+        // starts.
+        let mut parts: Vec<(u64, usize)> = Vec::new();
+        while let Some(loc) = self.pending.front().map(|p| p.loc) {
             let seg = segment_of(loc);
             if seg != self.current || self.file.is_none() {
                 if seg != self.current && self.size > self.synced && !self.sync() {
@@ -674,34 +767,80 @@ impl Writer {
                 );
                 return false;
             }
-            // One write for the contiguous records of this segment (bounded).
+            // The contiguous records of this segment (bounded), in as few writes as the
+            // holes allow.
             buf.clear();
+            parts.clear();
+            parts.push((off, 0));
+            let mut end = off;
+            let mut run: Option<u64> = None;
             let mut n = 0;
-            for (l, r) in self.pending.iter() {
-                if segment_of(*l) != seg || (n > 0 && buf.len() + r.len() > 8 << 20) {
+            let close_run =
+                |from: u64, to: u64, buf: &mut Vec<u8>, parts: &mut Vec<(u64, usize)>| {
+                    buf.extend_from_slice(&record::skip_header(to - from));
+                    let gap = to - from - record::HEADER as u64;
+                    if gap < HOLE_MIN {
+                        buf.resize(buf.len() + gap as usize, 0);
+                    } else {
+                        parts.push((to, buf.len()));
+                    }
+                };
+            for p in self.pending.iter_mut() {
+                if segment_of(p.loc) != seg || (n > 0 && buf.len() as u64 + p.len > 8 << 20) {
                     break;
                 }
-                buf.extend_from_slice(r);
+                if !p.skipped && p.gate.as_ref().is_some_and(|g| !g.take_write()) {
+                    Self::leave_out(p, &mut self.acct, &mut self.skipped);
+                }
+                if p.skipped {
+                    run.get_or_insert(end);
+                } else {
+                    if let Some(from) = run.take() {
+                        close_run(from, end, &mut buf, &mut parts);
+                    }
+                    p.rec.encode_into(&mut buf);
+                }
+                end += p.len;
                 n += 1;
             }
-            let Some(file) = self.file.as_mut() else {
+            if let Some(from) = run.take() {
+                close_run(from, end, &mut buf, &mut parts);
+            }
+            let Some(mut file) = self.file.as_ref() else {
                 return false;
             };
-            if let Err(e) = file.write_all(&buf) {
+            let mut result = Ok(());
+            for (i, &(at, from)) in parts.iter().enumerate() {
+                let to = parts.get(i + 1).map_or(buf.len(), |p| p.1);
+                if from < to {
+                    // Sequential writes; a seek only past a hole (or after a failure).
+                    if self.cursor != Some(at) {
+                        result = file.seek(io::SeekFrom::Start(at)).map(drop);
+                    }
+                    if result.is_ok() {
+                        result = file.write_all(&buf[from..to]);
+                    }
+                    self.cursor = result.is_ok().then_some(at + (to - from) as u64);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = result {
                 // Cut what part of it reached the file: the records go again, at the same
                 // offsets.
                 let _ = file.set_len(self.size);
                 self.fail("write", e);
                 return false;
             }
-            self.size += buf.len() as u64;
-            self.shared.drained(buf.len() as u64);
+            self.shared.drained(end - self.size);
+            self.size = end;
             for _ in 0..n {
-                let Some(r) = self.pending.pop_front() else {
+                let Some(p) = self.pending.pop_front() else {
                     break;
                 };
                 if self.policy == SyncPolicy::Confirm {
-                    self.unsynced.push(r);
+                    self.unsynced.push(p);
                 }
             }
             if self.policy != SyncPolicy::Confirm {
@@ -712,6 +851,25 @@ impl Writer {
             }
         }
         true
+    }
+
+    /// A record whose message left its only queue first (which wrote no removal for it): it
+    /// is not written, and stops counting as live here.
+    fn leave_out(p: &mut Pending, acct: &mut Accounting, skipped: &mut u64) {
+        p.skipped = true;
+        p.rec = Rec::Bytes(Bytes::new());
+        acct.remove(p.loc, 1);
+        *skipped += 1;
+    }
+
+    /// Leave out every waiting record whose message already left its queue, so the counts
+    /// are exact (see [`Writer::leave_out`]).
+    fn leave_out_cancelled(&mut self) {
+        for p in self.pending.iter_mut() {
+            if !p.skipped && p.gate.as_ref().is_some_and(|g| g.write_cancelled()) {
+                Self::leave_out(p, &mut self.acct, &mut self.skipped);
+            }
+        }
     }
 
     fn publish_written(&self, upto: u64) {
@@ -742,8 +900,9 @@ impl Writer {
                 if self.policy == SyncPolicy::Confirm {
                     let _ = file.set_len(self.synced);
                     self.size = self.synced;
-                    for r in self.unsynced.drain(..).rev() {
-                        self.pending.push_front(r);
+                    self.cursor = None;
+                    for p in self.unsynced.drain(..).rev() {
+                        self.pending.push_front(p);
                     }
                 }
                 self.fail("fdatasync", e);
@@ -762,7 +921,8 @@ impl Writer {
         }
         let f = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(false)
             .open(segment_path(&self.shared.dir, seg))?;
         if f.metadata()?.len() > 0 {
             f.set_len(0)?;
@@ -774,6 +934,7 @@ impl Writer {
             self.segments.push_back(seg);
         }
         self.file = Some(f);
+        self.cursor = Some(0);
         self.current = seg;
         self.size = 0;
         self.synced = 0;
@@ -818,11 +979,18 @@ impl Writer {
     }
 
     /// Keep the per-segment counts from the records appended (fixed prefix only).
-    fn account(&mut self, rec: &Bytes, loc: u64) {
+    fn account(&mut self, rec: &Rec, loc: u64) {
+        let Rec::Bytes(b) = rec else {
+            // A new message for one queue.
+            self.acct.add(segment_of(loc), 1, 1);
+            return;
+        };
+        let rec = b;
         if let Some((n, from)) = record::publish_prefix(rec) {
             self.acct.add(segment_of(loc), n, n);
             if from != 0 {
                 self.acct.remove(from, n);
+                self.last_move = Some(loc);
             }
         } else if let Some(at) = record::remove_prefix(rec) {
             self.acct.remove(at, 1);

@@ -94,27 +94,37 @@ impl VHost {
             return (accepted && rest, waits);
         }
         let mut waits = false;
-        if msg.persistent
-            && let Some(log) = self.log()
-        {
-            let durable: Vec<crate::store::log::QueueState<'_>> = queues
-                .iter()
-                .filter(|q| q.log.is_some())
-                .map(|q| (q.name.as_ref(), false, 0))
-                .collect();
-            if !durable.is_empty() {
-                let rec = crate::store::log::publish_record(0, 0, &durable, &msg);
-                waits = synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
-                // The confirm goes out when the record is synced, or before if every durable
-                // queue settles the message first (see `ConfirmGate`).
-                let gate = synced
-                    .filter(|_| waits)
-                    .map(|d| crate::message::ConfirmGate::new(d, durable.len()));
-                msg.confirm = gate.clone();
-                msg.set_store_id(log.append_gated(rec, gate));
+        let msg = 'stored: {
+            if msg.persistent
+                && let Some(log) = self.log()
+            {
+                let durable: Vec<crate::store::log::QueueState<'_>> = queues
+                    .iter()
+                    .filter(|q| q.log.is_some())
+                    .map(|q| (q.name.as_ref(), false, 0))
+                    .collect();
+                if !durable.is_empty() {
+                    waits =
+                        synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
+                    // The confirm goes out when the record is synced, or before if every
+                    // durable queue settles the message first (see `ConfirmGate`).
+                    let gate = synced
+                        .filter(|_| waits)
+                        .map(|d| crate::message::ConfirmGate::new(d, durable.len()));
+                    if let Some(gate) = gate.as_ref().filter(|g| g.skippable())
+                        && let Some(q) = queues.iter().find(|q| q.log.is_some())
+                    {
+                        // One durable queue: the writer encodes the record if it writes it
+                        // (a message consumed first is not written at all).
+                        break 'stored log.append_publish(msg, q.name.clone(), gate.clone());
+                    }
+                    let rec = crate::store::log::publish_record(0, 0, &durable, &msg);
+                    msg.confirm = gate.clone();
+                    msg.set_store_id(log.append_gated(rec, gate));
+                }
             }
-        }
-        let msg = Arc::new(msg);
+            Arc::new(msg)
+        };
         let mut accepted = true;
         for q in queues {
             accepted &= q.publish(msg.clone()) == crate::queue::Accepted::Yes;
