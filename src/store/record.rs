@@ -415,6 +415,43 @@ mod tests {
     }
 
     #[test]
+    fn a_publish_encoded_by_the_writer_has_the_length_reserved_for_it_and_decodes() {
+        let long = vec![b'x'; 300];
+        for (exchange, key, bcc, queue) in [
+            (&b""[..], &b"k"[..], vec![], "q"),
+            (
+                &long[..],
+                &long[..],
+                vec![Bytes::from_static(b"b1"), Bytes::from(long.clone())],
+                "q2",
+            ),
+        ] {
+            let mut msg = Message::recovered(
+                0,
+                Bytes::copy_from_slice(exchange),
+                Bytes::copy_from_slice(key),
+                Bytes::from_static(&[0x10, 0, 2]),
+                Bytes::from_static(b"body"),
+            );
+            msg.set_bcc(bcc);
+            let mut buf = vec![7u8; 3];
+            encode_publish_into(&mut buf, queue, &msg);
+            assert_eq!((buf.len() - 3) as u64, publish_len(queue, &msg));
+            let rec = &buf[3..];
+            let (len, crc) = parse_header(rec).unwrap();
+            assert_eq!(len as usize, rec.len() - HEADER);
+            assert_eq!(crc, crc32fast::hash(&rec[HEADER..]));
+            assert_eq!(publish_prefix(rec), Some((1, 0)));
+            let same = publish_record(0, 0, &[(queue, false, 0)], &msg);
+            assert_eq!(
+                &same[..],
+                rec,
+                "the same bytes as an eagerly encoded record"
+            );
+        }
+    }
+
+    #[test]
     fn a_fan_out_past_u16_queues_round_trips() {
         let names: Vec<String> = (0..70_000).map(|i| format!("q{i}")).collect();
         let queues: Vec<QueueState<'_>> = names.iter().map(|n| (n.as_str(), false, 0)).collect();

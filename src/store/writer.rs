@@ -798,7 +798,9 @@ impl Writer {
                     if let Some(from) = run.take() {
                         close_run(from, end, &mut buf, &mut parts);
                     }
+                    let at = buf.len();
                     p.rec.encode_into(&mut buf);
+                    debug_assert_eq!((buf.len() - at) as u64, p.len, "a record's reserved length");
                 }
                 end += p.len;
                 n += 1;
