@@ -9,6 +9,7 @@
 #   ack10     confirm window 10, the same consumer
 #   ack1      confirm window 1 (each publish waits for its confirm), the same consumer
 #   nocons    confirm window 100, no consumer (every message must reach the disk)
+#   autonc    no confirms (an unthrottled publisher), autoack consumer
 # and transient 16 B rows, for CPU per message with an independent client:
 #   t1x1      1 producer, 1 autoack consumer, no confirms
 #   t4x4      4 producers, 4 autoack consumers, one queue, no confirms
@@ -62,6 +63,7 @@ args_of() {
     fan10) echo "-x 1 -y 10 -s 16 -a -e perf-fanout -t fanout" ;;
     lat1000) echo "-x 1 -y 1 -s 16 -a -ad false -r 1000" ;;
     auto100) echo "$PERSISTENT -y 1 -c 100 -a" ;;
+    autonc) echo "$PERSISTENT -y 1 -a" ;;
     ack100) echo "$PERSISTENT -y 1 -c 100 -q 100 -A 10" ;;
     ack10) echo "$PERSISTENT -y 1 -c 10 -q 100 -A 10" ;;
     ack1) echo "$PERSISTENT -y 1 -c 1 -q 100 -A 10" ;;

@@ -110,6 +110,15 @@ impl ConfirmGate {
         self.handed.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// A gate for a message stored for one durable queue that no publisher confirm waits
+    /// for: it only lets the record be left out if the queue is done with the message first
+    /// (see [`ConfirmGate::cancel_write`]).
+    pub fn without_confirm() -> std::sync::Arc<Self> {
+        let g = Self::new(Box::new(|_| {}), 1);
+        g.done.lock().take();
+        g
+    }
+
     /// Whether the record this gate waits for may be left unwritten (one durable queue).
     pub fn skippable(&self) -> bool {
         self.skippable

@@ -1375,6 +1375,31 @@ async fn messages_consumed_before_they_are_written_are_confirmed_without_a_sync(
     // depends on the machine's load (on an idle one nearly all; on a loaded CI about half).
     let stats = log.stats().unwrap();
     assert!(stats.skipped > 0, "{stats:?}");
+    // The same without publisher confirms: no publisher waits, the records are left out all
+    // the same.
+    let (_c3, plain) = channel(&b).await;
+    for i in 0..500 {
+        plain
+            .basic_publish(
+                ss(""),
+                ss("consumed"),
+                BasicPublishOptions::default(),
+                format!("plain {i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+    }
+    for i in 0..500 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("delivered")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, format!("plain {i}").as_bytes());
+    }
+    let more = log.stats().unwrap();
+    assert!(more.skipped > stats.skipped, "{more:?}");
     // Also routed to a durable queue that nobody consumes: that holder keeps the confirm
     // waiting for the sync, and the message is there after a restart.
     ch.queue_declare(ss("kept"), durable, FieldTable::default())

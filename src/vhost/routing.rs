@@ -108,9 +108,15 @@ impl VHost {
                         synced.is_some() && log.policy == crate::store::log::SyncPolicy::Confirm;
                     // The confirm goes out when the record is synced, or before if every
                     // durable queue settles the message first (see `ConfirmGate`).
-                    let gate = synced
-                        .filter(|_| waits)
-                        .map(|d| crate::message::ConfirmGate::new(d, durable.len()));
+                    let gate = match synced.filter(|_| waits) {
+                        Some(d) => Some(crate::message::ConfirmGate::new(d, durable.len())),
+                        // No confirm waits, but a message for one durable queue still gets a
+                        // gate: left out of the log if its queue is done with it first.
+                        None if durable.len() == 1 => {
+                            Some(crate::message::ConfirmGate::without_confirm())
+                        }
+                        None => None,
+                    };
                     if let Some(gate) = gate.as_ref().filter(|g| g.skippable())
                         && let Some(q) = queues.iter().find(|q| q.log.is_some())
                     {
