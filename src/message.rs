@@ -84,8 +84,12 @@ impl ConfirmGate {
     /// A message routed to a single durable queue (`holders == 1`) may have its record
     /// left unwritten (see [`ConfirmGate::cancel_write`]).
     pub fn new(done: Done, holders: usize) -> std::sync::Arc<Self> {
+        Self::with(Some(done), holders)
+    }
+
+    fn with(done: Option<Done>, holders: usize) -> std::sync::Arc<Self> {
         std::sync::Arc::new(ConfirmGate {
-            done: parking_lot::Mutex::new(Some(done)),
+            done: parking_lot::Mutex::new(done),
             fired: std::sync::atomic::AtomicBool::new(false),
             holders: std::sync::atomic::AtomicUsize::new(holders),
             skippable: holders == 1,
@@ -114,9 +118,7 @@ impl ConfirmGate {
     /// for: it only lets the record be left out if the queue is done with the message first
     /// (see [`ConfirmGate::cancel_write`]).
     pub fn without_confirm() -> std::sync::Arc<Self> {
-        let g = Self::new(Box::new(|_| {}), 1);
-        g.done.lock().take();
-        g
+        Self::with(None, 1)
     }
 
     /// Whether the record this gate waits for may be left unwritten (one durable queue).

@@ -72,22 +72,43 @@ def publisher(port, queue, confirmed, stop, size=0, first=0):
         pass  # the broker was killed
 
 
+def declare_durable(port, queue):
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    conn.channel().queue_declare(queue, durable=True)
+    conn.close()
+
+
+def wait_until(confirmed, want, deadline):
+    """Until `confirmed` holds `want` messages or the deadline (monotonic) passes."""
+    while len(confirmed) < want and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def drain(port, queue):
+    """Every message left in `queue`, taken with basic.get: [(number, redelivered, size)]."""
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    ch = conn.channel()
+    out = []
+    while True:
+        m, props, body = ch.basic_get(queue, auto_ack=True)
+        if m is None:
+            break
+        out.append((int(body.rstrip(b".")), m.redelivered, len(body)))
+    conn.close()
+    return out
+
+
 @pytest.mark.parametrize("round_", range(int(os.environ.get("CRASH_ROUNDS", "3"))))
 def test_kill_9_loses_no_confirmed_message(round_):
     rng = random.Random(round_)
     with tempfile.TemporaryDirectory() as data:
         proc, port = start(data)
         queue = "crash-%d" % round_
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-        conn.channel().queue_declare(queue, durable=True)
-        conn.close()
+        declare_durable(port, queue)
         confirmed, stop = [], threading.Event()
         t = threading.Thread(target=publisher, args=(port, queue, confirmed, stop), daemon=True)
         t.start()
-        deadline = time.monotonic() + 10
-        want = rng.randint(50, 400)
-        while len(confirmed) < want and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(confirmed, rng.randint(50, 400), time.monotonic() + 10)
         time.sleep(rng.random() * 0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -96,16 +117,10 @@ def test_kill_9_loses_no_confirmed_message(round_):
         assert len(confirmed) > 0
         proc, port = start(data)
         try:
-            conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-            ch = conn.channel()
-            got = []
-            while True:
-                m, props, body = ch.basic_get(queue, auto_ack=True)
-                if m is None:
-                    break
-                assert not m.redelivered, "never delivered before the crash"
-                got.append(int(body))
-            conn.close()
+            left = drain(port, queue)
+            assert not any(redelivered for _, redelivered, _ in left), \
+                "never delivered before the crash"
+            got = [n for n, _, _ in left]
             assert len(got) == len(set(got)), "duplicates after recovery"
             missing = set(confirmed) - set(got)
             assert not missing, "confirmed but lost: %s" % sorted(missing)[:10]
@@ -149,9 +164,7 @@ def test_kill_9_with_a_consumer_and_paging(round_, tmp_path):
     data.mkdir()
     proc, port = start(str(data), str(config))
     queue = "crash-consumed-%d" % round_
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-    conn.channel().queue_declare(queue, durable=True)
-    conn.close()
+    declare_durable(port, queue)
     confirmed, acked, delivered, stop = [], set(), set(), threading.Event()
     pubs = [threading.Thread(target=publisher, args=(port, queue, c, stop, 1024), daemon=True)
             for c in (confirmed,)]
@@ -159,13 +172,10 @@ def test_kill_9_with_a_consumer_and_paging(round_, tmp_path):
     for t in pubs:
         t.start()
     deadline = time.monotonic() + 10
-    while len(confirmed) < 1000 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(confirmed, 1000, deadline)
     cons = threading.Thread(target=consumer, args=(port, queue, acked, delivered, stop), daemon=True)
     cons.start()
-    want = len(confirmed) + rng.randint(100, 1500)
-    while len(confirmed) < want and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(confirmed, len(confirmed) + rng.randint(100, 1500), deadline)
     time.sleep(rng.random() * 0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -175,18 +185,10 @@ def test_kill_9_with_a_consumer_and_paging(round_, tmp_path):
     acked, delivered = set(acked), set(delivered)
     proc, port = start(str(data), str(config))
     try:
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-        ch = conn.channel()
-        got, flags = [], {}
-        while True:
-            m, props, body = ch.basic_get(queue, auto_ack=True)
-            if m is None:
-                break
-            assert len(body) == 1024
-            n = int(body.rstrip(b"."))
-            got.append(n)
-            flags[n] = m.redelivered
-        conn.close()
+        left = drain(port, queue)
+        assert all(size == 1024 for _, _, size in left)
+        got = [n for n, _, _ in left]
+        flags = {n: redelivered for n, redelivered, _ in left}
         assert len(got) == len(set(got)), "duplicates after recovery"
         missing = set(confirmed) - set(got) - acked
         assert not missing, "confirmed, not acked, but lost: %s" % sorted(missing)[:10]
@@ -402,9 +404,7 @@ def test_kill_9_after_no_ack_consumers_left_records_out(round_, tmp_path):
     data.mkdir()
     proc, port = start(str(data), str(config))
     queue = "crash-no-ack-%d" % round_
-    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-    conn.channel().queue_declare(queue, durable=True)
-    conn.close()
+    declare_durable(port, queue)
     # Phase 1: a no-ack consumer takes every message as it is published.
     first, delivered, stop = [], [], threading.Event()
     cons = threading.Thread(target=no_ack_consumer, args=(port, queue, delivered, stop),
@@ -413,9 +413,7 @@ def test_kill_9_after_no_ack_consumers_left_records_out(round_, tmp_path):
     pub = threading.Thread(target=publisher, args=(port, queue, first, stop, 1024), daemon=True)
     pub.start()
     deadline = time.monotonic() + 20
-    want = rng.randint(500, 2000)
-    while len(first) < want and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(first, rng.randint(500, 2000), deadline)
     stop.set()
     pub.join(10)
     cons.join(10)
@@ -425,9 +423,7 @@ def test_kill_9_after_no_ack_consumers_left_records_out(round_, tmp_path):
     pub2 = threading.Thread(target=publisher,
                             args=(port, queue, second, stop2, 1024, second_start), daemon=True)
     pub2.start()
-    want = rng.randint(100, 1000)
-    while len(second) < want and time.monotonic() < deadline + 10:
-        time.sleep(0.005)
+    wait_until(second, rng.randint(100, 1000), deadline + 10)
     time.sleep(rng.random() * 0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -435,16 +431,9 @@ def test_kill_9_after_no_ack_consumers_left_records_out(round_, tmp_path):
     pub2.join(5)
     proc, port = start(str(data), str(config))
     try:
-        conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
-        ch = conn.channel()
-        got = []
-        while True:
-            m, props, body = ch.basic_get(queue, auto_ack=True)
-            if m is None:
-                break
-            assert len(body) == 1024
-            got.append(int(body.rstrip(b".")))
-        conn.close()
+        left = drain(port, queue)
+        assert all(size == 1024 for _, _, size in left)
+        got = [n for n, _, _ in left]
         assert not [n for n in got if n < second_start], "a message the no-ack consumer took came back"
         assert len(got) == len(set(got)), "duplicates after recovery"
         missing = set(second) - set(got)
