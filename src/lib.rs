@@ -14,6 +14,7 @@ pub(crate) mod auth;
 pub mod broker;
 pub(crate) mod channel;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub(crate) mod connection;
 pub mod defs;

@@ -1,0 +1,412 @@
+//! Clustering, step one and two of docs/clustering.md: the inter-node transport
+//! ([`transport`]), and the metadata Raft group (group 0) on openraft: its log on disk
+//! ([`log`]), its state machine ([`machine`]) handing committed commands to an [`Apply`] (the
+//! broker's definitions), and [`Cluster`], which forms the group from the static seed list,
+//! forwards proposals to the leader and reports the members. [`faults`] is the fault-injection
+//! proxy the cluster tests put between nodes.
+//!
+//! Quorum-queue groups and publish/consume forwarding are later steps (docs/clustering.md).
+
+pub mod faults;
+pub mod log;
+pub mod machine;
+pub mod transport;
+
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use openraft::{Config, Raft, ServerState};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+pub use transport::ProposeError;
+use transport::{Auth, Network, Peer, Resolve};
+
+/// A node's Raft id: derived from its name (the first 8 bytes of SHA-256), so every node
+/// computes every other's from the seed list alone.
+pub type NodeId = u64;
+
+/// A cluster member as the membership records it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's name (`warren-1`).
+    pub name: String,
+    /// Its inter-node address (`host:port`).
+    pub addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+/// A metadata change, as a log command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A fragment of RabbitMQ's definitions JSON (vhosts, users, permissions, exchanges,
+    /// queues, bindings, policies, parameters): declared on every node.
+    Definitions(serde_json::Value),
+    /// Delete one object: `kind` is `vhost`, `user`, `exchange`, `queue` or `policy`.
+    Delete {
+        kind: String,
+        vhost: String,
+        name: String,
+    },
+    /// Delete a binding (its definitions-JSON form).
+    Unbind(serde_json::Value),
+}
+
+/// The outcome of applying a command on a node (the leader's is the one a client sees).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// Why the command was refused (the broker's own error text), if it was.
+    pub error: Option<String>,
+}
+
+openraft::declare_raft_types!(
+    /// The metadata group's types.
+    pub Meta:
+        D = Command,
+        R = Reply,
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+);
+
+/// What committed commands are applied to.
+pub trait Apply: Send + Sync + 'static {
+    fn apply(&self, cmd: Command) -> BoxFuture<'static, Reply>;
+    /// Everything applied so far, as a snapshot.
+    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>>;
+    /// Replace what was applied with a snapshot's content.
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()>;
+}
+
+/// The id of the node named `name`.
+pub fn node_id(name: &str) -> NodeId {
+    let h = Sha256::digest(name.as_bytes());
+    u64::from_be_bytes(h[..8].try_into().unwrap())
+}
+
+/// Parse a seed `name@host:port`.
+pub fn parse_seed(seed: &str) -> Result<Member, String> {
+    match seed.split_once('@') {
+        Some((name, addr)) if !name.is_empty() && addr.contains(':') => Ok(Member {
+            name: name.to_string(),
+            addr: addr.to_string(),
+        }),
+        _ => Err(format!(
+            "cluster.seeds: '{seed}' is not of the form name@host:port"
+        )),
+    }
+}
+
+/// Raft timing. The defaults suit loopback and LAN: a leader lost is replaced within about
+/// two seconds.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            heartbeat_ms: 200,
+            election_min_ms: 1000,
+            election_max_ms: 2000,
+        }
+    }
+}
+
+/// What a node needs to start.
+pub struct Options {
+    pub cluster: String,
+    pub secret: String,
+    /// This node's name; it must be one of the seeds.
+    pub name: String,
+    pub seeds: Vec<Member>,
+    /// Where the Raft log lives.
+    pub dir: PathBuf,
+    /// The inter-node listener, already bound.
+    pub listener: TcpListener,
+    pub applier: Arc<dyn Apply>,
+    /// How peers are dialled (default: their advertised address).
+    pub resolve: Option<Resolve>,
+    pub timing: Timing,
+    /// Log entries between snapshots.
+    pub snapshot_every: u64,
+}
+
+/// A member as `/api/nodes` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub addr: String,
+    pub id: NodeId,
+    /// This node, or a node that answered within the last few seconds.
+    pub running: bool,
+    pub leader: bool,
+}
+
+/// One running member of the metadata group.
+pub struct Cluster {
+    pub id: NodeId,
+    pub name: String,
+    pub cluster: String,
+    raft: Raft<Meta>,
+    network: Network,
+    peers: tokio::sync::Mutex<HashMap<NodeId, Peer>>,
+    seen: Arc<DashMap<NodeId, Instant>>,
+    listen: std::net::SocketAddr,
+    stop: CancellationToken,
+}
+
+/// How long a member that has not answered still counts as running.
+const SEEN_FOR: Duration = Duration::from_secs(3);
+
+impl Cluster {
+    /// Start this node's member of the metadata group. The seed with the smallest name forms
+    /// the group (all seeds as voters) when its log is empty; the others wait to hear from
+    /// the leader.
+    pub async fn start(o: Options) -> io::Result<Arc<Cluster>> {
+        let me = o
+            .seeds
+            .iter()
+            .find(|m| m.name == o.name)
+            .cloned()
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("cluster.node '{}' is not among cluster.seeds", o.name),
+                )
+            })?;
+        let id = node_id(&me.name);
+        let config = Config {
+            cluster_name: o.cluster.clone(),
+            heartbeat_interval: o.timing.heartbeat_ms,
+            election_timeout_min: o.timing.election_min_ms,
+            election_timeout_max: o.timing.election_max_ms,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(o.snapshot_every),
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let auth = Auth {
+            cluster: o.cluster.clone(),
+            secret: o.secret.clone(),
+            node: id,
+        };
+        let seen: Arc<DashMap<NodeId, Instant>> = Arc::new(DashMap::new());
+        let resolve = o
+            .resolve
+            .unwrap_or_else(|| Arc::new(|_, m: &Member| m.addr.clone()));
+        let network = Network {
+            auth: auth.clone(),
+            resolve,
+        };
+        let log = log::LogStore::open(&o.dir)?;
+        let machine = machine::Machine::open(&o.dir, o.applier).await?;
+        let raft = Raft::new(id, Arc::new(config), network.clone(), log, machine)
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let listen = o.listener.local_addr()?;
+        let stop = CancellationToken::new();
+        tokio::spawn(transport::serve(
+            o.listener,
+            raft.clone(),
+            auth,
+            seen.clone(),
+            stop.clone(),
+        ));
+        let first = o.seeds.iter().map(|m| &m.name).min() == Some(&me.name);
+        if first
+            && !raft
+                .is_initialized()
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?
+        {
+            let members: BTreeMap<NodeId, Member> = o
+                .seeds
+                .iter()
+                .map(|m| (node_id(&m.name), m.clone()))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::warn!(error = %e, "cluster: forming the metadata group failed");
+            } else {
+                tracing::info!(cluster = %o.cluster, "cluster: metadata group formed");
+            }
+        }
+        let cluster = Arc::new(Cluster {
+            id,
+            name: me.name.clone(),
+            cluster: o.cluster,
+            raft,
+            network,
+            peers: tokio::sync::Mutex::new(HashMap::new()),
+            seen,
+            listen,
+            stop,
+        });
+        tokio::spawn(ping_loop(Arc::downgrade(&cluster)));
+        tracing::info!(node = %me, id, "cluster: member started");
+        Ok(cluster)
+    }
+
+    /// The inter-node listener's address.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.listen
+    }
+
+    /// The Raft handle (tests read metrics through it).
+    pub fn raft(&self) -> &Raft<Meta> {
+        &self.raft
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this node leads the metadata group.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Commit a command through the leader (this node or another) and return the leader's
+    /// reply; retried across elections until `timeout`. A command retried after a lost
+    /// response may be applied twice: commands are declarations, so that is harmless.
+    pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Reply, ProposeError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut metrics = self.raft.metrics();
+        let mut last = ProposeError::Unavailable("no leader".into());
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(last);
+            }
+            let leader = metrics.borrow_and_update().current_leader;
+            let r = match leader {
+                Some(l) if l == self.id => {
+                    tokio::time::timeout(left, transport::propose_local(&self.raft, cmd.clone()))
+                        .await
+                        .unwrap_or_else(|_| Err(ProposeError::Unavailable("timed out".into())))
+                }
+                Some(l) => self.forward(l, cmd.clone(), left).await,
+                None => Err(ProposeError::Unavailable("no leader".into())),
+            };
+            match r {
+                Ok(reply) => return Ok(reply),
+                Err(e) => last = e,
+            }
+            // Wait for news of a leader, or a short while (a leader's node may be restarting).
+            let _ =
+                tokio::time::timeout(Duration::from_millis(100).min(left), metrics.changed()).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        cmd: Command,
+        ttl: Duration,
+    ) -> Result<Reply, ProposeError> {
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned();
+        let Some(member) = member else {
+            return Err(ProposeError::Unavailable("leader not a member".into()));
+        };
+        let mut peers = self.peers.lock().await;
+        let peer = peers.entry(leader).or_insert_with(|| {
+            Peer::new(
+                leader,
+                (self.network.resolve)(leader, &member),
+                self.network.auth.clone(),
+            )
+        });
+        peer.propose(cmd, ttl).await
+    }
+
+    /// Every member, with whether it answers.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let m = self.raft.metrics().borrow().clone();
+        let now = Instant::now();
+        let mut out: Vec<MemberStatus> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| MemberStatus {
+                name: n.name.clone(),
+                addr: n.addr.clone(),
+                id: *id,
+                running: *id == self.id
+                    || self
+                        .seen
+                        .get(id)
+                        .is_some_and(|t| now.duration_since(*t) < SEEN_FOR),
+                leader: m.current_leader == Some(*id),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Stop this member: Raft, the listener and its connections.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// Every second, ask each other member whether it is there (for `running` in `/api/nodes`;
+/// followers otherwise hear only from the leader).
+async fn ping_loop(cluster: std::sync::Weak<Cluster>) {
+    let mut peers: HashMap<NodeId, Peer> = HashMap::new();
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        if c.stop.is_cancelled() {
+            return;
+        }
+        let members: Vec<(NodeId, Member)> = c
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(i, n)| (*i, n.clone()))
+            .collect();
+        for (id, m) in members {
+            if id == c.id {
+                continue;
+            }
+            let peer = peers.entry(id).or_insert_with(|| {
+                Peer::new(id, (c.network.resolve)(id, &m), c.network.auth.clone())
+            });
+            if peer.ping(Duration::from_millis(500)).await {
+                c.seen.insert(id, Instant::now());
+            }
+        }
+        let stop = c.stop.clone();
+        drop(c);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

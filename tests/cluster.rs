@@ -1,0 +1,440 @@
+//! The metadata Raft group on three in-process nodes, talking over loopback TCP through the
+//! fault-injection proxy (one link per direction of each pair): election, replication,
+//! forwarding from followers, a leader's loss, a minority partition, a restart that catches up
+//! from a snapshot, and a node with the wrong secret.
+
+use futures::future::BoxFuture;
+use parking_lot::Mutex;
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use warren::cluster::faults::Link;
+use warren::cluster::{
+    Apply, Cluster, Command, Member, NodeId, Options, ProposeError, Reply, Timing, node_id,
+};
+
+/// Records what was applied, in order.
+#[derive(Default)]
+struct Record {
+    applied: Mutex<Vec<Command>>,
+    installs: Mutex<u32>,
+}
+
+impl Apply for Record {
+    fn apply(&self, cmd: Command) -> BoxFuture<'static, Reply> {
+        let refused = cmd == Command::Definitions(json!("refuse me"));
+        self.applied.lock().push(cmd);
+        Box::pin(async move {
+            Reply {
+                error: refused.then(|| "refused".to_string()),
+            }
+        })
+    }
+    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+        let bytes = serde_json::to_vec(&*self.applied.lock()).unwrap();
+        Box::pin(async move { bytes })
+    }
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+        *self.applied.lock() = serde_json::from_slice(&data).unwrap();
+        *self.installs.lock() += 1;
+        Box::pin(async {})
+    }
+}
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    addr: SocketAddr,
+    secret: String,
+    record: Arc<Record>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    nodes: Vec<Node>,
+    seeds: Vec<Member>,
+    /// links[(i, j)]: what node i dials to reach node j.
+    links: HashMap<(usize, usize), Link>,
+    snapshot_every: u64,
+}
+
+fn cmd(n: u32) -> Command {
+    Command::Definitions(json!({ "exchanges": [{ "name": format!("x{n}") }] }))
+}
+
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    // The port of a stopped node frees once its listener task has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+impl Harness {
+    async fn new(secrets: [&str; 3], snapshot_every: u64) -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        let mut nodes = Vec::new();
+        for (i, secret) in secrets.iter().enumerate() {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            listeners.push(l);
+            nodes.push(Node {
+                name: format!("n{}", i + 1),
+                dir: tmp.path().join(format!("n{}", i + 1)),
+                addr,
+                secret: secret.to_string(),
+                record: Arc::new(Record::default()),
+                cluster: None,
+            });
+        }
+        let seeds: Vec<Member> = nodes
+            .iter()
+            .map(|n| Member {
+                name: n.name.clone(),
+                addr: n.addr.to_string(),
+            })
+            .collect();
+        let mut links = HashMap::new();
+        for i in 0..3 {
+            for (j, to) in nodes.iter().enumerate() {
+                if i != j {
+                    links.insert((i, j), Link::start(to.addr).await.unwrap());
+                }
+            }
+        }
+        let mut h = Harness {
+            _tmp: tmp,
+            nodes,
+            seeds,
+            links,
+            snapshot_every,
+        };
+        for (i, l) in listeners.into_iter().enumerate() {
+            h.start_with(i, l).await;
+        }
+        h
+    }
+
+    async fn start(&mut self, i: usize) {
+        let l = bind(self.nodes[i].addr).await;
+        self.start_with(i, l).await;
+    }
+
+    async fn start_with(&mut self, i: usize, listener: tokio::net::TcpListener) {
+        let by_id: HashMap<NodeId, SocketAddr> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| (node_id(&self.nodes[j].name), self.links[&(i, j)].addr()))
+            .collect();
+        let n = &mut self.nodes[i];
+        n.record = Arc::new(Record::default());
+        let c = Cluster::start(Options {
+            cluster: "test".into(),
+            secret: n.secret.clone(),
+            name: n.name.clone(),
+            seeds: self.seeds.clone(),
+            dir: n.dir.clone(),
+            listener,
+            applier: n.record.clone(),
+            resolve: Some(Arc::new(move |id, m: &Member| {
+                by_id
+                    .get(&id)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| m.addr.clone())
+            })),
+            timing: Timing {
+                heartbeat_ms: 100,
+                election_min_ms: 600,
+                election_max_ms: 1200,
+            },
+            snapshot_every: self.snapshot_every,
+        })
+        .await
+        .unwrap();
+        n.cluster = Some(c);
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(c) = self.nodes[i].cluster.take() {
+            c.shutdown().await;
+        }
+    }
+
+    fn cluster(&self, i: usize) -> &Arc<Cluster> {
+        self.nodes[i].cluster.as_ref().unwrap()
+    }
+
+    /// The index of the node all running nodes agree leads, within `within`.
+    async fn leader(&self, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let running: Vec<usize> = (0..3)
+                .filter(|&i| self.nodes[i].cluster.is_some())
+                .collect();
+            let leaders: Vec<usize> = running
+                .iter()
+                .copied()
+                .filter(|&i| self.cluster(i).is_leader())
+                .collect();
+            if let [l] = leaders[..] {
+                let id = self.cluster(l).id;
+                if running
+                    .iter()
+                    .all(|&i| self.cluster(i).leader() == Some(id))
+                {
+                    return l;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Node `i` cut off from the other two, both ways.
+    fn isolate(&self, i: usize) {
+        for ((a, b), l) in &self.links {
+            if *a == i || *b == i {
+                l.cut();
+            }
+        }
+    }
+
+    fn heal(&self) {
+        for l in self.links.values() {
+            l.heal();
+        }
+    }
+
+    async fn wait_applied(&self, i: usize, want: &[Command]) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = self.nodes[i].record.applied.lock().clone();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} applied {} commands, want {}: {got:?}",
+                got.len(),
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const LONG: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elects_replicates_forwards_and_survives_the_leaders_loss() {
+    let mut h = Harness::new(["s", "s", "s"], 1000).await;
+    let leader = h.leader(LONG).await;
+    let follower = (leader + 1) % 3;
+    // Proposed on a follower: forwarded to the leader, committed, applied everywhere.
+    let mut want = Vec::new();
+    for n in 0..5 {
+        let r = h.cluster(follower).propose(cmd(n), LONG).await.unwrap();
+        assert_eq!(r, Reply::default());
+        want.push(cmd(n));
+    }
+    // The leader's answer reaches the proposer, refusals included.
+    let r = h
+        .cluster(follower)
+        .propose(Command::Definitions(json!("refuse me")), LONG)
+        .await
+        .unwrap();
+    assert_eq!(r.error.as_deref(), Some("refused"));
+    want.push(Command::Definitions(json!("refuse me")));
+    for i in 0..3 {
+        h.wait_applied(i, &want).await;
+    }
+    // Every member is listed, and each answers.
+    let deadline = Instant::now() + LONG;
+    while !h.cluster(follower).members().iter().all(|m| m.running) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            h.cluster(follower).members()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let names: Vec<_> = h
+        .cluster(follower)
+        .members()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+
+    // The leader stops: another is elected within a few seconds and takes proposals.
+    let lost = Instant::now();
+    h.stop(leader).await;
+    let next = h.leader(Duration::from_secs(10)).await;
+    let took = lost.elapsed();
+    assert_ne!(next, leader);
+    assert!(took < Duration::from_secs(5), "new leader after {took:?}");
+    for n in 5..10 {
+        h.cluster(next).propose(cmd(n), LONG).await.unwrap();
+        want.push(cmd(n));
+    }
+    let down = h
+        .cluster(next)
+        .members()
+        .into_iter()
+        .find(|m| m.name == h.nodes[leader].name)
+        .unwrap();
+    let deadline = Instant::now() + LONG;
+    while h
+        .cluster(next)
+        .members()
+        .iter()
+        .any(|m| m.name == down.name && m.running)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "stopped node still listed as running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The old leader restarts from its directory: its log replays, and it catches up.
+    h.start(leader).await;
+    for i in 0..3 {
+        h.wait_applied(i, &want).await;
+    }
+    for i in 0..3 {
+        h.stop(i).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_cannot_commit_and_catches_up_after_the_partition_heals() {
+    let mut h = Harness::new(["s", "s", "s"], 1000).await;
+    let leader = h.leader(LONG).await;
+    let mut want = vec![cmd(0)];
+    h.cluster(leader).propose(cmd(0), LONG).await.unwrap();
+    // The leader alone on one side: it cannot commit; the other two elect a leader and can.
+    h.isolate(leader);
+    let minority = h.cluster(leader).clone();
+    let refused = minority
+        .propose(cmd(100), Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ProposeError::Unavailable(_)),
+        "{refused:?}"
+    );
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let deadline = Instant::now() + LONG;
+    let majority_leader = loop {
+        if let Some(&l) = others.iter().find(|&&i| h.cluster(i).is_leader()) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for n in 1..4 {
+        h.cluster(others[n as usize % 2])
+            .propose(cmd(n), LONG)
+            .await
+            .unwrap();
+        want.push(cmd(n));
+    }
+    let _ = majority_leader;
+    assert!(!h.nodes[leader].record.applied.lock().contains(&cmd(100)));
+    // Healed: one leader again, every node has the majority's commands and none of the
+    // minority's uncommitted one.
+    h.heal();
+    h.leader(LONG).await;
+    for i in 0..3 {
+        h.wait_applied(i, &want).await;
+    }
+    for i in 0..3 {
+        h.stop(i).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_purged_log_gets_a_snapshot_and_restarts_from_it() {
+    let mut h = Harness::new(["s", "s", "s"], 10).await;
+    let leader = h.leader(LONG).await;
+    let away = (leader + 1) % 3;
+    h.stop(away).await;
+    let mut want = Vec::new();
+    for n in 0..40 {
+        h.cluster(leader).propose(cmd(n), LONG).await.unwrap();
+        want.push(cmd(n));
+    }
+    // The leader snapshots every 10 entries and keeps no log behind its snapshot, so the
+    // node that was away can only catch up from a snapshot.
+    let deadline = Instant::now() + LONG;
+    while h.cluster(leader).raft().metrics().borrow().purged.is_none() {
+        assert!(Instant::now() < deadline, "the leader never purged its log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.start(away).await;
+    h.wait_applied(away, &want).await;
+    assert!(*h.nodes[away].record.installs.lock() >= 1);
+    // Every node restarts from its own snapshot and log.
+    for i in 0..3 {
+        h.stop(i).await;
+    }
+    for i in 0..3 {
+        h.start(i).await;
+    }
+    h.leader(LONG).await;
+    for i in 0..3 {
+        h.wait_applied(i, &want).await;
+    }
+    for i in 0..3 {
+        h.stop(i).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_is_kept_out() {
+    let mut h = Harness::new(["s", "s", "wrong"], 1000).await;
+    let leader = h.leader_of(&[0, 1]).await;
+    let want = vec![cmd(1)];
+    h.cluster(leader).propose(cmd(1), LONG).await.unwrap();
+    h.wait_applied(0, &want).await;
+    h.wait_applied(1, &want).await;
+    // The two others refuse its connections: it never hears of the command, and they never
+    // count it as running.
+    let members = h.cluster(leader).members();
+    assert!(!members.iter().find(|m| m.name == "n3").unwrap().running);
+    assert!(h.nodes[2].record.applied.lock().is_empty());
+    for i in 0..3 {
+        h.stop(i).await;
+    }
+}
+
+impl Harness {
+    /// The leader among `of`, agreed by them.
+    async fn leader_of(&self, of: &[usize]) -> usize {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(&l) = of.iter().find(|&&i| self.cluster(i).is_leader()) {
+                let id = self.cluster(l).id;
+                if of.iter().all(|&i| self.cluster(i).leader() == Some(id)) {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader among {of:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
