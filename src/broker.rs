@@ -28,6 +28,15 @@ pub struct Broker {
 impl Broker {
     /// Bind the listener and start accepting connections.
     pub async fn start(config: Config) -> io::Result<Broker> {
+        Broker::start_with(config, None).await
+    }
+
+    /// As [`Broker::start`], with the inter-node listener already bound (tests bind every
+    /// node's port before any node starts, so each knows the others' addresses).
+    pub async fn start_with(
+        config: Config,
+        cluster_listener: Option<TcpListener>,
+    ) -> io::Result<Broker> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -57,6 +66,14 @@ impl Broker {
         if let Some(path) = &state.config.load_definitions {
             crate::management::load_definitions(&state, path).await?;
             info!(file = %path.display(), "definitions imported");
+        }
+        if state.config.cluster.enabled {
+            let listener = match cluster_listener {
+                Some(l) => l,
+                None => TcpListener::bind(&state.config.cluster.listen).await?,
+            };
+            let c = crate::management::start_cluster(&state, listener).await?;
+            let _ = state.cluster.set(c);
         }
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();
@@ -205,6 +222,10 @@ impl Broker {
         {
             warn!("some connections did not close within {grace:?}");
         }
+        // The cluster member stops applying before the logs close.
+        if let Some(c) = self.state.cluster.get() {
+            c.shutdown().await;
+        }
         // Whatever the sync policy, what was written is synced before exit; then the log
         // stops (later appends are dropped), so nothing touches the files after this returns.
         let logs: Vec<_> = self
@@ -216,6 +237,7 @@ impl Broker {
         for log in logs {
             let _ = tokio::task::spawn_blocking(move || log.close()).await;
         }
+
         info!("broker stopped");
     }
 

@@ -61,8 +61,40 @@ pub struct Config {
     /// A definitions file (RabbitMQ's JSON export) imported at every start, after the
     /// configured users and vhosts (RabbitMQ's `load_definitions`; also `--definitions`).
     pub load_definitions: Option<PathBuf>,
+    /// Clustering (docs/clustering.md): the metadata Raft group.
+    pub cluster: Cluster,
     /// Test-environment features (never on by default).
     pub testing: Testing,
+}
+
+/// Clustering: this node's member of the metadata Raft group (docs/clustering.md). The
+/// cluster's name is `cluster_name`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Join a cluster (off by default: a single node).
+    pub enabled: bool,
+    /// This node's name; one of the seeds.
+    pub node: String,
+    /// Address and port of the inter-node listener (RabbitMQ's distribution port, 25672).
+    pub listen: String,
+    /// Every member as `name@host:port` (RabbitMQ's `cluster_formation.classic_config.nodes`).
+    pub seeds: Vec<String>,
+    /// The secret nodes prove to each other (RabbitMQ's Erlang cookie); required when
+    /// enabled. Also `WARREN_CLUSTER_SECRET`.
+    pub secret: String,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            enabled: false,
+            node: String::new(),
+            listen: "127.0.0.1:25672".into(),
+            seeds: Vec::new(),
+            secret: String::new(),
+        }
+    }
 }
 
 /// Test-environment features.
@@ -443,6 +475,7 @@ impl Default for Config {
             tls: Tls::default(),
             prometheus: Prometheus::default(),
             load_definitions: None,
+            cluster: Cluster::default(),
             testing: Testing::default(),
         }
     }
@@ -475,6 +508,26 @@ impl Config {
 
     /// Check values serde cannot check; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
+        if self.cluster.enabled {
+            let c = &self.cluster;
+            let seeds = c
+                .seeds
+                .iter()
+                .map(|s| crate::cluster::parse_seed(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            if !seeds.iter().any(|m| m.name == c.node) {
+                return Err(format!(
+                    "cluster.node: '{}' is not among cluster.seeds",
+                    c.node
+                ));
+            }
+            if c.secret.is_empty() {
+                return Err("cluster.secret: required when cluster.enabled".into());
+            }
+            if c.listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!("cluster.listen: '{}' is not host:port", c.listen));
+            }
+        }
         if self.amqp.bind.parse::<IpAddr>().is_err() {
             return Err(format!(
                 "amqp.bind: '{}' is not an IP address",

@@ -51,6 +51,18 @@ struct Cli {
     /// `POST /api/warren/clock` (testing.clock = "manual").
     #[arg(long)]
     test_clock: bool,
+    /// Join a cluster as this node (sets cluster.enabled and cluster.node).
+    #[arg(long, env = "WARREN_CLUSTER_NODE")]
+    cluster_node: Option<String>,
+    /// The cluster's members, name@host:port, comma-separated (cluster.seeds).
+    #[arg(long, env = "WARREN_CLUSTER_SEEDS", value_delimiter = ',')]
+    cluster_seeds: Option<Vec<String>>,
+    /// The inter-node listener, host:port (cluster.listen).
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
+    cluster_listen: Option<String>,
+    /// The secret members share (cluster.secret).
+    #[arg(long, env = "WARREN_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -149,6 +161,19 @@ fn load(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(d) = &cli.definitions {
         config.load_definitions = Some(d.clone());
+    }
+    if let Some(n) = &cli.cluster_node {
+        config.cluster.enabled = true;
+        config.cluster.node = n.clone();
+    }
+    if let Some(s) = &cli.cluster_seeds {
+        config.cluster.seeds = s.clone();
+    }
+    if let Some(l) = &cli.cluster_listen {
+        config.cluster.listen = l.clone();
+    }
+    if let Some(s) = &cli.cluster_secret {
+        config.cluster.secret = s.clone();
     }
     config.validate()?;
     Ok(config)

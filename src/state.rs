@@ -52,6 +52,8 @@ pub struct BrokerState {
     pub rates: crate::stats::Rates,
     /// Connections and channels opened and closed.
     pub churn: crate::stats::Churn,
+    /// This node's member of the cluster's metadata group, when clustered.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
     /// Dynamic shovels, by (vhost, name) (run by `crate::shovel`).
     pub shovels: DashMap<(String, String), Arc<crate::stats::Shovel>>,
     /// The addresses the broker listens on, by protocol (`amqp`, `amqp/ssl`, `http`, ...).
@@ -312,6 +314,7 @@ impl BrokerState {
             rates: Default::default(),
             churn: Default::default(),
             shovels: DashMap::new(),
+            cluster: Default::default(),
             listeners: Default::default(),
         }
     }

@@ -30,6 +30,7 @@ impl Apply for Record {
         Box::pin(async move {
             Reply {
                 error: refused.then(|| "refused".to_string()),
+                ..Default::default()
             }
         })
     }
@@ -436,5 +437,236 @@ impl Harness {
             assert!(Instant::now() < deadline, "no leader among {of:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+// Three brokers clustered in-process: management API changes on any node are committed by
+// the metadata group and made on every node.
+
+mod common;
+
+use warren::{Broker, Config};
+
+struct Brokers {
+    _tmp: tempfile::TempDir,
+    configs: Vec<Config>,
+    addrs: Vec<SocketAddr>,
+    brokers: Vec<Option<Broker>>,
+}
+
+const ADMIN: Option<&str> = Some("guest:guest");
+
+impl Brokers {
+    async fn new() -> Brokers {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut listeners = Vec::new();
+        for _ in 0..3 {
+            listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let seeds: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("warren-{}@{a}", i + 1))
+            .collect();
+        let mut configs = Vec::new();
+        for (i, addr) in addrs.iter().enumerate() {
+            let mut c = Config::for_tests();
+            c.storage.mode = warren::config::StorageMode::Disk;
+            c.data_dir = tmp.path().join(format!("node{}", i + 1));
+            c.management.enabled = true;
+            c.management.bind = "127.0.0.1".into();
+            c.management.port = 0;
+            c.cluster_name = "test-cluster".into();
+            c.cluster.enabled = true;
+            c.cluster.node = format!("warren-{}", i + 1);
+            c.cluster.listen = addr.to_string();
+            c.cluster.seeds = seeds.clone();
+            c.cluster.secret = "secret".into();
+            configs.push(c);
+        }
+        let mut brokers = Vec::new();
+        for (c, l) in configs.iter().zip(listeners) {
+            brokers.push(Some(Broker::start_with(c.clone(), Some(l)).await.unwrap()));
+        }
+        Brokers {
+            _tmp: tmp,
+            configs,
+            addrs,
+            brokers,
+        }
+    }
+
+    fn http(&self, i: usize) -> SocketAddr {
+        self.brokers[i].as_ref().unwrap().management_addr().unwrap()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        if let Some(b) = self.brokers[i].take() {
+            b.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+
+    async fn start(&mut self, i: usize) {
+        let l = bind(self.addrs[i]).await;
+        self.brokers[i] = Some(
+            Broker::start_with(self.configs[i].clone(), Some(l))
+                .await
+                .unwrap(),
+        );
+    }
+
+    /// Wait until every running node lists every member as running.
+    async fn all_running(&self) {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let mut ok = true;
+            for i in 0..3 {
+                if self.brokers[i].is_none() {
+                    continue;
+                }
+                let (s, v) = common::http(self.http(i), "GET", "/api/nodes", ADMIN).await;
+                assert_eq!(s, 200);
+                let nodes = v.as_array().unwrap();
+                ok &= nodes.len() == 3 && nodes.iter().all(|n| n["running"] == true);
+            }
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until `GET path` on node `i` answers `status`.
+    async fn wait_status(&self, i: usize, path: &str, status: u16) -> serde_json::Value {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let (s, v) = common::http(self.http(i), "GET", path, ADMIN).await;
+            if s == status {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i}: GET {path} answers {s}, want {status}: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn put(addr: SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
+    common::http_body(addr, "PUT", path, ADMIN, Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_changes_on_any_node_are_made_on_every_node() {
+    let mut c = Brokers::new().await;
+    c.all_running().await;
+    let (_, nodes) = common::http(c.http(0), "GET", "/api/nodes", ADMIN).await;
+    let names: Vec<_> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["warren-1", "warren-2", "warren-3"]);
+    assert_eq!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["metadata_leader"] == true)
+            .count(),
+        1
+    );
+
+    // Changes made through three different nodes.
+    assert_eq!(put(c.http(1), "/api/vhosts/v1", "{}").await.0, 201);
+    let (s, _) = put(
+        c.http(2),
+        "/api/users/alice",
+        r#"{"password":"pw","tags":"management"}"#,
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = put(
+        c.http(0),
+        "/api/permissions/v1/alice",
+        r#"{"configure":".*","write":".*","read":".*"}"#,
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        put(
+            c.http(1),
+            "/api/exchanges/v1/x1",
+            r#"{"type":"topic","durable":true}"#
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(
+        put(c.http(2), "/api/queues/v1/q1", r#"{"durable":true}"#)
+            .await
+            .0,
+        201
+    );
+    let (s, _) = common::http_body(
+        c.http(0),
+        "POST",
+        "/api/bindings/v1/e/x1/q/q1",
+        ADMIN,
+        Some(r#"{"routing_key":"a.#"}"#),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // The leader's checks answer for the cluster: an inequivalent redeclaration is refused
+    // through any node, with the broker's own error.
+    let (s, v) = put(
+        c.http(2),
+        "/api/exchanges/v1/x1",
+        r#"{"type":"direct","durable":true}"#,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("inequivalent"),
+        "{v}"
+    );
+
+    for i in 0..3 {
+        let x = c.wait_status(i, "/api/exchanges/v1/x1", 200).await;
+        assert_eq!(x["type"], "topic");
+        c.wait_status(i, "/api/queues/v1/q1", 200).await;
+        c.wait_status(i, "/api/bindings/v1/e/x1/q/q1/a.%23", 200)
+            .await;
+        c.wait_status(i, "/api/permissions/v1/alice", 200).await;
+        // The replicated user logs in on every node.
+        let (s, _) = common::http(c.http(i), "GET", "/api/whoami", Some("alice:pw")).await;
+        assert_eq!(s, 200, "alice on node {i}");
+    }
+
+    // A node that was down while things changed catches up when it is back.
+    c.stop(2).await;
+    let (s, _) = common::http(c.http(0), "DELETE", "/api/exchanges/v1/x1", ADMIN).await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        put(
+            c.http(1),
+            "/api/exchanges/v1/x2",
+            r#"{"type":"fanout","durable":true}"#
+        )
+        .await
+        .0,
+        201
+    );
+    c.start(2).await;
+    c.wait_status(2, "/api/exchanges/v1/x2", 200).await;
+    c.wait_status(2, "/api/exchanges/v1/x1", 404).await;
+    c.all_running().await;
+    for i in 0..3 {
+        c.stop(i).await;
     }
 }

@@ -51,23 +51,27 @@ impl fmt::Display for Member {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// A fragment of RabbitMQ's definitions JSON (vhosts, users, permissions, exchanges,
-    /// queues, bindings, policies, parameters): declared on every node.
+    /// queues, bindings, policies, parameters): imported on every node.
     Definitions(serde_json::Value),
-    /// Delete one object: `kind` is `vhost`, `user`, `exchange`, `queue` or `policy`.
-    Delete {
-        kind: String,
-        vhost: String,
-        name: String,
+    /// A management API request that changes definitions, made by `user`: every node serves
+    /// it with its own routes.
+    Http {
+        method: String,
+        path: String,
+        content_type: String,
+        body: String,
+        user: String,
     },
-    /// Delete a binding (its definitions-JSON form).
-    Unbind(serde_json::Value),
 }
 
 /// The outcome of applying a command on a node (the leader's is the one a client sees).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reply {
-    /// Why the command was refused (the broker's own error text), if it was.
+    /// Why the command could not be applied at all, if so.
     pub error: Option<String>,
+    /// What applying it answered (for `Http`: status, body, content type).
+    #[serde(default)]
+    pub data: serde_json::Value,
 }
 
 openraft::declare_raft_types!(

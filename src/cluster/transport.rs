@@ -31,8 +31,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-/// The largest frame either side accepts (snapshot chunks are 3 MiB by default).
-pub const MAX_FRAME: usize = 16 << 20;
+/// The largest frame either side accepts (a definitions import may be 20 MiB; snapshot chunks are 3 MiB).
+pub const MAX_FRAME: usize = 64 << 20;
 
 /// How long a connection may take to authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

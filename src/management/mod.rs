@@ -11,6 +11,7 @@
 
 mod access;
 mod amqp_json;
+mod cluster;
 mod connections;
 mod definitions;
 mod listing;
@@ -23,6 +24,7 @@ mod topology;
 mod ui;
 
 pub(crate) use amqp_json::{table_json, value_json};
+pub(crate) use cluster::start as start_cluster;
 pub(crate) use definitions::load_file as load_definitions;
 pub(crate) use node::sampler;
 
@@ -40,10 +42,10 @@ use base64::Engine;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
-type Shared = Arc<BrokerState>;
+pub(crate) type Shared = Arc<BrokerState>;
 
 /// The largest request body accepted (RabbitMQ's `management.http.max_body_size` default).
-const MAX_BODY: usize = 20 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 20 * 1024 * 1024;
 
 /// The RabbitMQ version whose behaviour Warren follows (reported as `rabbitmq_version`).
 const RABBITMQ_COMPAT: &str = "3.10.8";
@@ -53,8 +55,19 @@ pub(crate) fn router(state: Shared) -> Router {
     api(state.clone()).merge(ui::router(state))
 }
 
-/// The API's routes, behind basic authentication.
+/// The API's routes, behind basic authentication; in a cluster, changes to definitions go
+/// through the metadata group ([`cluster::replicate`]).
 fn api(state: Shared) -> Router {
+    routes(state.clone())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cluster::replicate,
+        ))
+        .layer(middleware::from_fn_with_state(state, auth))
+}
+
+/// The API's routes, without authentication (the caller is an `Arc<User>` extension).
+fn routes(state: Shared) -> Router {
     Router::new()
         .route("/api/overview", get(node::overview))
         .route("/api/cluster-name", get(node::cluster_name))
@@ -292,7 +305,6 @@ fn api(state: Shared) -> Router {
         // RabbitMQ's `management.http.max_body_size` (20 MiB): definitions files of large
         // deployments exceed axum's default of 2 MiB.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
 

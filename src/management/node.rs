@@ -222,16 +222,39 @@ fn node_json(state: &BrokerState) -> Value {
     v
 }
 
-/// The node (one): its resource alarms and the figures behind them.
+/// The node (one): its resource alarms and the figures behind them. In a cluster, every
+/// member: this node in full, the others with their name, `running` (answered within the
+/// last few seconds) and this node's view of the metadata leader.
 pub(super) async fn nodes(State(state): State<Shared>, Query(q): Query<ListQuery>) -> Response {
-    q.respond(vec![node_json(&state)])
+    q.respond(all_nodes(&state))
+}
+
+fn all_nodes(state: &BrokerState) -> Vec<Value> {
+    let Some(c) = state.cluster.get() else {
+        return vec![node_json(state)];
+    };
+    c.members()
+        .into_iter()
+        .map(|m| {
+            let mut v = if m.id == c.id {
+                node_json(state)
+            } else {
+                json!({"type": "disc", "running": m.running, "being_drained": false,
+                       "partitions": []})
+            };
+            v["name"] = json!(m.name);
+            v["running"] = json!(m.running);
+            v["metadata_leader"] = json!(m.leader);
+            v
+        })
+        .collect()
 }
 
 pub(super) async fn one_node(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    if name != state.config.cluster_name {
-        return super::not_found();
+    match all_nodes(&state).into_iter().find(|n| n["name"] == name) {
+        Some(n) => axum::Json(n).into_response(),
+        None => super::not_found(),
     }
-    axum::Json(node_json(&state)).into_response()
 }
 
 pub(super) async fn cluster_name(State(state): State<Shared>) -> Response {

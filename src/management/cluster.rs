@@ -1,0 +1,294 @@
+//! The broker in a cluster: changes to definitions made through the management API are
+//! committed by the metadata Raft group ([`crate::cluster`]) and applied on every node by
+//! running the same request through the node's own routes, as the caller. Every node then
+//! makes the same change with the same checks (the leader's answer is the caller's), and
+//! nothing else needs to know about the cluster. A snapshot is the definitions export.
+
+use super::{MAX_BODY, Shared};
+use crate::cluster::{Apply, Cluster, Command, Options, ProposeError, Reply, Timing};
+use crate::state::BrokerState;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use std::io;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// How long a change waits for the cluster to commit it.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Start this broker's member of the cluster.
+pub(crate) async fn start(
+    state: &Arc<BrokerState>,
+    listener: tokio::net::TcpListener,
+) -> io::Result<Arc<Cluster>> {
+    let c = &state.config.cluster;
+    let seeds = c
+        .seeds
+        .iter()
+        .map(|s| crate::cluster::parse_seed(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    Cluster::start(Options {
+        cluster: state.config.cluster_name.clone(),
+        secret: c.secret.clone(),
+        name: c.node.clone(),
+        seeds,
+        dir: state.config.data_dir.join("cluster"),
+        listener,
+        applier: Arc::new(HttpApply {
+            state: Arc::downgrade(state),
+        }),
+        resolve: None,
+        timing: Timing::default(),
+        snapshot_every: 1000,
+    })
+    .await
+}
+
+/// Whether a request changes definitions (and so goes through the cluster). Purging,
+/// getting and publishing messages, closing connections and Warren's own endpoints stay local.
+fn replicated(method: &Method, path: &str) -> bool {
+    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+        return false;
+    }
+    const PREFIXES: &[&str] = &[
+        "/api/queues/",
+        "/api/exchanges/",
+        "/api/bindings/",
+        "/api/policies/",
+        "/api/operator-policies/",
+        "/api/parameters/",
+        "/api/global-parameters/",
+        "/api/users/",
+        "/api/vhosts/",
+        "/api/permissions/",
+        "/api/topic-permissions/",
+        "/api/vhost-limits/",
+        "/api/user-limits/",
+        "/api/definitions",
+    ];
+    PREFIXES.iter().any(|p| path.starts_with(p))
+        && !path.ends_with("/contents")
+        && !path.ends_with("/get")
+        && !path.ends_with("/publish")
+}
+
+/// In a cluster, commit a change through the metadata group and answer with the leader's
+/// outcome; otherwise (or for anything else) serve it here.
+pub(super) async fn replicate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let Some(cluster) = state.cluster.get() else {
+        return next.run(req).await;
+    };
+    if !replicated(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let Some(user) = req.extensions().get::<Arc<crate::auth::User>>().cloned() else {
+        return next.run(req).await;
+    };
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => return StatusCode::PAYLOAD_TOO_LARGE.into_response(),
+    };
+    let Ok(body) = String::from_utf8(body.to_vec()) else {
+        return super::error(StatusCode::BAD_REQUEST, "bad_request", "body is not UTF-8");
+    };
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let cmd = Command::Http {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        content_type,
+        body,
+        user: user.name.clone(),
+    };
+    match cluster.propose(cmd, PROPOSE_TIMEOUT).await {
+        Ok(reply) => response_of(&reply),
+        Err(ProposeError::NotLeader(_)) | Err(ProposeError::Unavailable(_)) => super::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            "the change was not committed: no majority of the cluster's nodes answered in time",
+        ),
+    }
+}
+
+fn response_of(reply: &Reply) -> Response {
+    if let Some(e) = &reply.error {
+        return super::error(StatusCode::INTERNAL_SERVER_ERROR, "cluster_apply", e);
+    }
+    let status = reply.data["status"]
+        .as_u64()
+        .and_then(|s| StatusCode::from_u16(s as u16).ok())
+        .unwrap_or(StatusCode::NO_CONTENT);
+    let body = reply.data["body"].as_str().unwrap_or_default().to_string();
+    let mut r = (status, body).into_response();
+    if let Some(ct) = reply.data["content_type"].as_str()
+        && let Ok(v) = ct.parse()
+    {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Applies committed commands to this broker.
+struct HttpApply {
+    state: Weak<BrokerState>,
+}
+
+impl Apply for HttpApply {
+    fn apply(&self, cmd: Command) -> BoxFuture<'static, Reply> {
+        let state = self.state.upgrade();
+        Box::pin(async move {
+            let Some(state) = state else {
+                return Reply {
+                    error: Some("node stopping".into()),
+                    ..Default::default()
+                };
+            };
+            match cmd {
+                Command::Http {
+                    method,
+                    path,
+                    content_type,
+                    body,
+                    user,
+                } => apply_http(&state, &method, &path, &content_type, body, &user).await,
+                Command::Definitions(v) => import(&state, v).await,
+            }
+        })
+    }
+
+    fn snapshot(&self) -> BoxFuture<'static, Vec<u8>> {
+        let state = self.state.upgrade();
+        Box::pin(async move {
+            state
+                .map(|s| {
+                    serde_json::to_vec(&super::definitions::export_all(&s)).unwrap_or_default()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
+        let state = self.state.upgrade();
+        Box::pin(async move {
+            let Some(state) = state else { return };
+            match serde_json::from_slice::<Value>(&data) {
+                Ok(v) => {
+                    let r = import(&state, v).await;
+                    if let Some(e) = r.error {
+                        tracing::warn!(error = %e, "cluster: snapshot import failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster: snapshot unreadable"),
+            }
+        })
+    }
+}
+
+async fn import(state: &Arc<BrokerState>, v: Value) -> Reply {
+    let defs = match serde_json::from_value(v) {
+        Ok(d) => d,
+        Err(e) => {
+            return Reply {
+                error: Some(e.to_string()),
+                ..Default::default()
+            };
+        }
+    };
+    match super::definitions::import_definitions(state, defs, None).await {
+        Ok(()) => Reply::default(),
+        Err(e) => Reply {
+            error: Some(e.reason().to_string()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Run a committed request through this node's routes, as its caller.
+async fn apply_http(
+    state: &Arc<BrokerState>,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: String,
+    user: &str,
+) -> Reply {
+    let Some(caller) = state.auth.user(user) else {
+        // The caller was deleted by an earlier command; the leader's answer says the same.
+        return Reply {
+            error: None,
+            data: json!({"status": 401, "body": json!({"error": "not_authorised", "reason": "Login failed"}).to_string(), "content_type": "application/json"}),
+        };
+    };
+    let mut req = match Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return Reply {
+                error: Some(e.to_string()),
+                ..Default::default()
+            };
+        }
+    };
+    req.extensions_mut().insert(caller);
+    let resp = match super::routes(state.clone()).oneshot(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    Reply {
+        error: None,
+        data: json!({"status": status, "body": body, "content_type": ct}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_definition_changes_are_replicated() {
+        let put = Method::PUT;
+        let post = Method::POST;
+        let del = Method::DELETE;
+        assert!(replicated(&put, "/api/queues/%2F/q"));
+        assert!(replicated(&del, "/api/exchanges/%2F/x"));
+        assert!(replicated(&post, "/api/bindings/%2F/e/x/q/q"));
+        assert!(replicated(&post, "/api/definitions"));
+        assert!(replicated(&put, "/api/users/u"));
+        assert!(!replicated(&Method::GET, "/api/queues/%2F/q"));
+        assert!(!replicated(&del, "/api/queues/%2F/q/contents"));
+        assert!(!replicated(&post, "/api/queues/%2F/q/get"));
+        assert!(!replicated(&post, "/api/exchanges/%2F/x/publish"));
+        assert!(!replicated(&del, "/api/connections/c"));
+        assert!(!replicated(&post, "/api/warren/reset"));
+    }
+}
