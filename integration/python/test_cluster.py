@@ -1,0 +1,88 @@
+"""A three-node cluster of release binaries on loopback (scripts/cluster's launcher): the
+metadata leader killed with kill -9, a new one elected within seconds, changes committed by
+the two left, and the killed node, restarted on its data directory, catching up."""
+import importlib.machinery
+import importlib.util
+import os
+import time
+
+import pika
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_loader = importlib.machinery.SourceFileLoader("warren_cluster", os.path.join(ROOT, "scripts", "cluster"))
+_spec = importlib.util.spec_from_loader("warren_cluster", _loader)
+cluster = importlib.util.module_from_spec(_spec)
+_loader.exec_module(cluster)
+BINARY = os.environ.get("WARREN_BIN", os.path.join(ROOT, "target", "release", "warren"))
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    nodes = cluster.nodes_for(BINARY, str(tmp_path), 3)
+    try:
+        for n in nodes:
+            n.start()
+        cluster.wait_all_running(nodes)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.kill(cluster.signal.SIGTERM)
+
+
+def leader_of(node):
+    status, members = node.http("GET", "/api/nodes")
+    assert status == 200
+    leaders = [m["name"] for m in members if m["metadata_leader"]]
+    return leaders[0] if leaders else None
+
+
+def wait_status(node, path, want, timeout=20):
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = node.http("GET", path)
+        if status == want:
+            return body
+        assert time.monotonic() < deadline, f"{node.name}: GET {path} -> {status}, want {want}"
+        time.sleep(0.05)
+
+
+def test_kill_9_of_the_metadata_leader(nodes):
+    by_name = {n.name: n for n in nodes}
+    leader = by_name[leader_of(nodes[0])]
+    others = [n for n in nodes if n is not leader]
+    assert others[0].http("PUT", "/api/vhosts/v1", {})[0] == 201
+    assert others[1].http("PUT", "/api/exchanges/v1/x1", {"type": "topic", "durable": True})[0] == 201
+    for n in nodes:
+        wait_status(n, "/api/exchanges/v1/x1", 200)
+
+    leader.kill()
+    lost = time.monotonic()
+    deadline = lost + 15
+    while True:
+        new = [leader_of(n) for n in others]
+        if new[0] is not None and new[0] == new[1] and new[0] != leader.name:
+            break
+        assert time.monotonic() < deadline, f"no new leader: {new}"
+        time.sleep(0.05)
+    took = time.monotonic() - lost
+    assert took < 10, f"new leader after {took:.1f} s"
+    # The two left commit changes; the killed node is listed as not running.
+    assert others[0].http("PUT", "/api/exchanges/v1/x2", {"type": "fanout", "durable": True})[0] == 201
+    assert others[1].http("DELETE", "/api/exchanges/v1/x1")[0] == 204
+    deadline = time.monotonic() + 15
+    while [m["running"] for m in others[0].http("GET", "/api/nodes")[1] if m["name"] == leader.name] != [False]:
+        assert time.monotonic() < deadline, "the killed node is still listed as running"
+        time.sleep(0.1)
+
+    # Restarted on its data directory, it catches up.
+    leader.start()
+    wait_status(leader, "/api/exchanges/v1/x2", 200)
+    wait_status(leader, "/api/exchanges/v1/x1", 404)
+    cluster.wait_all_running(nodes)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        "127.0.0.1", leader.amqp_port, "v1", pika.PlainCredentials("guest", "guest")))
+    try:
+        conn.channel().exchange_declare("x2", passive=True)
+    finally:
+        conn.close()
