@@ -670,3 +670,139 @@ async fn management_changes_on_any_node_are_made_on_every_node() {
         c.stop(i).await;
     }
 }
+
+/// The nemesis: while proposers on every node propose distinct commands, nodes are stopped
+/// and restarted, isolated, cut off one way, slowed and healed (at most one node in trouble
+/// at a time, so a majority is always there to be found). At the end, healed: every node
+/// applied the same commands in the same order, every command whose proposal was answered is
+/// among them, and none that was never proposed. `NEMESIS_ROUNDS` rounds (CI: 8; by hand
+/// more, figures in docs/clustering.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nemesis_loses_no_committed_change() {
+    use rand::Rng;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let rounds: u32 = std::env::var("NEMESIS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let h = Arc::new(tokio::sync::Mutex::new(
+        Harness::new(["s", "s", "s"], 50).await,
+    ));
+    h.lock().await.leader(LONG).await;
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let attempted = Arc::new(Mutex::new(HashSet::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let next = Arc::new(AtomicU32::new(0));
+    let mut proposers = Vec::new();
+    for i in 0..3 {
+        let (h, acked, attempted, done, next) = (
+            h.clone(),
+            acked.clone(),
+            attempted.clone(),
+            done.clone(),
+            next.clone(),
+        );
+        proposers.push(tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                let c = h.lock().await.nodes[i].cluster.clone();
+                let Some(c) = c else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let n = next.fetch_add(1, Ordering::SeqCst);
+                attempted.lock().insert(format!("{:?}", cmd(n)));
+                if c.propose(cmd(n), Duration::from_secs(2)).await.is_ok() {
+                    acked.lock().insert(format!("{:?}", cmd(n)));
+                }
+            }
+        }));
+    }
+    let mut faults = Vec::new();
+    for _ in 0..rounds {
+        let fault = rand::thread_rng().gen_range(0..5);
+        let victim = rand::thread_rng().gen_range(0..3);
+        {
+            let mut g = h.lock().await;
+            match fault {
+                0 => g.stop(victim).await,
+                1 => g.isolate(victim),
+                2 => {
+                    let leader = (0..3)
+                        .find(|&i| g.nodes[i].cluster.as_ref().is_some_and(|c| c.is_leader()));
+                    g.isolate(leader.unwrap_or(victim));
+                }
+                3 => g.links[&(victim, (victim + 1) % 3)].cut(),
+                _ => {
+                    for ((a, b), l) in &g.links {
+                        if *a == victim || *b == victim {
+                            l.delay(Duration::from_millis(80));
+                        }
+                    }
+                }
+            }
+        }
+        faults.push(fault);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut g = h.lock().await;
+        g.heal();
+        for i in 0..3 {
+            if g.nodes[i].cluster.is_none() {
+                g.start(i).await;
+            }
+        }
+        drop(g);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    done.store(true, Ordering::SeqCst);
+    for p in proposers {
+        p.await.unwrap();
+    }
+    let g = h.lock().await;
+    g.leader(LONG).await;
+    // Converged: the same sequence everywhere (waiting for the slowest to apply it all).
+    let deadline = Instant::now() + LONG;
+    let applied = loop {
+        let seqs: Vec<Vec<String>> = (0..3)
+            .map(|i| {
+                let applied = g.nodes[i].record.applied.lock();
+                applied.iter().map(|c| format!("{c:?}")).collect()
+            })
+            .collect();
+        let have: HashSet<&String> = seqs[0].iter().collect();
+        if seqs[0] == seqs[1] && seqs[1] == seqs[2] && acked.lock().iter().all(|c| have.contains(c))
+        {
+            break seqs[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes did not converge: {} {} {} applied, {} acked",
+            seqs[0].len(),
+            seqs[1].len(),
+            seqs[2].len(),
+            acked.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let attempted = attempted.lock();
+    assert!(applied.iter().all(|c| attempted.contains(c)));
+    let acked = acked.lock();
+    assert!(
+        acked.len() > rounds as usize,
+        "too few commits: {}",
+        acked.len()
+    );
+    let distinct: HashSet<_> = applied.iter().collect();
+    eprintln!(
+        "nemesis: {rounds} rounds (faults {faults:?}): {} proposed, {} acknowledged, {} applied ({} distinct), 0 acknowledged lost",
+        attempted.len(),
+        acked.len(),
+        applied.len(),
+        distinct.len()
+    );
+    drop(g);
+    let mut g = h.lock().await;
+    for i in 0..3 {
+        g.stop(i).await;
+    }
+}

@@ -66,6 +66,7 @@ def test_kill_9_of_the_metadata_leader(nodes):
         assert time.monotonic() < deadline, f"no new leader: {new}"
         time.sleep(0.05)
     took = time.monotonic() - lost
+    print(f"new leader {took:.2f} s after kill -9 of the leader")
     assert took < 10, f"new leader after {took:.1f} s"
     # The two left commit changes; the killed node is listed as not running.
     assert others[0].http("PUT", "/api/exchanges/v1/x2", {"type": "fanout", "durable": True})[0] == 201
