@@ -20,7 +20,24 @@ use std::sync::Arc;
 #[derive(Clone, Serialize, Deserialize)]
 struct Stored {
     meta: SnapshotMeta<NodeId, Member>,
+    #[serde(with = "b64")]
     data: Vec<u8>,
+}
+
+/// Bytes as base64 in the snapshot file (JSON would write an array of numbers).
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        STANDARD.decode(s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Keep the snapshot on disk (write, sync, rename, sync the directory): a restarted node
@@ -74,10 +91,13 @@ impl Machine {
     }
 }
 
-/// Builds one snapshot of what was applied when it was made.
+/// Builds one snapshot of what was applied when it was made. openraft builds it in a task of
+/// its own while the machine goes on applying, so the applier's content is taken when the
+/// builder is made (the machine is not applying then), not when it builds: content taken later
+/// would hold entries after `last_applied`, and a node installing it would apply them twice.
 pub struct Builder {
     dir: PathBuf,
-    applier: Arc<dyn Apply>,
+    data: Vec<u8>,
     last_applied: Option<LogId<NodeId>>,
     membership: StoredMembership<NodeId, Member>,
     current: Arc<Mutex<Option<Stored>>>,
@@ -86,7 +106,7 @@ pub struct Builder {
 
 impl RaftSnapshotBuilder<Meta> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Meta>, StorageError<NodeId>> {
-        let data = self.applier.snapshot().await;
+        let data = std::mem::take(&mut self.data);
         let meta = SnapshotMeta {
             last_log_id: self.last_applied,
             last_membership: self.membership.clone(),
@@ -142,7 +162,7 @@ impl RaftStateMachine<Meta> for Machine {
         self.snapshots += 1;
         Builder {
             dir: self.dir.clone(),
-            applier: self.applier.clone(),
+            data: self.applier.snapshot().await,
             last_applied: self.last_applied,
             membership: self.membership.clone(),
             current: self.current.clone(),

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-pub use transport::ProposeError;
-use transport::{Auth, Network, Peer, Resolve};
+use transport::{Auth, Network, Op, Peer, Resolve};
+pub use transport::{Change, ProposeError};
 
 /// A node's Raft id: derived from its name (the first 8 bytes of SHA-256), so every node
 /// computes every other's from the seed list alone.
@@ -159,6 +159,18 @@ pub struct MemberStatus {
     /// This node, or a node that answered within the last few seconds.
     pub running: bool,
     pub leader: bool,
+    /// A voter (false: a learner still catching up).
+    pub voter: bool,
+}
+
+/// The metadata group as this node sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub node: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub last_applied: Option<u64>,
+    pub members: Vec<MemberStatus>,
 }
 
 /// One running member of the metadata group.
@@ -201,6 +213,11 @@ impl Cluster {
             election_timeout_max: o.timing.election_max_ms,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(o.snapshot_every),
             max_in_snapshot_log_to_keep: 0,
+            // A snapshot goes in chunks of 256 KiB, each with 2 s to arrive: openraft's 3 MiB in
+            // 200 ms is more than a loaded machine moves, and a follower that needs a
+            // snapshot would never get one.
+            snapshot_max_chunk_size: 256 << 10,
+            install_snapshot_timeout: 2000,
             ..Default::default()
         }
         .validate()
@@ -290,6 +307,16 @@ impl Cluster {
     /// reply; retried across elections until `timeout`. A command retried after a lost
     /// response may be applied twice: commands are declarations, so that is harmless.
     pub async fn propose(&self, cmd: Command, timeout: Duration) -> Result<Reply, ProposeError> {
+        self.through_leader(Op::Propose(cmd), timeout).await
+    }
+
+    /// Add or remove a member (made by the leader; a joining node catches up as a learner
+    /// before it votes). `Reply.error` says why the leader refused the change.
+    pub async fn change(&self, change: Change, timeout: Duration) -> Result<Reply, ProposeError> {
+        self.through_leader(Op::Change(change), timeout).await
+    }
+
+    async fn through_leader(&self, op: Op, timeout: Duration) -> Result<Reply, ProposeError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut metrics = self.raft.metrics();
         let mut last = ProposeError::Unavailable("no leader".into());
@@ -301,11 +328,17 @@ impl Cluster {
             let leader = metrics.borrow_and_update().current_leader;
             let r = match leader {
                 Some(l) if l == self.id => {
-                    tokio::time::timeout(left, transport::propose_local(&self.raft, cmd.clone()))
+                    let local = async {
+                        match op.clone() {
+                            Op::Propose(c) => transport::propose_local(&self.raft, c).await,
+                            Op::Change(c) => transport::change_local(&self.raft, c).await,
+                        }
+                    };
+                    tokio::time::timeout(left, local)
                         .await
                         .unwrap_or_else(|_| Err(ProposeError::Unavailable("timed out".into())))
                 }
-                Some(l) => self.forward(l, cmd.clone(), left).await,
+                Some(l) => self.forward(l, op.clone(), left).await,
                 None => Err(ProposeError::Unavailable("no leader".into())),
             };
             match r {
@@ -318,12 +351,7 @@ impl Cluster {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: NodeId,
-        cmd: Command,
-        ttl: Duration,
-    ) -> Result<Reply, ProposeError> {
+    async fn forward(&self, leader: NodeId, op: Op, ttl: Duration) -> Result<Reply, ProposeError> {
         let member = self
             .raft
             .metrics()
@@ -343,13 +371,14 @@ impl Cluster {
                 self.network.auth.clone(),
             )
         });
-        peer.propose(cmd, ttl).await
+        peer.forward(op, ttl).await
     }
 
     /// Every member, with whether it answers.
     pub fn members(&self) -> Vec<MemberStatus> {
         let m = self.raft.metrics().borrow().clone();
         let now = Instant::now();
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
         let mut out: Vec<MemberStatus> = m
             .membership_config
             .membership()
@@ -364,10 +393,24 @@ impl Cluster {
                         .get(id)
                         .is_some_and(|t| now.duration_since(*t) < SEEN_FOR),
                 leader: m.current_leader == Some(*id),
+                voter: voters.contains(id),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Leader, term, last applied entry and members.
+    pub fn status(&self) -> Status {
+        let members = self.members();
+        let m = self.raft.metrics().borrow().clone();
+        Status {
+            node: self.name.clone(),
+            leader: members.iter().find(|x| x.leader).map(|x| x.name.clone()),
+            term: m.current_term,
+            last_applied: m.last_applied.map(|l| l.index),
+            members,
+        }
     }
 
     /// Stop this member: Raft, the listener and its connections.

@@ -56,9 +56,65 @@ struct Hello {
 enum Request {
     Vote(VoteRequest<NodeId>),
     Append(AppendEntriesRequest<Meta>),
-    Snapshot(InstallSnapshotRequest<Meta>),
+    Snapshot(Chunk),
     Propose(Command),
+    Change(Change),
     Ping,
+}
+
+/// A snapshot chunk on the wire: openraft's `InstallSnapshotRequest` with its bytes in base64
+/// (JSON would write them as an array of numbers, about 3.5 bytes per byte).
+#[derive(Serialize, Deserialize)]
+struct Chunk {
+    vote: openraft::Vote<NodeId>,
+    meta: openraft::SnapshotMeta<NodeId, Member>,
+    offset: u64,
+    data: String,
+    done: bool,
+}
+
+impl From<InstallSnapshotRequest<Meta>> for Chunk {
+    fn from(r: InstallSnapshotRequest<Meta>) -> Chunk {
+        use base64::Engine;
+        Chunk {
+            vote: r.vote,
+            meta: r.meta,
+            offset: r.offset,
+            data: base64::engine::general_purpose::STANDARD.encode(&r.data),
+            done: r.done,
+        }
+    }
+}
+
+impl Chunk {
+    fn into_request(self) -> io::Result<InstallSnapshotRequest<Meta>> {
+        use base64::Engine;
+        Ok(InstallSnapshotRequest {
+            vote: self.vote,
+            meta: self.meta,
+            offset: self.offset,
+            data: base64::engine::general_purpose::STANDARD
+                .decode(self.data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+            done: self.done,
+        })
+    }
+}
+
+/// A membership change, made by the leader.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Add a node: first as a learner that catches up, then as a voter.
+    Join(Member),
+    /// Remove a node from the voters and the members.
+    Leave(NodeId),
+}
+
+/// What a node asks of the leader.
+#[derive(Clone, Debug)]
+pub(super) enum Op {
+    Propose(Command),
+    Change(Change),
 }
 
 /// Why a forwarded proposal was not applied.
@@ -76,6 +132,7 @@ enum Response {
     Append(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Propose(Result<Reply, ProposeError>),
+    Change(Result<Reply, ProposeError>),
     Pong,
 }
 
@@ -187,8 +244,11 @@ async fn serve_conn(
         let resp = match req {
             Request::Vote(r) => Response::Vote(raft.vote(r).await),
             Request::Append(r) => Response::Append(raft.append_entries(r).await),
-            Request::Snapshot(r) => Response::Snapshot(raft.install_snapshot(r).await),
+            Request::Snapshot(c) => {
+                Response::Snapshot(raft.install_snapshot(c.into_request()?).await)
+            }
             Request::Propose(c) => Response::Propose(propose_local(&raft, c).await),
+            Request::Change(c) => Response::Change(change_local(&raft, c).await),
             Request::Ping => Response::Pong,
         };
         send(&mut conn, &resp).await?;
@@ -207,6 +267,39 @@ pub(super) async fn propose_local(raft: &Raft<Meta>, cmd: Command) -> Result<Rep
     }
 }
 
+/// Make a membership change on this node, if it leads.
+pub(super) async fn change_local(raft: &Raft<Meta>, change: Change) -> Result<Reply, ProposeError> {
+    use openraft::ChangeMembers;
+    use openraft::error::ClientWriteError;
+    let r = match change {
+        Change::Join(m) => {
+            let id = super::node_id(&m.name);
+            match raft.add_learner(id, m, true).await {
+                Ok(_) => {
+                    raft.change_membership(ChangeMembers::AddVoterIds([id].into()), false)
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Change::Leave(id) => {
+            raft.change_membership(ChangeMembers::RemoveVoters([id].into()), false)
+                .await
+        }
+    };
+    match r {
+        Ok(_) => Ok(Reply::default()),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(ProposeError::NotLeader(f.leader_id))
+        }
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Ok(Reply {
+            error: Some(e.to_string()),
+            ..Default::default()
+        }),
+        Err(e) => Err(ProposeError::Unavailable(e.to_string())),
+    }
+}
+
 /// Where a node is dialled: its advertised address, or (tests) a route through a proxy.
 pub type Resolve = Arc<dyn Fn(NodeId, &Member) -> String + Send + Sync>;
 
@@ -216,6 +309,10 @@ pub struct Peer {
     addr: String,
     auth: Auth,
     conn: Option<Conn>,
+    /// A request is on the connection and its response not yet read. Still set when a call
+    /// starts, the last call was dropped half-way (openraft times its RPCs out by dropping
+    /// them): its response may still come, so the connection is not used again.
+    busy: bool,
 }
 
 impl Peer {
@@ -225,6 +322,7 @@ impl Peer {
             addr,
             auth,
             conn: None,
+            busy: false,
         }
     }
 
@@ -253,6 +351,10 @@ impl Peer {
 
     /// One request and its response; `Err(true)` when the peer could not be reached at all.
     async fn call(&mut self, req: &Request, ttl: Duration) -> Result<Response, (bool, io::Error)> {
+        if self.busy {
+            self.conn = None;
+        }
+        self.busy = true;
         let r = tokio::time::timeout(ttl, async {
             let fresh = self.conn.is_none();
             if fresh {
@@ -268,6 +370,7 @@ impl Peer {
             // A response may still be on its way: never reuse a connection after a failure.
             self.conn = None;
         }
+        self.busy = false;
         r
     }
 
@@ -276,10 +379,14 @@ impl Peer {
         matches!(self.call(&Request::Ping, ttl).await, Ok(Response::Pong))
     }
 
-    /// Forward a proposal to this peer.
-    pub async fn propose(&mut self, cmd: Command, ttl: Duration) -> Result<Reply, ProposeError> {
-        match self.call(&Request::Propose(cmd), ttl).await {
-            Ok(Response::Propose(r)) => r,
+    /// Forward a proposal or a membership change to this peer.
+    pub(super) async fn forward(&mut self, op: Op, ttl: Duration) -> Result<Reply, ProposeError> {
+        let req = match op {
+            Op::Propose(c) => Request::Propose(c),
+            Op::Change(c) => Request::Change(c),
+        };
+        match self.call(&req, ttl).await {
+            Ok(Response::Propose(r)) | Ok(Response::Change(r)) => r,
             Ok(_) => Err(ProposeError::Unavailable("unexpected response".into())),
             Err((_, e)) => Err(ProposeError::Unavailable(e.to_string())),
         }
@@ -326,7 +433,10 @@ impl RaftNetwork<Meta> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self.call(&Request::Snapshot(rpc), option.hard_ttl()).await {
+        match self
+            .call(&Request::Snapshot(rpc.into()), option.hard_ttl())
+            .await
+        {
             Ok(Response::Snapshot(Ok(r))) => Ok(r),
             Ok(Response::Snapshot(Err(e))) => {
                 Err(RPCError::RemoteError(RemoteError::new(self.target, e)))

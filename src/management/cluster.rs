@@ -144,6 +144,87 @@ fn response_of(reply: &Reply) -> Response {
     r
 }
 
+fn not_clustered() -> Response {
+    super::error(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        "this node is not clustered ([cluster] enabled = false)",
+    )
+}
+
+/// `GET /api/warren/cluster`: the metadata group as this node sees it.
+pub(super) async fn status(State(state): State<Shared>) -> Response {
+    match state.cluster.get() {
+        Some(c) => axum::Json(c.status()).into_response(),
+        None => not_clustered(),
+    }
+}
+
+/// `POST /api/warren/cluster/members` `{"name": "warren-4", "address": "host:port"}`: add a
+/// node (a learner until it has caught up, then a voter). Administrators only.
+pub(super) async fn join(
+    State(state): State<Shared>,
+    caller: super::Caller,
+    axum::Json(body): axum::Json<Value>,
+) -> Response {
+    if !caller.is_admin() {
+        return super::not_authorised("Not administrator user");
+    }
+    let Some(c) = state.cluster.get() else {
+        return not_clustered();
+    };
+    let (Some(name), Some(addr)) = (body["name"].as_str(), body["address"].as_str()) else {
+        return super::error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name and address (host:port) are required",
+        );
+    };
+    let seed = format!("{name}@{addr}");
+    let member = match crate::cluster::parse_seed(&seed) {
+        Ok(m) => m,
+        Err(e) => return super::error(StatusCode::BAD_REQUEST, "bad_request", &e),
+    };
+    change(c, crate::cluster::Change::Join(member)).await
+}
+
+/// `DELETE /api/warren/cluster/members/{name}`: remove a member (RabbitMQ's
+/// `forget_cluster_node`). Administrators only.
+pub(super) async fn leave(
+    State(state): State<Shared>,
+    caller: super::Caller,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    if !caller.is_admin() {
+        return super::not_authorised("Not administrator user");
+    }
+    let Some(c) = state.cluster.get() else {
+        return not_clustered();
+    };
+    if !c.members().iter().any(|m| m.name == name) {
+        return super::not_found();
+    }
+    change(
+        c,
+        crate::cluster::Change::Leave(crate::cluster::node_id(&name)),
+    )
+    .await
+}
+
+async fn change(c: &Cluster, change: crate::cluster::Change) -> Response {
+    match c.change(change, Duration::from_secs(30)).await {
+        Ok(Reply { error: None, .. }) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Reply { error: Some(e), .. }) => {
+            super::error(StatusCode::BAD_REQUEST, "bad_request", &e)
+        }
+        Err(_) => super::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster_unavailable",
+            "the change was not committed: no majority of the cluster's nodes answered in time",
+        ),
+    }
+}
+
 /// Applies committed commands to this broker.
 struct HttpApply {
     state: Weak<BrokerState>,

@@ -217,6 +217,9 @@ fn routes(state: Shared) -> Router {
         .route("/api/shovels", get(policies::shovels))
         .route("/api/warren/replay/{vhost}/{queue}", post(policies::replay))
         .route("/api/warren/reset", post(reset::reset_endpoint))
+        .route("/api/warren/cluster", get(cluster::status))
+        .route("/api/warren/cluster/members", post(cluster::join))
+        .route("/api/warren/cluster/members/{name}", delete(cluster::leave))
         .route(
             "/api/warren/clock",
             get(reset::clock).post(reset::advance_clock),
