@@ -83,6 +83,9 @@ pub struct Cluster {
     /// The secret nodes prove to each other (RabbitMQ's Erlang cookie); required when
     /// enabled. Also `WARREN_CLUSTER_SECRET`.
     pub secret: String,
+    /// TLS between nodes with the `[tls]` certificate, verified against `tls.ca_file` both
+    /// ways (RabbitMQ's inter-node TLS).
+    pub tls: bool,
 }
 
 impl Default for Cluster {
@@ -93,6 +96,7 @@ impl Default for Cluster {
             listen: "127.0.0.1:25672".into(),
             seeds: Vec::new(),
             secret: String::new(),
+            tls: false,
         }
     }
 }

@@ -70,6 +70,45 @@ pub(crate) fn acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// TLS between cluster nodes (`cluster.tls`): mutual, every node presenting its `[tls]`
+/// certificate as server and as client, each verified against `ca_file`.
+pub(crate) fn cluster(tls: &Tls) -> io::Result<(TlsAcceptor, tokio_rustls::TlsConnector)> {
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("tls.{what}: {e}"))
+    };
+    let ca = tls
+        .ca_file
+        .as_ref()
+        .ok_or_else(|| bad("ca_file", &"required with cluster.tls"))?;
+    let acceptor = acceptor(&Tls {
+        verify_peer: true,
+        fail_if_no_peer_cert: true,
+        ..tls.clone()
+    })?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("ca_file", &e))? {
+        roots
+            .add(c.map_err(|e| bad("ca_file", &e))?)
+            .map_err(|e| bad("ca_file", &e))?;
+    }
+    // acceptor() checked that both files are there and readable.
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(tls.cert_file.as_ref().unwrap())
+            .map_err(|e| bad("cert_file", &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| bad("cert_file", &e))?;
+    let key = PrivateKeyDer::from_pem_file(tls.key_file.as_ref().unwrap())
+        .map_err(|e| bad("key_file", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("versions", &e))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| bad("key_file", &e))?;
+    Ok((acceptor, tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
 /// The common name of the (verified) client certificate of a TLS connection.
 pub(crate) fn peer_common_name(conn: &rustls::ServerConnection) -> Option<String> {
     let cert = conn.peer_certificates()?.first()?;

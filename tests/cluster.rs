@@ -160,6 +160,7 @@ impl Harness {
                 election_max_ms: 1200,
             },
             snapshot_every: self.snapshot_every,
+            tls: None,
         })
         .await
         .unwrap();
@@ -481,6 +482,7 @@ async fn a_node_joins_catches_up_votes_and_leaves() {
         resolve: None,
         timing: Timing::default(),
         snapshot_every: 1000,
+        tls: None,
     })
     .await
     .unwrap();
@@ -570,6 +572,11 @@ const ADMIN: Option<&str> = Some("guest:guest");
 
 impl Brokers {
     async fn new() -> Brokers {
+        Brokers::with(|_, _| {}).await
+    }
+
+    /// Three brokers, each configuration changed by `f` (given the data directory's parent).
+    async fn with(f: impl Fn(&mut Config, &std::path::Path)) -> Brokers {
         let tmp = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..3 {
@@ -595,6 +602,7 @@ impl Brokers {
             c.cluster.listen = addr.to_string();
             c.cluster.seeds = seeds.clone();
             c.cluster.secret = "secret".into();
+            f(&mut c, tmp.path());
             configs.push(c);
         }
         let mut brokers = Vec::new();
@@ -664,6 +672,41 @@ impl Brokers {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// With `cluster.tls`, nodes talk TLS (mutual, against the CA): the cluster forms and
+/// replicates, and a plain TCP client on the inter-node port never gets a frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_talk_tls_when_told_to() {
+    let c = Brokers::with(|c, dir| {
+        let certs = dir.join("certs");
+        if !certs.join("ca.pem").exists() {
+            common::certs::write(&certs, "tls-user");
+        }
+        c.cluster.tls = true;
+        c.tls.cert_file = Some(certs.join("server.pem"));
+        c.tls.key_file = Some(certs.join("server.key"));
+        c.tls.ca_file = Some(certs.join("ca.pem"));
+    })
+    .await;
+    c.all_running().await;
+    assert_eq!(put(c.http(1), "/api/vhosts/tls-v", "{}").await.0, 201);
+    for i in 0..3 {
+        c.wait_status(i, "/api/vhosts/tls-v", 200).await;
+    }
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(c.addrs[0]).await.unwrap();
+    s.write_all(b"\x00\x00\x00\x02{}").await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("nonce"),
+        "a challenge in plain text: {r:?} {buf:?}"
+    );
+    let mut c = c;
+    for i in 0..3 {
+        c.stop(i).await;
     }
 }
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use transport::{Auth, Network, Op, Peer, Resolve};
-pub use transport::{Change, ProposeError};
+pub use transport::{Change, ProposeError, Tls};
 
 /// A node's Raft id: derived from its name (the first 8 bytes of SHA-256), so every node
 /// computes every other's from the seed list alone.
@@ -148,6 +148,8 @@ pub struct Options {
     pub timing: Timing,
     /// Log entries between snapshots.
     pub snapshot_every: u64,
+    /// TLS between nodes (mutual).
+    pub tls: Option<Tls>,
 }
 
 /// A member as `/api/nodes` shows it.
@@ -226,6 +228,7 @@ impl Cluster {
             cluster: o.cluster.clone(),
             secret: o.secret.clone(),
             node: id,
+            tls: o.tls,
         };
         let seen: Arc<DashMap<NodeId, Instant>> = Arc::new(DashMap::new());
         let resolve = o

@@ -37,7 +37,18 @@ pub const MAX_FRAME: usize = 64 << 20;
 /// How long a connection may take to authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+/// A connection's byte stream: TCP, or TLS over it (`cluster.tls`).
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync> Io for T {}
+
+type Conn = Framed<Box<dyn Io>, LengthDelimitedCodec>;
+
+/// TLS between nodes: the acceptor for connections in, the connector for connections out.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    pub connector: tokio_rustls::TlsConnector,
+}
 
 #[derive(Serialize, Deserialize)]
 struct Challenge {
@@ -171,6 +182,7 @@ pub struct Auth {
     pub cluster: String,
     pub secret: String,
     pub node: NodeId,
+    pub tls: Option<Tls>,
 }
 
 /// Serve other nodes' requests on `listener` until `stop`.
@@ -215,9 +227,13 @@ async fn serve_conn(
     seen: Arc<DashMap<NodeId, Instant>>,
 ) -> io::Result<()> {
     let _ = sock.set_nodelay(true);
-    let mut conn = Framed::new(sock, codec());
     let nonce = hex(&rand::random::<[u8; 32]>());
-    let hello: Hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let (mut conn, hello): (Conn, Hello) = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let io: Box<dyn Io> = match &auth.tls {
+            Some(t) => Box::new(t.acceptor.accept(sock).await?),
+            None => Box::new(sock),
+        };
+        let mut conn = Framed::new(io, codec());
         send(
             &mut conn,
             &Challenge {
@@ -226,7 +242,8 @@ async fn serve_conn(
             },
         )
         .await?;
-        recv(&mut conn).await
+        let hello = recv(&mut conn).await?;
+        Ok::<_, io::Error>((conn, hello))
     })
     .await
     .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
@@ -333,7 +350,17 @@ impl Peer {
             .ok_or_else(|| io::Error::other("no address"))?;
         let sock = TcpStream::connect(addr).await?;
         let _ = sock.set_nodelay(true);
-        let mut conn = Framed::new(sock, codec());
+        let io: Box<dyn Io> = match &self.auth.tls {
+            Some(t) => {
+                let host = self.addr.rsplit_once(':').map_or(&*self.addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                Box::new(t.connector.connect(name, sock).await?)
+            }
+            None => Box::new(sock),
+        };
+        let mut conn = Framed::new(io, codec());
         let ch: Challenge = recv(&mut conn).await?;
         if ch.cluster != self.auth.cluster {
             return Err(io::Error::new(

@@ -47,6 +47,15 @@ pub(crate) async fn start(
         resolve: None,
         timing: Timing::default(),
         snapshot_every: 1000,
+        tls: if c.tls {
+            let (acceptor, connector) = crate::tls::cluster(&state.config.tls)?;
+            Some(crate::cluster::Tls {
+                acceptor,
+                connector,
+            })
+        } else {
+            None
+        },
     })
     .await
 }
