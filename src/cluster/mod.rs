@@ -8,6 +8,7 @@
 //! Quorum-queue groups and publish/consume forwarding are later steps (docs/clustering.md).
 
 pub mod faults;
+pub mod fifo;
 pub mod log;
 pub mod machine;
 pub mod transport;
