@@ -46,12 +46,7 @@ pub(crate) fn acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
             .ca_file
             .as_ref()
             .ok_or_else(|| bad("ca_file", &"required with verify_peer"))?;
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("ca_file", &e))? {
-            roots
-                .add(c.map_err(|e| bad("ca_file", &e))?)
-                .map_err(|e| bad("ca_file", &e))?;
-        }
+        let roots = roots(ca)?;
         let v =
             rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         let v = if tls.fail_if_no_peer_cert {
@@ -70,6 +65,18 @@ pub(crate) fn acceptor(tls: &Tls) -> io::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The CA certificates of `ca_file`.
+fn roots(ca: &std::path::Path) -> io::Result<RootCertStore> {
+    let bad = |e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("tls.ca_file: {e}"))
+    };
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad(&e))? {
+        roots.add(c.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+    }
+    Ok(roots)
+}
+
 /// TLS between cluster nodes (`cluster.tls`): mutual, every node presenting its `[tls]`
 /// certificate as server and as client, each verified against `ca_file`.
 pub(crate) fn cluster(tls: &Tls) -> io::Result<(TlsAcceptor, tokio_rustls::TlsConnector)> {
@@ -85,12 +92,7 @@ pub(crate) fn cluster(tls: &Tls) -> io::Result<(TlsAcceptor, tokio_rustls::TlsCo
         fail_if_no_peer_cert: true,
         ..tls.clone()
     })?;
-    let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca).map_err(|e| bad("ca_file", &e))? {
-        roots
-            .add(c.map_err(|e| bad("ca_file", &e))?)
-            .map_err(|e| bad("ca_file", &e))?;
-    }
+    let roots = roots(ca)?;
     // acceptor() checked that both files are there and readable.
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(tls.cert_file.as_ref().unwrap())

@@ -221,6 +221,18 @@ impl Harness {
         }
     }
 
+    async fn all_applied(&self, want: &[Command]) {
+        for i in 0..3 {
+            self.wait_applied(i, want).await;
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        for i in 0..3 {
+            self.stop(i).await;
+        }
+    }
+
     async fn wait_applied(&self, i: usize, want: &[Command]) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -261,9 +273,7 @@ async fn elects_replicates_forwards_and_survives_the_leaders_loss() {
         .unwrap();
     assert_eq!(r.error.as_deref(), Some("refused"));
     want.push(Command::Definitions(json!("refuse me")));
-    for i in 0..3 {
-        h.wait_applied(i, &want).await;
-    }
+    h.all_applied(&want).await;
     // Every member is listed, and each answers.
     let deadline = Instant::now() + LONG;
     while !h.cluster(follower).members().iter().all(|m| m.running) {
@@ -314,12 +324,8 @@ async fn elects_replicates_forwards_and_survives_the_leaders_loss() {
     }
     // The old leader restarts from its directory: its log replays, and it catches up.
     h.start(leader).await;
-    for i in 0..3 {
-        h.wait_applied(i, &want).await;
-    }
-    for i in 0..3 {
-        h.stop(i).await;
-    }
+    h.all_applied(&want).await;
+    h.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,12 +367,8 @@ async fn a_minority_cannot_commit_and_catches_up_after_the_partition_heals() {
     // minority's uncommitted one.
     h.heal();
     h.leader(LONG).await;
-    for i in 0..3 {
-        h.wait_applied(i, &want).await;
-    }
-    for i in 0..3 {
-        h.stop(i).await;
-    }
+    h.all_applied(&want).await;
+    h.stop_all().await;
 }
 
 /// Links to one follower slower than the heartbeat interval: openraft drops its RPCs half-way
@@ -393,9 +395,7 @@ async fn a_follower_behind_a_slow_link_catches_up_once_it_heals() {
         h.cluster(leader).propose(cmd(n), LONG).await.unwrap();
         want.push(cmd(n));
     }
-    for i in 0..3 {
-        h.wait_applied(i, &want).await;
-    }
+    h.all_applied(&want).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,12 +427,8 @@ async fn a_node_that_missed_a_purged_log_gets_a_snapshot_and_restarts_from_it() 
         h.start(i).await;
     }
     h.leader(LONG).await;
-    for i in 0..3 {
-        h.wait_applied(i, &want).await;
-    }
-    for i in 0..3 {
-        h.stop(i).await;
-    }
+    h.all_applied(&want).await;
+    h.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,9 +444,7 @@ async fn a_node_with_the_wrong_secret_is_kept_out() {
     let members = h.cluster(leader).members();
     assert!(!members.iter().find(|m| m.name == "n3").unwrap().running);
     assert!(h.nodes[2].record.applied.lock().is_empty());
-    for i in 0..3 {
-        h.stop(i).await;
-    }
+    h.stop_all().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,12 +523,8 @@ async fn a_node_joins_catches_up_votes_and_leaves() {
     }
     h.cluster(other).propose(cmd(6), LONG).await.unwrap();
     want.push(cmd(6));
-    for i in 0..3 {
-        h.wait_applied(i, &want).await;
-    }
-    for i in 0..3 {
-        h.stop(i).await;
-    }
+    h.all_applied(&want).await;
+    h.stop_all().await;
 }
 
 impl Harness {

@@ -1,6 +1,7 @@
 """A three-node cluster of release binaries on loopback (scripts/cluster's launcher): the
 metadata leader killed with kill -9, a new one elected within seconds, changes committed by
 the two left, and the killed node, restarted on its data directory, catching up."""
+import http.client
 import importlib.machinery
 import importlib.util
 import os
@@ -87,3 +88,68 @@ def test_kill_9_of_the_metadata_leader(nodes):
         conn.channel().exchange_declare("x2", passive=True)
     finally:
         conn.close()
+
+
+def test_kill_9_nemesis_loses_no_acknowledged_change(nodes):
+    """Writers declare exchanges through every node while a nemesis kills a node (the leader
+    every other round) with kill -9 and restarts it; at the end every node has every exchange
+    whose declaration was answered 201 (or 204). CLUSTER_ROUNDS rounds (CI: 3)."""
+    import random
+    import threading
+    rounds = int(os.environ.get("CLUSTER_ROUNDS", "3"))
+    assert nodes[0].http("PUT", "/api/vhosts/nem", {})[0] == 201
+    acked, stop = [], threading.Event()
+    lock = threading.Lock()
+    statuses = {}
+
+    def writer(w):
+        n = 0
+        while not stop.is_set():
+            node = random.choice(nodes)
+            port = node.mgmt_port
+            if port is None or node.proc.poll() is not None:
+                time.sleep(0.05)
+                continue  # down, or restarting
+            name = f"w{w}-{n}"
+            n += 1
+            try:
+                status, _ = node.http("PUT", f"/api/exchanges/nem/{name}",
+                                      {"type": "fanout", "durable": True}, timeout=12)
+            except (OSError, http.client.HTTPException):
+                status = "error"  # the node died while answering
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status in (201, 204):  # 204: a retried proposal applied twice
+                    acked.append(name)
+
+    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(3)]
+    for t in threads:
+        t.start()
+    by_name = {n.name: n for n in nodes}
+    killed = []
+    for r in range(rounds):
+        alive = [n for n in nodes if n.proc.poll() is None]
+        leader = leader_of(alive[0])
+        victim = by_name[leader] if r % 2 == 0 and leader else random.choice(nodes)
+        victim.kill()
+        killed.append(victim.name)
+        time.sleep(2.5)
+        victim.start()
+        cluster.wait_all_running(nodes)
+        time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(acked) > rounds, f"too few acknowledged: {len(acked)}"
+    for n in nodes:
+        deadline = time.monotonic() + 20
+        while True:
+            status, listed = n.http("GET", "/api/exchanges/nem?columns=name")
+            have = {x["name"] for x in listed} if status == 200 else set()
+            missing = [a for a in acked if a not in have]
+            if not missing:
+                break
+            assert time.monotonic() < deadline, f"{n.name} lacks {len(missing)} acknowledged: {missing[:5]}"
+            time.sleep(0.2)
+    print(f"kill -9 nemesis: {rounds} rounds (killed {killed}), answers {statuses}, "
+          f"{len(acked)} acknowledged, 0 lost")
