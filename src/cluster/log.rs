@@ -21,8 +21,9 @@ use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The largest record read back (a corrupt length field must not allocate gigabytes).
-const MAX_RECORD: usize = 64 << 20;
+/// The largest record read back (a corrupt length field must not allocate gigabytes). A
+/// record holds one entry: a definitions import of at most 20 MiB, escaped.
+const MAX_RECORD: usize = 256 << 20;
 
 /// One record of the log file.
 #[derive(Serialize, Deserialize)]
@@ -39,8 +40,10 @@ enum Op {
 struct Inner {
     path: PathBuf,
     file: File,
-    /// Bytes in the file, and bytes a rewrite would write (to decide when to rewrite).
+    /// Bytes in the file.
     written: u64,
+    /// Bytes of live records when last measured (a rewrite is looked at past twice this).
+    measured: u64,
     entries: BTreeMap<u64, Entry<Meta>>,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
@@ -105,17 +108,29 @@ impl Inner {
         }
     }
 
-    /// Append one record and sync it; rewrite the file when it is mostly dead records.
+    /// Append one record and sync it.
     fn write(&mut self, op: Op) -> io::Result<()> {
-        let rec = frame(&op)?;
-        self.file.write_all(&rec)?;
+        self.write_all(vec![op])
+    }
+
+    /// Append records and sync them once; rewrite the file when it is mostly dead records
+    /// (looked at when it has doubled since the live records were last measured).
+    fn write_all(&mut self, ops: Vec<Op>) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for op in &ops {
+            buf.extend_from_slice(&frame(op)?);
+        }
+        self.file.write_all(&buf)?;
         self.file.sync_data()?;
-        self.written += rec.len() as u64;
-        self.apply(op);
-        if self.written > 1 << 20 {
+        self.written += buf.len() as u64;
+        for op in ops {
+            self.apply(op);
+        }
+        if self.written > (1 << 20).max(2 * self.measured) {
             let live = self.snapshot_ops();
-            let size: usize = live.iter().map(Vec::len).sum();
-            if self.written > 2 * size as u64 {
+            let size: u64 = live.iter().map(|r| r.len() as u64).sum();
+            self.measured = size;
+            if self.written > 2 * size {
                 self.rewrite(live)?;
             }
         }
@@ -137,9 +152,8 @@ impl Inner {
         if let Some(p) = self.purged {
             push(Op::Purge(p));
         }
-        let entries: Vec<_> = self.entries.values().cloned().collect();
-        for chunk in entries.chunks(256) {
-            push(Op::Append(chunk.to_vec()));
+        for e in self.entries.values() {
+            push(Op::Append(vec![e.clone()]));
         }
         ops
     }
@@ -193,6 +207,7 @@ impl LogStore {
             path,
             file,
             written: good as u64,
+            measured: 0,
             entries: BTreeMap::new(),
             vote: None,
             committed: None,
@@ -278,8 +293,9 @@ impl RaftLogStorage<Meta> for LogStore {
         I: IntoIterator<Item = Entry<Meta>> + Send,
         I::IntoIter: Send,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
-        let result = self.inner.lock().write(Op::Append(entries));
+        // A record per entry, one sync for them all.
+        let ops = entries.into_iter().map(|e| Op::Append(vec![e])).collect();
+        let result = self.inner.lock().write_all(ops);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

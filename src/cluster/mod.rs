@@ -221,6 +221,9 @@ impl Cluster {
             // snapshot would never get one.
             snapshot_max_chunk_size: 256 << 10,
             install_snapshot_timeout: 2000,
+            // Entries per append: metadata changes are small, but one may be a 20 MiB
+            // definitions import (transport::MAX_FRAME).
+            max_payload_entries: 32,
             ..Default::default()
         }
         .validate()

@@ -31,8 +31,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
-/// The largest frame either side accepts (a definitions import may be 20 MiB; snapshot chunks are 3 MiB).
-pub const MAX_FRAME: usize = 64 << 20;
+/// The largest frame either side accepts: an append of up to 32 entries (`max_payload_entries`),
+/// each at most a 20 MiB definitions import (escaped: up to ~27 MiB). Nine or more such imports
+/// in one batch would not fit: a documented limit.
+pub const MAX_FRAME: usize = 256 << 20;
 
 /// How long a connection may take to authenticate.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
