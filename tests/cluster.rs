@@ -431,6 +431,31 @@ async fn a_node_that_missed_a_purged_log_gets_a_snapshot_and_restarts_from_it() 
     h.stop_all().await;
 }
 
+/// Before it has proved the secret, a connection may send frames of 4 KiB at most: one that
+/// announces 200 MiB is closed at once, nothing buffered; the node carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_cannot_make_a_node_buffer_a_large_frame() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut h = Harness::new(["s", "s", "s"], 1000).await;
+    let leader = h.leader(LONG).await;
+    let mut s = tokio::net::TcpStream::connect(h.nodes[leader].addr)
+        .await
+        .unwrap();
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await.unwrap();
+    let mut challenge = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut challenge).await.unwrap();
+    assert!(String::from_utf8_lossy(&challenge).contains("nonce"));
+    s.write_all(&(200u32 << 20).to_be_bytes()).await.unwrap();
+    s.write_all(&[b'x'; 1024]).await.unwrap();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    assert!(matches!(r, Ok(Ok(0))), "still open: {r:?}");
+    h.cluster(leader).propose(cmd(1), LONG).await.unwrap();
+    h.all_applied(&[cmd(1)]).await;
+    h.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_secret_is_kept_out() {
     let mut h = Harness::new(["s", "s", "wrong"], 1000).await;

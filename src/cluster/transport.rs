@@ -149,9 +149,12 @@ enum Response {
     Pong,
 }
 
-fn codec() -> LengthDelimitedCodec {
+/// The largest frame before a connection has proved its secret (the challenge and hello).
+const HANDSHAKE_FRAME: usize = 4096;
+
+fn codec(max: usize) -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME)
+        .max_frame_length(max)
         .new_codec()
 }
 
@@ -235,7 +238,7 @@ async fn serve_conn(
             Some(t) => Box::new(t.acceptor.accept(sock).await?),
             None => Box::new(sock),
         };
-        let mut conn = Framed::new(io, codec());
+        let mut conn = Framed::new(io, codec(HANDSHAKE_FRAME));
         send(
             &mut conn,
             &Challenge {
@@ -257,6 +260,8 @@ async fn serve_conn(
         );
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "bad proof"));
     }
+    // Proved: now frames as large as the cluster sends.
+    conn.codec_mut().set_max_frame_length(MAX_FRAME);
     loop {
         let req: Request = recv(&mut conn).await?;
         seen.insert(hello.node, Instant::now());
@@ -362,7 +367,7 @@ impl Peer {
             }
             None => Box::new(sock),
         };
-        let mut conn = Framed::new(io, codec());
+        let mut conn = Framed::new(io, codec(MAX_FRAME));
         let ch: Challenge = recv(&mut conn).await?;
         if ch.cluster != self.auth.cluster {
             return Err(io::Error::new(
