@@ -706,7 +706,7 @@ async fn nodes_talk_tls_when_told_to() {
     })
     .await;
     c.all_running().await;
-    assert_eq!(put(c.http(1), "/api/vhosts/tls-v", "{}").await.0, 201);
+    put_is(c.http(1), "/api/vhosts/tls-v", "{}", 201).await;
     for i in 0..3 {
         c.wait_status(i, "/api/vhosts/tls-v", 200).await;
     }
@@ -723,6 +723,12 @@ async fn nodes_talk_tls_when_told_to() {
     for i in 0..3 {
         c.stop(i).await;
     }
+}
+
+/// PUT, and check the status.
+async fn put_is(addr: SocketAddr, path: &str, body: &str, want: u16) {
+    let (s, v) = put(addr, path, body).await;
+    assert_eq!(s, want, "PUT {path}: {v}");
 }
 
 async fn put(addr: SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
@@ -752,7 +758,7 @@ async fn management_changes_on_any_node_are_made_on_every_node() {
     );
 
     // Changes made through three different nodes.
-    assert_eq!(put(c.http(1), "/api/vhosts/v1", "{}").await.0, 201);
+    put_is(c.http(1), "/api/vhosts/v1", "{}", 201).await;
     let (s, _) = put(
         c.http(2),
         "/api/users/alice",
@@ -767,22 +773,14 @@ async fn management_changes_on_any_node_are_made_on_every_node() {
     )
     .await;
     assert_eq!(s, 201);
-    assert_eq!(
-        put(
-            c.http(1),
-            "/api/exchanges/v1/x1",
-            r#"{"type":"topic","durable":true}"#
-        )
-        .await
-        .0,
-        201
-    );
-    assert_eq!(
-        put(c.http(2), "/api/queues/v1/q1", r#"{"durable":true}"#)
-            .await
-            .0,
-        201
-    );
+    put_is(
+        c.http(1),
+        "/api/exchanges/v1/x1",
+        r#"{"type":"topic","durable":true}"#,
+        201,
+    )
+    .await;
+    put_is(c.http(2), "/api/queues/v1/q1", r#"{"durable":true}"#, 201).await;
     let (s, _) = common::http_body(
         c.http(0),
         "POST",
@@ -845,16 +843,13 @@ async fn management_changes_on_any_node_are_made_on_every_node() {
     c.stop(2).await;
     let (s, _) = common::http(c.http(0), "DELETE", "/api/exchanges/v1/x1", ADMIN).await;
     assert_eq!(s, 204);
-    assert_eq!(
-        put(
-            c.http(1),
-            "/api/exchanges/v1/x2",
-            r#"{"type":"fanout","durable":true}"#
-        )
-        .await
-        .0,
-        201
-    );
+    put_is(
+        c.http(1),
+        "/api/exchanges/v1/x2",
+        r#"{"type":"fanout","durable":true}"#,
+        201,
+    )
+    .await;
     c.start(2).await;
     c.wait_status(2, "/api/exchanges/v1/x2", 200).await;
     c.wait_status(2, "/api/exchanges/v1/x1", 404).await;
