@@ -10,6 +10,7 @@ use warren::{Broker, Config};
 /// jemalloc: its statistics let the memory alarm see the whole heap (connection buffers,
 /// partial bodies, transactions, not only queued messages), and its background threads give
 /// freed memory back to the OS when the broker goes idle.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -182,6 +183,7 @@ fn load(cli: &Cli) -> Result<Config, String> {
 fn main() -> ExitCode {
     // Purge freed pages in the background (jemalloc's decay, 10 s by default), so an idle
     // broker shrinks back after a burst.
+    #[cfg(feature = "jemalloc")]
     let _ = tikv_jemalloc_ctl::background_thread::write(true);
     // Invoked as rabbitmqadmin, rabbitmqctl or rabbitmq-plugins (symlinks in the image).
     let argv: Vec<String> = std::env::args().collect();

@@ -54,6 +54,8 @@ pub struct BrokerState {
     pub churn: crate::stats::Churn,
     /// This node's member of the cluster's metadata group, when clustered.
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// When clustered: what every vhost tells of its quorum queues (they are replicated).
+    pub replication: std::sync::OnceLock<Arc<dyn crate::vhost::Replication>>,
     /// Dynamic shovels, by (vhost, name) (run by `crate::shovel`).
     pub shovels: DashMap<(String, String), Arc<crate::stats::Shovel>>,
     /// The addresses the broker listens on, by protocol (`amqp`, `amqp/ssl`, `http`, ...).
@@ -242,6 +244,9 @@ impl BrokerState {
         let v = tokio::task::spawn_blocking(move || me.open_vhost(&owned))
             .await
             .map_err(io::Error::other)??;
+        if let Some(r) = self.replication.get() {
+            let _ = v.replication.set(r.clone());
+        }
         self.vhosts.insert(name.to_string(), v);
         self.apply_policies(Some(name));
         Ok(())
@@ -315,6 +320,7 @@ impl BrokerState {
             churn: Default::default(),
             shovels: DashMap::new(),
             cluster: Default::default(),
+            replication: Default::default(),
             listeners: Default::default(),
         }
     }
@@ -366,13 +372,19 @@ pub fn file_descriptors() -> (u64, u64) {
     (used, total)
 }
 
-/// Bytes allocated on the heap by jemalloc (0 if its statistics cannot be read).
+/// Bytes allocated on the heap by jemalloc (0 if its statistics cannot be read, or built
+/// without it).
 pub fn heap_allocated() -> u64 {
-    use tikv_jemalloc_ctl::{epoch, stats};
-    if epoch::advance().is_err() {
-        return 0;
+    #[cfg(feature = "jemalloc")]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_err() {
+            return 0;
+        }
+        stats::allocated::read().map_or(0, |n| n as u64)
     }
-    stats::allocated::read().map_or(0, |n| n as u64)
+    #[cfg(not(feature = "jemalloc"))]
+    0
 }
 
 #[cfg(test)]
