@@ -74,6 +74,7 @@ impl Broker {
             };
             let c = crate::management::start_cluster(&state, listener).await?;
             let _ = state.cluster.set(c);
+            crate::management::replicate_quorum_queues(&state);
         }
         let tracker = TaskTracker::new();
         let limit = state.config.memory.limit();

@@ -24,7 +24,7 @@ struct Record {
 }
 
 impl Apply for Record {
-    fn apply(&self, cmd: Command) -> BoxFuture<'static, Reply> {
+    fn apply(&self, _index: u64, cmd: Command) -> BoxFuture<'static, Reply> {
         let refused = cmd == Command::Definitions(json!("refuse me"));
         self.applied.lock().push(cmd);
         Box::pin(async move {
@@ -720,6 +720,239 @@ async fn nodes_talk_tls_when_told_to() {
         "a challenge in plain text: {r:?} {buf:?}"
     );
     let mut c = c;
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+impl Brokers {
+    /// Node `i`'s queue `name` in vhost `/`.
+    fn queue(&self, i: usize, name: &str) -> Option<Arc<warren::queue::Queue>> {
+        self.brokers[i]
+            .as_ref()?
+            .state()
+            .vhost("/")?
+            .queue(name)
+            .ok()
+    }
+
+    /// The node leading queue `name`'s group, agreed by every running node.
+    async fn queue_leader(&self, name: &str) -> usize {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let groups: Vec<Option<Arc<warren::cluster::Group>>> = (0..3)
+                .map(|i| {
+                    self.queue(i, name)
+                        .and_then(|q| q.replica().and_then(|r| r.group().cloned()))
+                })
+                .collect();
+            let leader = groups
+                .iter()
+                .position(|g| g.as_ref().is_some_and(|g| g.is_leader()));
+            if let Some(l) = leader {
+                let id = warren::cluster::node_id(&format!("warren-{}", l + 1));
+                let agreed = (0..3).all(|i| {
+                    self.brokers[i].is_none()
+                        || groups[i].as_ref().is_some_and(|g| g.leader() == Some(id))
+                });
+                if agreed {
+                    return l;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader for {name}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn amqp(&self, i: usize) -> lapin::Connection {
+        common::lapin_connect(self.brokers[i].as_ref().unwrap()).await
+    }
+}
+
+/// Publish `bodies` with confirms on `ch`, again for each one nacked (the group had no
+/// leader for longer than a publish waits), until every one is confirmed.
+async fn publish_confirmed(ch: &lapin::Channel, queue: &str, bodies: &[String]) {
+    use lapin::options::BasicPublishOptions;
+    let mut left: Vec<String> = bodies.to_vec();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !left.is_empty() {
+        assert!(Instant::now() < deadline, "{} never confirmed", left.len());
+        let mut pending = Vec::new();
+        for b in &left {
+            let c = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    b.as_bytes(),
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .unwrap();
+            pending.push((b.clone(), c));
+        }
+        let mut nacked = Vec::new();
+        for (b, c) in pending {
+            if !c.await.unwrap().is_ack() {
+                nacked.push(b);
+            }
+        }
+        left = nacked;
+    }
+}
+
+/// A quorum queue in a cluster is one queue on every node: declared over AMQP on one node,
+/// published to with confirms through a second, consumed on a third. A consumer's unacked
+/// messages come back redelivered when its channel closes; the group's leader is stopped
+/// while messages flow and the others carry on with a new one; at the end every confirmed
+/// message was delivered, and the stopped node, restarted, catches up with the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_is_one_queue_on_every_node_and_outlives_its_leader() {
+    use futures::StreamExt;
+    use lapin::options::*;
+    use lapin::types::{AMQPValue, FieldTable};
+    let mut c = Brokers::new().await;
+    c.all_running().await;
+
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let declarer = c.amqp(0).await;
+    let dch = declarer.create_channel().await.unwrap();
+    dch.queue_declare(
+        "qq".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    // Replicated to the other nodes through the metadata group.
+    for i in 0..3 {
+        let q = c.wait_status(i, "/api/queues/%2F/qq", 200).await;
+        assert_eq!(q["type"], "quorum", "{q}");
+    }
+    let leader = c.queue_leader("qq").await;
+    let (p, k) = match leader {
+        0 => (1, 2),
+        1 => (2, 0),
+        _ => (0, 1),
+    };
+
+    // Published through one node, consumed on another.
+    let pconn = c.amqp(p).await;
+    let pch = pconn.create_channel().await.unwrap();
+    pch.confirm_select(Default::default()).await.unwrap();
+    let first: Vec<String> = (0..200).map(|i| format!("a{i}")).collect();
+    publish_confirmed(&pch, "qq", &first).await;
+    for i in 0..3 {
+        let deadline = Instant::now() + LONG;
+        while c.queue(i, "qq").unwrap().message_count() != 200 {
+            assert!(Instant::now() < deadline, "node {i} does not have the 200");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // A consumer that takes some and closes its channel without acking: they come back
+    // redelivered.
+    let kconn = c.amqp(k).await;
+    let grab = kconn.create_channel().await.unwrap();
+    grab.basic_qos(5, Default::default()).await.unwrap();
+    let mut g = grab
+        .basic_consume(
+            "qq".into(),
+            "grab".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut grabbed = std::collections::HashSet::new();
+    while grabbed.len() < 5 {
+        let d = tokio::time::timeout(LONG, g.next())
+            .await
+            .expect("deliveries to the grabbing consumer")
+            .unwrap()
+            .unwrap();
+        assert!(!d.redelivered);
+        grabbed.insert(String::from_utf8(d.data.clone()).unwrap());
+    }
+    grab.close(200, "bye".into()).await.unwrap();
+
+    let kch = kconn.create_channel().await.unwrap();
+    kch.basic_qos(50, Default::default()).await.unwrap();
+    let mut cons = kch
+        .basic_consume(
+            "qq".into(),
+            "main".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(d)) = cons.next().await {
+            let body = String::from_utf8(d.data.clone()).unwrap();
+            let _ = tx.send((body, d.redelivered));
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
+    let mut got: HashMap<String, bool> = HashMap::new();
+    let deadline = Instant::now() + LONG;
+    while got.len() < 200 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (b, redelivered) = tokio::time::timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of 200 delivered", got.len()))
+            .unwrap();
+        got.insert(b, redelivered);
+    }
+    for b in &grabbed {
+        assert_eq!(got.get(b), Some(&true), "{b} came back redelivered");
+    }
+    assert!(first.iter().all(|b| got.contains_key(b)));
+
+    // The group's leader stops while messages flow: the others elect one and carry on.
+    let second: Vec<String> = (0..300).map(|i| format!("b{i}")).collect();
+    let (before, after) = second.split_at(100);
+    publish_confirmed(&pch, "qq", before).await;
+    c.stop(leader).await;
+    publish_confirmed(&pch, "qq", after).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !second.iter().all(|b| got.contains_key(b)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (b, r) = tokio::time::timeout(left, rx.recv())
+            .await
+            .unwrap_or_else(|_| {
+                let missing = second.iter().filter(|b| !got.contains_key(*b)).count();
+                panic!("{missing} confirmed messages never delivered")
+            })
+            .unwrap();
+        got.entry(b).or_insert(r);
+    }
+    let new_leader = c.queue_leader("qq").await;
+    assert_ne!(new_leader, leader);
+
+    // Back, the stopped node catches up: the queue is empty there too, with the consumer.
+    c.start(leader).await;
+    let deadline = Instant::now() + LONG;
+    loop {
+        let q = c.queue(leader, "qq").map(|q| q.stats());
+        if let Some((0, 0, 1, _)) = q {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node's copy: {q:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((declarer, pconn, kconn));
     for i in 0..3 {
         c.stop(i).await;
     }

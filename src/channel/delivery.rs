@@ -50,6 +50,13 @@ impl Channel {
         let name = self.queue_name(m.queue.as_str())?;
         ctx.check(crate::auth::perms::Perm::Read, "queue", &name)?;
         let q = ctx.vhost.queue_for(&name, ctx.id)?;
+        if q.replica().is_some() {
+            // Its answer would have to wait for the group's commit: not built yet.
+            return Err(AmqpError::precondition_failed(format!(
+                "basic.get from {} is not supported in a cluster yet; use basic.consume",
+                q.resource()
+            )));
+        }
         match q.get(m.no_ack) {
             None => {
                 self.counts.get_empty += 1;

@@ -11,7 +11,7 @@
 //! a returned message is dead-lettered instead. A publisher's retry after a leader change is
 //! recognised by its sequence number and enqueued once.
 //!
-//! Pure and synchronous (no I/O, no clock): the Raft group around it is the next step.
+//! Pure and synchronous (no I/O, no clock): `crate::queue::replica` runs it in a Raft group.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -42,12 +42,16 @@ pub enum QueueCommand {
     /// A message; `publisher`'s `seq` makes a retried enqueue a no-op.
     Enqueue {
         publisher: Option<(PublisherKey, u64)>,
+        #[serde(with = "b64")]
         body: Vec<u8>,
     },
-    /// A consumer starts (or changes its prefetch; 0 = unlimited).
+    /// A consumer starts (or changes its prefetch; 0 = unlimited). A `no_ack` consumer's
+    /// messages are settled as they are delivered.
     Checkout {
         consumer: ConsumerKey,
         prefetch: u32,
+        #[serde(default)]
+        no_ack: bool,
     },
     /// A consumer stops: what it holds goes back to the queue.
     Cancel { consumer: ConsumerKey },
@@ -96,6 +100,7 @@ pub enum Effect {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Msg {
+    #[serde(with = "b64")]
     body: Vec<u8>,
     /// Times returned to the queue (RabbitMQ's `x-delivery-count`).
     delivery_count: u32,
@@ -107,11 +112,13 @@ struct Msg {
 struct Consumer {
     prefetch: u32,
     held: BTreeSet<MsgId>,
+    #[serde(default)]
+    no_ack: bool,
 }
 
 impl Consumer {
     fn has_credit(&self) -> bool {
-        self.prefetch == 0 || (self.held.len() as u32) < self.prefetch
+        self.no_ack || self.prefetch == 0 || (self.held.len() as u32) < self.prefetch
     }
 }
 
@@ -130,6 +137,11 @@ pub struct Fifo {
     publishers: BTreeMap<PublisherKey, u64>,
     /// Returns before a message is dead-lettered (`x-delivery-limit`; None: no limit).
     delivery_limit: Option<u32>,
+    /// Delivered to no-ack consumers or dead-lettered by the last command: removed when the
+    /// next is applied (after its effects were carried out: the node delivering or
+    /// dead-lettering reads the bodies first).
+    #[serde(default)]
+    gone: Vec<MsgId>,
 }
 
 impl Fifo {
@@ -155,8 +167,37 @@ impl Fifo {
         self.messages.get(&id).map(|m| m.body.as_slice())
     }
 
+    /// Consumers, on every node.
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// The nodes that have consumers.
+    pub fn consumer_nodes(&self) -> BTreeSet<u64> {
+        self.consumers.keys().map(|k| k.node).collect()
+    }
+
+    /// What `consumer` holds: each message's id and delivery count.
+    pub fn held_by(&self, consumer: &ConsumerKey) -> Vec<(MsgId, u32)> {
+        let Some(c) = self.consumers.get(consumer) else {
+            return Vec::new();
+        };
+        c.held
+            .iter()
+            .filter_map(|id| Some((*id, self.messages.get(id)?.delivery_count)))
+            .collect()
+    }
+
+    /// Whether `consumer` is checked out.
+    pub fn has_consumer(&self, consumer: &ConsumerKey) -> bool {
+        self.consumers.contains_key(consumer)
+    }
+
     /// Apply the command at log index `index`.
     pub fn apply(&mut self, index: u64, cmd: QueueCommand) -> Vec<Effect> {
+        for id in std::mem::take(&mut self.gone) {
+            self.messages.remove(&id);
+        }
         let mut effects = Vec::new();
         match cmd {
             QueueCommand::Enqueue { publisher, body } => {
@@ -177,21 +218,24 @@ impl Fifo {
                 );
                 self.ready.push_back(index);
             }
-            QueueCommand::Checkout { consumer, prefetch } => {
-                match self.consumers.get_mut(&consumer) {
-                    Some(c) => c.prefetch = prefetch,
-                    None => {
-                        self.consumers.insert(
-                            consumer.clone(),
-                            Consumer {
-                                prefetch,
-                                held: BTreeSet::new(),
-                            },
-                        );
-                        self.service.push_back(consumer);
-                    }
+            QueueCommand::Checkout {
+                consumer,
+                prefetch,
+                no_ack,
+            } => match self.consumers.get_mut(&consumer) {
+                Some(c) => c.prefetch = prefetch,
+                None => {
+                    self.consumers.insert(
+                        consumer.clone(),
+                        Consumer {
+                            prefetch,
+                            held: BTreeSet::new(),
+                            no_ack,
+                        },
+                    );
+                    self.service.push_back(consumer);
                 }
-            }
+            },
             QueueCommand::Cancel { consumer } => self.remove_consumer(&consumer, &mut effects),
             QueueCommand::Settle { consumer, ids } => {
                 for id in self.take_held(&consumer, &ids) {
@@ -205,7 +249,7 @@ impl Fifo {
             }
             QueueCommand::Discard { consumer, ids } => {
                 for id in self.take_held(&consumer, &ids) {
-                    self.messages.remove(&id);
+                    self.gone.push(id);
                     effects.push(Effect::DeadLetter {
                         id,
                         reason: DeadReason::Rejected,
@@ -258,7 +302,7 @@ impl Fifo {
         };
         m.delivery_count += 1;
         if self.delivery_limit.is_some_and(|l| m.delivery_count > l) {
-            self.messages.remove(&id);
+            self.gone.push(id);
             effects.push(Effect::DeadLetter {
                 id,
                 reason: DeadReason::DeliveryLimit,
@@ -282,7 +326,6 @@ impl Fifo {
             idle = 0;
             let id = self.ready.pop_front().unwrap();
             let m = self.messages.get_mut(&id).unwrap();
-            c.held.insert(id);
             effects.push(Effect::Deliver {
                 consumer: key.clone(),
                 id,
@@ -290,8 +333,33 @@ impl Fifo {
                 delivery_count: m.delivery_count,
             });
             m.delivered = true;
+            if c.no_ack {
+                // Settled as it goes: the effect is applied before the next command, and
+                // the node delivering it reads the body from the effect's message.
+                self.gone.push(id);
+            } else {
+                c.held.insert(id);
+            }
             self.service.push_back(key);
         }
+    }
+}
+
+/// Bytes as base64 (JSON would write an array of numbers).
+mod b64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -362,6 +430,7 @@ mod tests {
             QueueCommand::Checkout {
                 consumer: a.clone(),
                 prefetch: 1,
+                no_ack: false,
             },
         );
         f.apply(
@@ -369,6 +438,7 @@ mod tests {
             QueueCommand::Checkout {
                 consumer: b.clone(),
                 prefetch: 1,
+                no_ack: false,
             },
         );
         let mut got = Vec::new();
@@ -407,6 +477,7 @@ mod tests {
             QueueCommand::Checkout {
                 consumer: a.clone(),
                 prefetch: 0,
+                no_ack: false,
             },
         );
         // Node 1 goes down: the message goes to b, redelivered, count 1.
@@ -415,6 +486,7 @@ mod tests {
             QueueCommand::Checkout {
                 consumer: b.clone(),
                 prefetch: 0,
+                no_ack: false,
             },
         );
         assert!(delivered(&e).is_empty());
@@ -503,6 +575,7 @@ mod tests {
                     4 => QueueCommand::Checkout {
                         consumer: k,
                         prefetch: rng.gen_range(0..4),
+                        no_ack: rng.gen_bool(0.2),
                     },
                     5 => QueueCommand::Cancel { consumer: k },
                     6 | 7 => QueueCommand::Settle {
@@ -544,6 +617,11 @@ mod tests {
                             );
                             let c = &f.consumers[consumer];
                             assert!(c.prefetch == 0 || c.held.len() as u32 <= c.prefetch);
+                            if c.no_ack {
+                                // Settled on delivery.
+                                assert!(f.gone.contains(id) && f.body(*id).is_some());
+                                gone.insert(*id);
+                            }
                         }
                         Effect::DeadLetter { id, .. } => {
                             gone.insert(*id);
@@ -563,9 +641,16 @@ mod tests {
                 assert!(places.values().all(|n| *n == 1), "seed {seed}: {places:?}");
                 assert_eq!(
                     places.keys().collect::<Vec<_>>(),
-                    f.messages.keys().collect::<Vec<_>>()
+                    f.messages
+                        .keys()
+                        .filter(|id| !f.gone.contains(id))
+                        .collect::<Vec<_>>()
                 );
-                assert_eq!(f.messages.len() + gone.len(), enqueued, "seed {seed}");
+                assert_eq!(
+                    f.messages.len() - f.gone.len() + gone.len(),
+                    enqueued,
+                    "seed {seed}"
+                );
             }
             assert_eq!(f, replica);
             // A snapshot (serialized state) restores the same queue.

@@ -147,7 +147,7 @@ impl RaftStateMachine<Meta> for Machine {
                 EntryPayload::Blank => replies.push(Reply::default()),
                 EntryPayload::Normal(cmd) => {
                     let cmd: Command = cmd;
-                    replies.push(self.applier.apply(cmd).await)
+                    replies.push(self.applier.apply(e.log_id.index, cmd).await)
                 }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(e.log_id), m);

@@ -8,7 +8,7 @@
 //! Carries openraft's RPCs (vote, append entries, snapshot chunks) and forwarded proposals (a
 //! node that is not the leader sends a client's change to the leader).
 
-use super::{Command, Member, Meta, NodeId, Reply};
+use super::{Command, GroupId, Member, Meta, NodeId, Reply};
 use dashmap::DashMap;
 use futures::{SinkExt, StreamExt};
 use openraft::Raft;
@@ -62,6 +62,19 @@ struct Challenge {
 struct Hello {
     node: NodeId,
     proof: String,
+}
+
+/// A request between nodes, to one Raft group (0: metadata; a quorum queue's otherwise).
+#[derive(Serialize)]
+struct Frame<'a> {
+    group: GroupId,
+    req: &'a Request,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FrameIn {
+    group: GroupId,
+    req: Request,
 }
 
 /// A request between nodes.
@@ -147,6 +160,9 @@ enum Response {
     Propose(Result<Reply, ProposeError>),
     Change(Result<Reply, ProposeError>),
     Pong,
+    /// The group is not (yet, or any longer) on this node: a queue's group starts when the
+    /// node applies the queue's declaration, which may lag the other members'.
+    NoGroup,
 }
 
 /// The largest frame before a connection has proved its secret (the challenge and hello).
@@ -193,7 +209,7 @@ pub struct Auth {
 /// Serve other nodes' requests on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
-    raft: Raft<Meta>,
+    groups: Groups,
     auth: Auth,
     seen: Arc<DashMap<NodeId, Instant>>,
     stop: CancellationToken,
@@ -210,14 +226,14 @@ pub async fn serve(
                 }
             },
         };
-        let raft = raft.clone();
+        let groups = groups.clone();
         let auth = auth.clone();
         let stop = stop.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = serve_conn(sock, raft, auth, seen) => if let Err(e) = r {
+                r = serve_conn(sock, groups, auth, seen) => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "cluster connection closed");
                 }
             }
@@ -225,9 +241,12 @@ pub async fn serve(
     }
 }
 
+/// The Raft groups this node is a member of, by id.
+pub type Groups = Arc<DashMap<GroupId, Raft<Meta>>>;
+
 async fn serve_conn(
     sock: TcpStream,
-    raft: Raft<Meta>,
+    groups: Groups,
     auth: Auth,
     seen: Arc<DashMap<NodeId, Instant>>,
 ) -> io::Result<()> {
@@ -263,8 +282,16 @@ async fn serve_conn(
     // Proved: now frames as large as the cluster sends.
     conn.codec_mut().set_max_frame_length(MAX_FRAME);
     loop {
-        let req: Request = recv(&mut conn).await?;
+        let FrameIn { group, req } = recv(&mut conn).await?;
         seen.insert(hello.node, Instant::now());
+        if let Request::Ping = req {
+            send(&mut conn, &Response::Pong).await?;
+            continue;
+        }
+        let Some(raft) = groups.get(&group).map(|r| r.clone()) else {
+            send(&mut conn, &Response::NoGroup).await?;
+            continue;
+        };
         let resp = match req {
             Request::Vote(r) => Response::Vote(raft.vote(r).await),
             Request::Append(r) => Response::Append(raft.append_entries(r).await),
@@ -329,6 +356,7 @@ pub type Resolve = Arc<dyn Fn(NodeId, &Member) -> String + Send + Sync>;
 
 /// A connection to one peer, dialled on first use and again after any failure.
 pub struct Peer {
+    group: GroupId,
     target: NodeId,
     addr: String,
     auth: Auth,
@@ -340,8 +368,9 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(target: NodeId, addr: String, auth: Auth) -> Peer {
+    pub fn new(group: GroupId, target: NodeId, addr: String, auth: Auth) -> Peer {
         Peer {
+            group,
             target,
             addr,
             auth,
@@ -395,7 +424,11 @@ impl Peer {
                 self.conn = Some(self.dial().await.map_err(|e| (true, e))?);
             }
             let conn = self.conn.as_mut().unwrap();
-            send(conn, req).await.map_err(|e| (false, e))?;
+            let frame = Frame {
+                group: self.group,
+                req,
+            };
+            send(conn, &frame).await.map_err(|e| (false, e))?;
             recv::<Response>(conn).await.map_err(|e| (false, e))
         })
         .await
@@ -421,6 +454,9 @@ impl Peer {
         };
         match self.call(&req, ttl).await {
             Ok(Response::Propose(r)) | Ok(Response::Change(r)) => r,
+            Ok(Response::NoGroup) => Err(ProposeError::Unavailable(
+                "the group is not on the leader".into(),
+            )),
             Ok(_) => Err(ProposeError::Unavailable("unexpected response".into())),
             Err((_, e)) => Err(ProposeError::Unavailable(e.to_string())),
         }
@@ -496,9 +532,10 @@ impl RaftNetwork<Meta> for Peer {
     }
 }
 
-/// Makes a [`Peer`] per target for openraft.
+/// Makes a [`Peer`] per target for openraft, for one group.
 #[derive(Clone)]
 pub struct Network {
+    pub group: GroupId,
     pub auth: Auth,
     pub resolve: Resolve,
 }
@@ -507,7 +544,12 @@ impl RaftNetworkFactory<Meta> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
-        Peer::new(target, (self.resolve)(target, node), self.auth.clone())
+        Peer::new(
+            self.group,
+            target,
+            (self.resolve)(target, node),
+            self.auth.clone(),
+        )
     }
 }
 

@@ -60,6 +60,78 @@ pub(crate) async fn start(
     .await
 }
 
+/// Quorum queues are replicated: every vhost tells this node's cluster member of those
+/// created and removed (the ones already here are replicated now).
+pub(crate) fn replicate_quorum_queues(state: &Arc<BrokerState>) {
+    let Some(c) = state.cluster.get() else { return };
+    let r: Arc<dyn crate::vhost::Replication> = Arc::new(QuorumReplication {
+        cluster: Arc::downgrade(c),
+    });
+    let _ = state.replication.set(r.clone());
+    for v in state.vhosts.iter() {
+        let _ = v.replication.set(r.clone());
+        for q in v.queues.iter() {
+            if q.args.quorum && q.def.durable {
+                crate::queue::replica::Replica::attach(c, &q);
+            }
+        }
+    }
+}
+
+struct QuorumReplication {
+    cluster: Weak<Cluster>,
+}
+
+impl crate::vhost::Replication for QuorumReplication {
+    fn created(&self, v: &crate::vhost::VHost, q: &Arc<crate::queue::Queue>) {
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        crate::queue::replica::Replica::attach(&c, q);
+        if crate::cluster::applying() {
+            return;
+        }
+        // Declared over AMQP on this node: the other nodes declare it as well.
+        let def = json!({"queues": [{
+            "name": q.name.as_ref(),
+            "vhost": v.name,
+            "durable": q.def.durable,
+            "auto_delete": q.def.auto_delete,
+            "arguments": super::amqp_json::table_json(&q.def.arguments),
+        }]});
+        propose_later(c, Command::Definitions(def));
+    }
+
+    fn removed(&self, v: &crate::vhost::VHost, q: &Arc<crate::queue::Queue>) {
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        if crate::cluster::applying() {
+            return;
+        }
+        propose_later(
+            c,
+            Command::QueueDeleted {
+                vhost: v.name.clone(),
+                name: q.name.to_string(),
+            },
+        );
+    }
+}
+
+/// Propose a change made over AMQP on this node, without waiting for it (the channel that
+/// made it answered already).
+fn propose_later(c: Arc<Cluster>, cmd: Command) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
+        if let Err(e) = c.propose(cmd, PROPOSE_TIMEOUT).await {
+            tracing::warn!(error = ?e, "cluster: a queue declared or deleted over AMQP was not replicated");
+        }
+    });
+}
+
 /// Whether a request changes definitions (and so goes through the cluster). Purging,
 /// getting and publishing messages, closing connections and Warren's own endpoints stay local.
 fn replicated(method: &Method, path: &str) -> bool {
@@ -240,7 +312,7 @@ struct HttpApply {
 }
 
 impl Apply for HttpApply {
-    fn apply(&self, cmd: Command) -> BoxFuture<'static, Reply> {
+    fn apply(&self, _index: u64, cmd: Command) -> BoxFuture<'static, Reply> {
         let state = self.state.upgrade();
         Box::pin(async move {
             let Some(state) = state else {
@@ -249,16 +321,26 @@ impl Apply for HttpApply {
                     ..Default::default()
                 };
             };
-            match cmd {
-                Command::Http {
-                    method,
-                    path,
-                    content_type,
-                    body,
-                    user,
-                } => apply_http(&state, &method, &path, &content_type, body, &user).await,
-                Command::Definitions(v) => import(&state, v).await,
-            }
+            crate::cluster::as_applied(async move {
+                match cmd {
+                    Command::Http {
+                        method,
+                        path,
+                        content_type,
+                        body,
+                        user,
+                    } => apply_http(&state, &method, &path, &content_type, body, &user).await,
+                    Command::Definitions(v) => import(&state, v).await,
+                    Command::QueueDeleted { vhost, name } => {
+                        if let Some(v) = state.vhost(&vhost) {
+                            let _ = v.delete_queue(&name, false, false, 0);
+                        }
+                        Reply::default()
+                    }
+                    Command::Queue(_) => Reply::default(),
+                }
+            })
+            .await
         })
     }
 
@@ -275,7 +357,7 @@ impl Apply for HttpApply {
 
     fn install(&self, data: Vec<u8>) -> BoxFuture<'static, ()> {
         let state = self.state.upgrade();
-        Box::pin(async move {
+        Box::pin(crate::cluster::as_applied(async move {
             let Some(state) = state else { return };
             match serde_json::from_slice::<Value>(&data) {
                 Ok(v) => {
@@ -286,7 +368,7 @@ impl Apply for HttpApply {
                 }
                 Err(e) => tracing::warn!(error = %e, "cluster: snapshot unreadable"),
             }
-        })
+        }))
     }
 }
 

@@ -24,7 +24,7 @@ mod topology;
 mod ui;
 
 pub(crate) use amqp_json::{table_json, value_json};
-pub(crate) use cluster::start as start_cluster;
+pub(crate) use cluster::{replicate_quorum_queues, start as start_cluster};
 pub(crate) use definitions::load_file as load_definitions;
 pub(crate) use node::sampler;
 

@@ -125,6 +125,16 @@ pub(super) fn queue_json(state: &BrokerState, q: &Queue) -> Value {
     if counts != Default::default() {
         v["message_stats"] = details(&state.rates, &key, &counts.named());
     }
+    // A replicated quorum queue: where its group's members and leader are (RabbitMQ's
+    // fields; `node` is the leader's).
+    if let Some(r) = q.replica() {
+        let (leader, members, mut online) = r.placement();
+        online.sort();
+        v["leader"] = json!(leader);
+        v["node"] = json!(leader);
+        v["members"] = json!(members);
+        v["online"] = json!(online);
+    }
     v
 }
 

@@ -13,6 +13,7 @@ pub mod args;
 pub mod consumer;
 pub mod dead_letter;
 pub mod ready;
+pub mod replica;
 mod stored;
 
 pub use stored::{Held, Queued};
@@ -179,6 +180,9 @@ pub struct Queue {
     /// The vhost's message log, for any queue in a durable vhost: where messages that are not
     /// stored are spooled when the queue outgrows its memory budget.
     pub spool: Option<Arc<crate::store::log::Log>>,
+    /// A quorum queue in a cluster: its state is replicated ([`replica`]), and every method
+    /// that changes it goes through the queue's Raft group instead of `state`.
+    replica: std::sync::OnceLock<Arc<replica::Replica>>,
 }
 
 /// How many expired messages one pass removes before letting go of the lock.
@@ -227,6 +231,30 @@ impl Queue {
             timer: tokio::sync::Notify::new(),
             spool: log.clone(),
             log,
+            replica: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Make this queue replicated (once, before clients use it).
+    pub fn set_replica(&self, r: Arc<replica::Replica>) {
+        let _ = self.replica.set(r);
+    }
+
+    /// The queue's replica, if it is replicated.
+    pub fn replica(&self) -> Option<&Arc<replica::Replica>> {
+        self.replica.get()
+    }
+
+    /// Dead-letter what a replicated queue's group dead-lettered.
+    pub(crate) fn bury_replicated(self: &Arc<Self>, dead: Vec<(Entry, Reason)>) {
+        let dlx = self.dead_letter_target().0.is_some();
+        if let Some(router) = self.vhost_ref.upgrade() {
+            for (_, reason) in &dead {
+                router.dead_lettered(self, *reason, dlx);
+            }
+        }
+        if dlx {
+            dead_letter::publish(self, dead);
         }
     }
 
@@ -363,6 +391,12 @@ impl Queue {
     /// Append a message, deliver it if a consumer has credit, then apply expiry and length
     /// limits. Returns whether the queue took it (`reject-publish` refuses when full).
     pub fn publish(self: &Arc<Self>, msg: Arc<Message>) -> Accepted {
+        if let Some(r) = self.replica() {
+            if !self.is_deleted() {
+                r.enqueue(&msg, None);
+            }
+            return Accepted::Yes;
+        }
         let mut s = self.state.lock();
         if self.is_deleted() {
             return Accepted::Yes;
@@ -482,6 +516,9 @@ impl Queue {
     /// Deliver ready messages to consumers with credit (round-robin within the highest
     /// priority that has room; single-active-consumer queues use only the first consumer).
     pub fn dispatch(self: &Arc<Self>) {
+        if self.replica().is_some() {
+            return;
+        }
         let mut s = self.state.lock();
         self.dispatch_locked(&mut s);
         self.finish(s);
@@ -555,6 +592,9 @@ impl Queue {
                 self.resource()
             )));
         }
+        if let Some(r) = self.replica() {
+            r.add_consumer(c.clone());
+        }
         s.consumers.push(c);
         s.had_consumers = true;
         self.consumed.store(true, Ordering::Relaxed);
@@ -569,6 +609,9 @@ impl Queue {
     /// active consumer taking over is served at the next event: a publish, an ack, a requeue),
     /// so the messages a closing channel requeues go out first.
     pub fn remove_consumer(self: &Arc<Self>, c: &Arc<Consumer>) -> bool {
+        if let Some(r) = self.replica() {
+            r.remove_consumer(c);
+        }
         let mut s = self.state.lock();
         c.active.store(false, Ordering::Relaxed);
         s.consumers.retain(|x| !Arc::ptr_eq(x, c));
@@ -630,6 +673,9 @@ impl Queue {
 
     /// Forget acked messages.
     pub fn ack(&self, seqs: &[u64]) {
+        if let Some(r) = self.replica() {
+            return r.ack(seqs);
+        }
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(e) = s.unhold(*seq) {
@@ -643,6 +689,9 @@ impl Queue {
     /// deliver again. Each return counts as a failed delivery: past `x-delivery-limit` the
     /// message is dead-lettered instead (reason `delivery_limit`).
     pub fn requeue(self: &Arc<Self>, seqs: &[u64]) {
+        if let Some(r) = self.replica() {
+            return r.requeue(seqs);
+        }
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(mut e) = s.unhold(*seq) {
@@ -672,6 +721,10 @@ impl Queue {
 
     /// Put back a message that was dispatched to a no-ack consumer but never written.
     pub fn return_undelivered(self: &Arc<Self>, e: Entry) {
+        if self.replica().is_some() {
+            // A no-ack delivery is settled in the group as it is made: at most once.
+            return;
+        }
         let mut s = self.state.lock();
         if self.is_deleted() {
             // Deletion released what the queue held; this one was on its way out.
@@ -686,6 +739,9 @@ impl Queue {
     /// Put back a message that was dispatched (and recorded unacked) but never written: it
     /// keeps its redelivered flag, since the client never saw it.
     pub fn return_undelivered_unacked(self: &Arc<Self>, seq: u64) {
+        if let Some(r) = self.replica() {
+            return r.requeue(&[seq]);
+        }
         let e = self.state.lock().unhold(seq);
         if let Some(e) = e {
             self.return_undelivered(e);
@@ -694,6 +750,9 @@ impl Queue {
 
     /// Reject without requeue: the messages are dead-lettered (reason `rejected`) or dropped.
     pub fn discard(self: &Arc<Self>, seqs: &[u64]) {
+        if let Some(r) = self.replica() {
+            return r.discard(seqs);
+        }
         let mut s = self.state.lock();
         for seq in seqs {
             if let Some(e) = s.unhold(*seq) {
@@ -705,6 +764,9 @@ impl Queue {
 
     /// Drop every ready message; returns how many (unacked ones stay, as in RabbitMQ).
     pub fn purge(&self) -> u32 {
+        if let Some(r) = self.replica() {
+            return r.purge();
+        }
         let mut s = self.state.lock();
         let n = if self.log.is_none() {
             s.ready.clear() as u32
@@ -730,6 +792,10 @@ impl Queue {
     /// (ready, unacked, consumers, memory held by ready and unacked messages), under one lock
     /// (management API, memory alarm).
     pub fn stats(&self) -> (u32, u32, u32, u64) {
+        if let Some(r) = self.replica() {
+            let (ready, held, consumers) = r.stats();
+            return (ready, held, consumers, 0);
+        }
         let s = self.state.lock();
         (
             s.ready.len() as u32,
@@ -761,6 +827,9 @@ impl Queue {
 
     /// Ready messages.
     pub fn message_count(&self) -> u32 {
+        if let Some(r) = self.replica() {
+            return r.stats().0;
+        }
         self.state.lock().ready.len() as u32
     }
 
@@ -771,6 +840,9 @@ impl Queue {
     }
 
     pub fn consumer_count(&self) -> u32 {
+        if let Some(r) = self.replica() {
+            return r.stats().2;
+        }
         self.state.lock().consumers.len() as u32
     }
 
@@ -794,6 +866,14 @@ impl Queue {
     /// at recovery).
     pub fn mark_deleted(&self) -> u32 {
         self.deleted.store(true, Ordering::Release);
+        if let Some(r) = self.replica() {
+            let n = r.stats().0;
+            r.close();
+            for c in &self.state.lock().consumers {
+                c.active.store(false, Ordering::Relaxed);
+            }
+            return n;
+        }
         let mut s = self.state.lock();
         if let Some(log) = &self.log {
             let locs = s

@@ -45,6 +45,15 @@ pub struct VHost {
     pub delays: Delays,
     /// Itself, weakly (the delay timer holds it so).
     this: Weak<VHost>,
+    /// In a cluster: told of every durable quorum queue created or removed here (the
+    /// cluster replicates them).
+    pub(crate) replication: std::sync::OnceLock<Arc<dyn Replication>>,
+}
+
+/// What a clustered broker does when a quorum queue is created or removed in a vhost.
+pub trait Replication: Send + Sync {
+    fn created(&self, vhost: &VHost, q: &Arc<Queue>);
+    fn removed(&self, vhost: &VHost, q: &Arc<Queue>);
 }
 
 /// The exchanges every vhost has.
@@ -90,6 +99,7 @@ impl VHost {
             policies: Default::default(),
             delays: Default::default(),
             this,
+            replication: Default::default(),
         };
         for (n, kind) in PREDECLARED {
             v.exchanges.insert(

@@ -79,6 +79,24 @@ impl VHost {
         mut msg: crate::message::Message,
         synced: Option<crate::store::log::Done>,
     ) -> (bool, bool) {
+        // Replicated quorum queues (a cluster) take the message through their groups; the
+        // confirm waits for every commit and for the local queues' sync.
+        if queues.iter().any(|q| q.replica().is_some()) {
+            let (replicated, local): (Vec<_>, Vec<_>) =
+                queues.iter().cloned().partition(|q| q.replica().is_some());
+            let waits = synced.is_some();
+            let mut parts = crate::queue::replica::split_done(synced, replicated.len() + 1);
+            let local_part = parts.pop().flatten();
+            for (q, part) in replicated.iter().zip(parts) {
+                if !q.is_deleted()
+                    && let Some(r) = q.replica()
+                {
+                    r.enqueue(&msg, part);
+                }
+            }
+            let accepted = local.is_empty() || self.publish_to(&local, msg, local_part).0;
+            return (accepted, waits);
+        }
         // A quorum queue stores every message (its single-node contract): a transient
         // message routed to one is stored for the quorum queues only, as a persistent copy
         // (the bytes are shared), and stays transient in the other queues.

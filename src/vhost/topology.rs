@@ -312,6 +312,12 @@ impl VHost {
                 self.churn
                     .created
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if q.args.quorum
+                    && q.def.durable
+                    && let Some(r) = self.replication.get()
+                {
+                    r.created(self, &q);
+                }
                 let (policy, operator) = {
                     let p = self.policies.read();
                     let (a, b) = p.for_queue(&q.name);
@@ -373,6 +379,11 @@ impl VHost {
         self.churn
             .deleted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if q.replica().is_some()
+            && let Some(r) = self.replication.get()
+        {
+            r.removed(self, q);
+        }
         if let Some(log) = &q.log {
             t.record(crate::store::journal::Change::DelQueue {
                 name: q.name.to_string(),
