@@ -581,6 +581,8 @@ struct Brokers {
     configs: Vec<Config>,
     addrs: Vec<SocketAddr>,
     brokers: Vec<Option<Broker>>,
+    /// With `with_links`: node i reaches node j through `links[(i, j)]`.
+    links: HashMap<(usize, usize), Link>,
 }
 
 const ADMIN: Option<&str> = Some("guest:guest");
@@ -592,19 +594,42 @@ impl Brokers {
 
     /// Three brokers, each configuration changed by `f` (given the data directory's parent).
     async fn with(f: impl Fn(&mut Config, &std::path::Path)) -> Brokers {
+        Brokers::build(f, false).await
+    }
+
+    /// Three brokers that reach each other through fault-injection links (each node's seeds
+    /// name the others at its links' addresses).
+    async fn with_links() -> Brokers {
+        Brokers::build(|_, _| {}, true).await
+    }
+
+    async fn build(f: impl Fn(&mut Config, &std::path::Path), linked: bool) -> Brokers {
         let tmp = tempfile::tempdir().unwrap();
         let mut listeners = Vec::new();
         for _ in 0..3 {
             listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
         }
         let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        let seeds: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("warren-{}@{a}", i + 1))
-            .collect();
+        let mut links = HashMap::new();
+        if linked {
+            for i in 0..3 {
+                for (j, to) in addrs.iter().enumerate() {
+                    if i != j {
+                        links.insert((i, j), Link::start(*to).await.unwrap());
+                    }
+                }
+            }
+        }
         let mut configs = Vec::new();
         for (i, addr) in addrs.iter().enumerate() {
+            let seeds: Vec<String> = addrs
+                .iter()
+                .enumerate()
+                .map(|(j, a)| match links.get(&(i, j)) {
+                    Some(l) => format!("warren-{}@{}", j + 1, l.addr()),
+                    None => format!("warren-{}@{a}", j + 1),
+                })
+                .collect();
             let mut c = Config::for_tests();
             c.storage.mode = warren::config::StorageMode::Disk;
             c.data_dir = tmp.path().join(format!("node{}", i + 1));
@@ -615,7 +640,7 @@ impl Brokers {
             c.cluster.enabled = true;
             c.cluster.node = format!("warren-{}", i + 1);
             c.cluster.listen = addr.to_string();
-            c.cluster.seeds = seeds.clone();
+            c.cluster.seeds = seeds;
             c.cluster.secret = "secret".into();
             f(&mut c, tmp.path());
             configs.push(c);
@@ -629,6 +654,7 @@ impl Brokers {
             configs,
             addrs,
             brokers,
+            links,
         }
     }
 
@@ -953,6 +979,303 @@ async fn a_quorum_queue_is_one_queue_on_every_node_and_outlives_its_leader() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop((declarer, pconn, kconn));
+    for i in 0..3 {
+        c.stop(i).await;
+    }
+}
+
+/// Where each node takes AMQP connections now (None: stopped).
+type Amqp = Arc<Mutex<Vec<Option<SocketAddr>>>>;
+
+/// What the message nemesis saw.
+#[derive(Default)]
+struct Seen {
+    confirmed: std::collections::HashSet<String>,
+    nacked: u64,
+    /// Deliveries of each message.
+    delivered: HashMap<String, u32>,
+    /// Deliveries after the first one not marked redelivered (a message enqueued twice).
+    fresh_again: u32,
+    /// When each message was first acked, and through which node.
+    acked: HashMap<String, (usize, Instant)>,
+    /// Faults: a node in trouble (stopped, or cut off from the queue's leader), and when.
+    faults: Vec<(usize, Instant)>,
+}
+
+async fn amqp_to(amqp: &Amqp, i: usize) -> Option<lapin::Connection> {
+    let addr = (*amqp.lock())[i]?;
+    let uri = format!("amqp://guest:guest@{addr}/%2f");
+    let props = lapin::ConnectionProperties::default();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(&uri, props),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// Publishes distinct messages through node `i` with confirms, reconnecting when the node
+/// goes away, until `stop`.
+async fn nemesis_producer(
+    i: usize,
+    amqp: Amqp,
+    seen: Arc<Mutex<Seen>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut n = 0u64;
+    while !stop.is_cancelled() {
+        let Some(conn) = amqp_to(&amqp, i).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            continue;
+        };
+        if ch.confirm_select(Default::default()).await.is_err() {
+            continue;
+        }
+        while !stop.is_cancelled() {
+            let body = format!("p{i}-{n}");
+            n += 1;
+            let Ok(c) = ch
+                .basic_publish(
+                    "".into(),
+                    "nq".into(),
+                    Default::default(),
+                    body.as_bytes(),
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+            else {
+                break;
+            };
+            match c.await {
+                Ok(c) if c.is_ack() => {
+                    seen.lock().confirmed.insert(body);
+                }
+                Ok(_) => seen.lock().nacked += 1,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Consumes (prefetch 20, manual acks) through node `i`, reconnecting when it goes away.
+async fn nemesis_consumer(
+    i: usize,
+    amqp: Amqp,
+    seen: Arc<Mutex<Seen>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures::StreamExt;
+    while !stop.is_cancelled() {
+        let Some(conn) = amqp_to(&amqp, i).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(ch) = conn.create_channel().await else {
+            continue;
+        };
+        if ch.basic_qos(20, Default::default()).await.is_err() {
+            continue;
+        }
+        let Ok(mut cons) = ch
+            .basic_consume(
+                "nq".into(),
+                format!("c{i}").as_str().into(),
+                Default::default(),
+                Default::default(),
+            )
+            .await
+        else {
+            continue;
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return,
+                d = cons.next() => d,
+            };
+            let Some(Ok(d)) = next else { break };
+            let body = String::from_utf8_lossy(&d.data).into_owned();
+            {
+                let mut s = seen.lock();
+                let n = s.delivered.entry(body.clone()).or_default();
+                *n += 1;
+                if *n > 1 && !d.redelivered {
+                    s.fresh_again += 1;
+                }
+            }
+            if d.ack(Default::default()).await.is_err() {
+                break;
+            }
+            seen.lock()
+                .acked
+                .entry(body)
+                .or_insert_with(|| (i, Instant::now()));
+        }
+    }
+}
+
+/// The Jepsen-style check on a replicated quorum queue, in-process: a producer with confirms
+/// and a consumer with manual acks on every node, while each round one node is stopped and
+/// restarted, isolated, the queue's leader isolated, cut off one way, or slowed (80 ms), then
+/// healed. At the end every confirmed message was delivered at least once, and an acked
+/// message came back only if the node its ack went through was in trouble after the ack.
+/// `QUEUE_NEMESIS_ROUNDS` rounds (CI: 4; by hand more, figures in docs/clustering.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_nemesis_loses_no_confirmed_message() {
+    use rand::Rng;
+    let rounds: usize = std::env::var("QUEUE_NEMESIS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    let mut c = Brokers::with_links().await;
+    c.all_running().await;
+    put_is(
+        c.http(0),
+        "/api/queues/%2F/nq",
+        r#"{"durable":true,"arguments":{"x-queue-type":"quorum"}}"#,
+        201,
+    )
+    .await;
+    for i in 0..3 {
+        c.wait_status(i, "/api/queues/%2F/nq", 200).await;
+    }
+    c.queue_leader("nq").await;
+    let amqp: Amqp = Arc::new(Mutex::new(
+        (0..3)
+            .map(|i| c.brokers[i].as_ref().map(|b| b.local_addr()))
+            .collect(),
+    ));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop_producers = tokio_util::sync::CancellationToken::new();
+    let stop_consumers = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        tasks.push(tokio::spawn(nemesis_producer(
+            i,
+            amqp.clone(),
+            seen.clone(),
+            stop_producers.clone(),
+        )));
+        tasks.push(tokio::spawn(nemesis_consumer(
+            i,
+            amqp.clone(),
+            seen.clone(),
+            stop_consumers.clone(),
+        )));
+    }
+    let mut rng = rand::thread_rng();
+    let mut kinds = HashMap::new();
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let victim = rng.gen_range(0..3);
+        let kind = rng.gen_range(0..5);
+        *kinds.entry(kind).or_insert(0) += 1;
+        match kind {
+            0 => {
+                seen.lock().faults.push((victim, Instant::now()));
+                (*amqp.lock())[victim] = None;
+                c.stop(victim).await;
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                c.start(victim).await;
+                (*amqp.lock())[victim] = Some(c.brokers[victim].as_ref().unwrap().local_addr());
+            }
+            1 | 2 => {
+                // An isolated node, or the queue's leader isolated (which cuts every node
+                // off from the leader).
+                let leader = c.queue_leader("nq").await;
+                let v = if kind == 2 { leader } else { victim };
+                let now = Instant::now();
+                if v == leader {
+                    seen.lock().faults.extend((0..3).map(|n| (n, now)));
+                } else {
+                    seen.lock().faults.push((v, now));
+                }
+                for ((a, b), l) in &c.links {
+                    if *a == v || *b == v {
+                        l.cut();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            3 => {
+                let other = (victim + 1) % 3;
+                seen.lock().faults.push((victim, Instant::now()));
+                seen.lock().faults.push((other, Instant::now()));
+                c.links[&(victim, other)].cut();
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+            }
+            _ => {
+                for ((a, b), l) in &c.links {
+                    if *a == victim || *b == victim {
+                        l.delay(Duration::from_millis(80));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        }
+        for l in c.links.values() {
+            l.heal();
+        }
+    }
+    stop_producers.cancel();
+    c.all_running().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<String> = {
+            let s = seen.lock();
+            s.confirmed
+                .iter()
+                .filter(|b| !s.delivered.contains_key(*b))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} confirmed messages never delivered: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_consumers.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    {
+        let s = seen.lock();
+        let mut twice = 0;
+        for (body, n) in &s.delivered {
+            if *n < 2 {
+                continue;
+            }
+            twice += 1;
+            if let Some((node, at)) = s.acked.get(body) {
+                assert!(
+                    s.faults.iter().any(|(f, t)| f == node && t >= at),
+                    "{body} came back after its ack through node {node}, which was never in trouble after"
+                );
+            }
+        }
+        assert!(
+            s.confirmed.len() > rounds * 10,
+            "too few confirmed: {}",
+            s.confirmed.len()
+        );
+        assert_eq!(s.fresh_again, 0, "messages enqueued twice");
+        println!(
+            "message nemesis: {rounds} rounds (stops, isolations, leader isolations, one-way cuts, slowdowns: {kinds:?}), {} confirmed, {} nacked, {} delivered, {twice} more than once, 0 confirmed lost",
+            s.confirmed.len(),
+            s.nacked,
+            s.delivered.len()
+        );
+    }
     for i in 0..3 {
         c.stop(i).await;
     }

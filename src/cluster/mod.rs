@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use transport::{Auth, Groups, Network, Op, Peer, Resolve};
-pub use transport::{Change, ProposeError, Tls};
+use transport::{Auth, Groups, Network, Op, Peer};
+pub use transport::{Change, ProposeError, Resolve, Tls};
 
 /// A node's Raft id: derived from its name (the first 8 bytes of SHA-256), so every node
 /// computes every other's from the seed list alone.
@@ -235,6 +235,15 @@ impl Group {
     /// Whether this node leads the group.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Whether this node leads the group and a majority acknowledged it within `within`
+    /// (a leader cut off from the others keeps believing it leads for a while).
+    pub fn leads_a_quorum(&self, within: Duration) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader
+            && m.millis_since_quorum_ack
+                .is_some_and(|ms| ms <= within.as_millis() as u64)
     }
 
     /// The group's members (id, name) and the one leading, as this node knows them.

@@ -34,6 +34,18 @@ pub(crate) async fn start(
         .map(|s| crate::cluster::parse_seed(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // A peer named in this node's seeds is dialled at the address given there (the one in
+    // the membership is what the forming node's seeds said); others at their membership's.
+    let by_name: std::collections::HashMap<String, String> = seeds
+        .iter()
+        .map(|m| (m.name.clone(), m.addr.clone()))
+        .collect();
+    let resolve: crate::cluster::Resolve = Arc::new(move |_, m: &crate::cluster::Member| {
+        by_name
+            .get(&m.name)
+            .cloned()
+            .unwrap_or_else(|| m.addr.clone())
+    });
     Cluster::start(Options {
         cluster: state.config.cluster_name.clone(),
         secret: c.secret.clone(),
@@ -44,7 +56,7 @@ pub(crate) async fn start(
         applier: Arc::new(HttpApply {
             state: Arc::downgrade(state),
         }),
-        resolve: None,
+        resolve: Some(resolve),
         timing: Timing::default(),
         snapshot_every: 1000,
         tls: if c.tls {

@@ -19,7 +19,9 @@
 use super::consumer::{ConnEvent, Consumer, Delivery};
 use super::dead_letter::Reason;
 use super::{Entry, Queue};
-use crate::cluster::fifo::{ConsumerKey, DeadReason, Effect, Fifo, MsgId, QueueCommand};
+use crate::cluster::fifo::{
+    ConsumerKey, DeadReason, Effect, Fifo, MsgId, PublisherKey, QueueCommand,
+};
 use crate::cluster::{Apply, Cluster, Command, Group, Reply};
 use crate::message::Message;
 use crate::store::log::Done;
@@ -68,6 +70,10 @@ struct State {
     local: HashMap<ConsumerKey, Arc<Consumer>>,
     /// Messages delivered to this node's consumers and not settled yet, and whose.
     held: HashMap<MsgId, ConsumerKey>,
+    /// Messages this node's consumers settled, returned or rejected, whose command is not
+    /// applied yet (a snapshot installed meanwhile still shows them held: not delivered
+    /// again).
+    settling: std::collections::HashSet<MsgId>,
 }
 
 /// A quorum queue's member on this node.
@@ -77,6 +83,11 @@ pub struct Replica {
     cluster: Weak<Cluster>,
     dir: std::path::PathBuf,
     stop: CancellationToken,
+    /// This node's enqueues carry this key and increasing numbers: a batch proposed again
+    /// after its answer was lost (its leader died after committing it) is enqueued once.
+    /// The key is new at every start (numbers start again at 1).
+    publisher: PublisherKey,
+    next_seq: Mutex<u64>,
 }
 
 /// A message as the log carries it: exchange, routing key, properties and body.
@@ -159,10 +170,13 @@ pub fn split_done(done: Option<Done>, n: usize) -> Vec<Option<Done>> {
         .collect()
 }
 
-fn key(node: u64, c: &Consumer) -> ConsumerKey {
+/// A consumer's name in the group: its node, its connection (mixed with the node's
+/// incarnation, so that a consumer after a restart is never taken for one from before, whose
+/// deliveries the restarted node may re-apply from its log), channel and tag.
+fn key(node: u64, incarnation: u64, c: &Consumer) -> ConsumerKey {
     ConsumerKey {
         node,
-        conn: c.conn_id,
+        conn: c.conn_id ^ incarnation,
         channel: c.channel,
         tag: c.tag.to_string(),
     }
@@ -192,6 +206,7 @@ impl Replica {
                 ),
                 local: HashMap::new(),
                 held: HashMap::new(),
+                settling: Default::default(),
             }),
             tx,
         });
@@ -207,6 +222,12 @@ impl Replica {
             cluster: Arc::downgrade(cluster),
             dir: dir.clone(),
             stop: CancellationToken::new(),
+            publisher: PublisherKey {
+                node: cluster.id,
+                conn: rand::random(),
+                channel: 0,
+            },
+            next_seq: Mutex::new(1),
         });
         queue.set_replica(replica.clone());
         let members = cluster.voters();
@@ -253,18 +274,22 @@ impl Replica {
 
     /// Enqueue a message; `done` (a publisher confirm) hears whether a majority took it.
     pub fn enqueue(&self, msg: &Message, done: Option<Done>) {
+        let body = encode(msg);
+        // Numbered and sent under one lock, so that numbers reach the log in order.
+        let mut next = self.next_seq.lock();
         self.send(
             QueueCommand::Enqueue {
-                publisher: None,
-                body: encode(msg),
+                publisher: Some((self.publisher.clone(), *next)),
+                body,
             },
             done,
         );
+        *next += 1;
     }
 
     /// A consumer of this node starts.
     pub fn add_consumer(&self, c: Arc<Consumer>) {
-        let k = key(self.shared.node, &c);
+        let k = key(self.shared.node, self.publisher.conn, &c);
         let cmd = QueueCommand::Checkout {
             consumer: k.clone(),
             prefetch: c.prefetch,
@@ -276,7 +301,7 @@ impl Replica {
 
     /// A consumer of this node stops: what it holds goes back to the queue.
     pub fn remove_consumer(&self, c: &Arc<Consumer>) {
-        let k = key(self.shared.node, c);
+        let k = key(self.shared.node, self.publisher.conn, c);
         self.shared.state.lock().local.remove(&k);
         self.send(QueueCommand::Cancel { consumer: k }, None);
     }
@@ -294,6 +319,7 @@ impl Replica {
             let mut s = self.shared.state.lock();
             for id in ids {
                 if let Some(k) = s.held.remove(id) {
+                    s.settling.insert(*id);
                     by.entry(k).or_default().push(*id);
                 }
             }
@@ -419,7 +445,14 @@ async fn propose_loop(
                 (false, Some(d)) => d(false),
                 (true, None) => {}
                 (false, None) => {
-                    if !matches!(p.cmd, QueueCommand::Enqueue { .. }) {
+                    // A failed verdict that a node is down is not kept: the leader judges
+                    // again if it still holds.
+                    let retry = match &p.cmd {
+                        QueueCommand::Enqueue { .. } => false,
+                        QueueCommand::Down { node } => *node == group_node(&group),
+                        _ => true,
+                    };
+                    if retry {
                         carry.push(Pending {
                             cmd: p.cmd,
                             done: None,
@@ -435,6 +468,11 @@ async fn propose_loop(
             }
         }
     }
+}
+
+/// This node's id, as the group knows it.
+fn group_node(g: &Group) -> u64 {
+    g.raft().metrics().borrow().id
 }
 
 fn cmd_size(c: &QueueCommand) -> usize {
@@ -453,8 +491,12 @@ async fn watch_nodes(replica: Weak<Replica>) {
         if r.stop.is_cancelled() {
             return;
         }
+        // Only a leader a majority hears from judges (an isolated leader sees everyone
+        // gone, and its verdict would land after the partition heals).
         if let Some(c) = r.cluster.upgrade()
-            && r.group.get().is_some_and(|g| g.is_leader())
+            && r.group
+                .get()
+                .is_some_and(|g| g.leads_a_quorum(Duration::from_secs(1)))
         {
             let nodes = r.shared.state.lock().fifo.consumer_nodes();
             let now = tokio::time::Instant::now();
@@ -507,6 +549,15 @@ impl Shared {
             // Message ids: the entry's index and the command's place in it.
             let id = (index << 16) | i as u64;
             let me_down = matches!(cmd, QueueCommand::Down { node } if node == self.node);
+            if let QueueCommand::Settle { consumer, ids }
+            | QueueCommand::Return { consumer, ids }
+            | QueueCommand::Discard { consumer, ids } = &cmd
+                && consumer.node == self.node
+            {
+                for id in ids {
+                    s.settling.remove(id);
+                }
+            }
             let effects = s.fifo.apply(id, cmd);
             if me_down {
                 self.rejoin(&mut s);
@@ -625,13 +676,23 @@ impl Shared {
     fn reconcile(&self) {
         let queue = self.queue.get().and_then(Weak::upgrade);
         let mut s = self.state.lock();
-        let State { fifo, held, .. } = &mut *s;
+        let State {
+            fifo,
+            held,
+            settling,
+            local,
+        } = &mut *s;
         held.retain(|id, k| fifo.held_by(k).iter().any(|(h, _)| h == id));
+        let still: std::collections::HashSet<MsgId> = local
+            .keys()
+            .flat_map(|k| fifo.held_by(k).into_iter().map(|(id, _)| id))
+            .collect();
+        settling.retain(|id| still.contains(id));
         let Some(q) = queue else { return };
         let keys: Vec<ConsumerKey> = s.local.keys().cloned().collect();
         for k in keys {
             for (id, count) in s.fifo.held_by(&k) {
-                if !s.held.contains_key(&id) {
+                if !s.held.contains_key(&id) && !s.settling.contains(&id) {
                     self.deliver(&mut s, &q, k.clone(), id, true, count);
                 }
             }
