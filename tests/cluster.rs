@@ -863,6 +863,22 @@ async fn a_quorum_queue_is_one_queue_on_every_node_and_outlives_its_leader() {
         assert_eq!(q["type"], "quorum", "{q}");
     }
     let leader = c.queue_leader("qq").await;
+    // Where the group is, as RabbitMQ shows a quorum queue's members and leader.
+    let want = format!("warren-{}", leader + 1);
+    for i in 0..3 {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let (_, q) = common::http(c.http(i), "GET", "/api/queues/%2F/qq", ADMIN).await;
+            if q["leader"] == want.as_str() && q["online"].as_array().is_some_and(|o| o.len() == 3)
+            {
+                assert_eq!(q["node"], want.as_str());
+                assert_eq!(q["members"], json!(["warren-1", "warren-2", "warren-3"]));
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i}: {q}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let (p, k) = match leader {
         0 => (1, 2),
         1 => (2, 0),
