@@ -980,6 +980,76 @@ async fn a_quorum_queue_is_one_queue_on_every_node_and_outlives_its_leader() {
     let new_leader = c.queue_leader("qq").await;
     assert_ne!(new_leader, leader);
 
+    // An exchange and a binding declared over AMQP on one node route on the others; deleted
+    // over AMQP, they are gone everywhere.
+    let tch = kconn.create_channel().await.unwrap();
+    tch.exchange_declare(
+        "qx".into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    tch.queue_bind(
+        "qq".into(),
+        "qx".into(),
+        "k.#".into(),
+        Default::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for i in (0..3).filter(|&i| i != leader) {
+        c.wait_status(i, "/api/exchanges/%2F/qx", 200).await;
+        c.wait_status(i, "/api/bindings/%2F/e/qx/q/qq/k.%23", 200)
+            .await;
+    }
+    let routed: Vec<String> = (0..20).map(|i| format!("x{i}")).collect();
+    for b in &routed {
+        let c = pch
+            .basic_publish(
+                "qx".into(),
+                "k.1".into(),
+                BasicPublishOptions::default(),
+                b.as_bytes(),
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap();
+        assert!(c.await.unwrap().is_ack());
+    }
+    let deadline = Instant::now() + LONG;
+    while !routed.iter().all(|b| got.contains_key(b)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (b, r) = tokio::time::timeout(left, rx.recv())
+            .await
+            .expect("messages routed through the replicated binding")
+            .unwrap();
+        got.entry(b).or_insert(r);
+    }
+    tch.queue_unbind(
+        "qq".into(),
+        "qx".into(),
+        "k.#".into(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    for i in (0..3).filter(|&i| i != leader) {
+        c.wait_status(i, "/api/bindings/%2F/e/qx/q/qq/k.%23", 404)
+            .await;
+    }
+    tch.exchange_delete("qx".into(), Default::default())
+        .await
+        .unwrap();
+    for i in (0..3).filter(|&i| i != leader) {
+        c.wait_status(i, "/api/exchanges/%2F/qx", 404).await;
+    }
+
     // Back, the stopped node catches up: the queue is empty there too, with the consumer.
     c.start(leader).await;
     let deadline = Instant::now() + LONG;

@@ -65,8 +65,13 @@ pub enum Command {
     },
     /// Commands of a quorum queue's group, applied in order.
     Queue(Vec<fifo::QueueCommand>),
-    /// A quorum queue deleted over AMQP on one node: deleted on every node.
-    QueueDeleted { vhost: String, name: String },
+    /// A topology change made over AMQP on one node (a durable exchange, a durable quorum
+    /// queue, a binding between them declared or deleted): made on every node. `change` is
+    /// the broker's own description of it.
+    Topology {
+        vhost: String,
+        change: serde_json::Value,
+    },
 }
 
 /// The outcome of applying a command on a node (the leader's is the one a client sees).

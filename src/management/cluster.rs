@@ -95,40 +95,56 @@ struct QuorumReplication {
 }
 
 impl crate::vhost::Replication for QuorumReplication {
-    fn created(&self, v: &crate::vhost::VHost, q: &Arc<crate::queue::Queue>) {
-        let Some(c) = self.cluster.upgrade() else {
-            return;
-        };
-        crate::queue::replica::Replica::attach(&c, q);
-        if crate::cluster::applying() {
-            return;
+    fn queue_created(&self, _: &crate::vhost::VHost, q: &Arc<crate::queue::Queue>) {
+        if let Some(c) = self.cluster.upgrade() {
+            crate::queue::replica::Replica::attach(&c, q);
         }
-        // Declared over AMQP on this node: the other nodes declare it as well.
-        let def = json!({"queues": [{
-            "name": q.name.as_ref(),
-            "vhost": v.name,
-            "durable": q.def.durable,
-            "auto_delete": q.def.auto_delete,
-            "arguments": super::amqp_json::table_json(&q.def.arguments),
-        }]});
-        propose_later(c, Command::Definitions(def));
     }
 
-    fn removed(&self, v: &crate::vhost::VHost, q: &Arc<crate::queue::Queue>) {
-        let Some(c) = self.cluster.upgrade() else {
-            return;
-        };
+    fn changed(&self, v: &crate::vhost::VHost, change: crate::vhost::Change) {
+        // Made over AMQP on this node (a change being applied was replicated already).
         if crate::cluster::applying() {
             return;
         }
+        let Some(c) = self.cluster.upgrade() else {
+            return;
+        };
+        let Ok(change) = serde_json::to_value(&change) else {
+            return;
+        };
         propose_later(
             c,
-            Command::QueueDeleted {
+            Command::Topology {
                 vhost: v.name.clone(),
-                name: q.name.to_string(),
+                change,
             },
         );
     }
+}
+
+/// Make on this node a topology change made over AMQP on another. Refusals (an object that
+/// exists already, or is gone) change nothing: the node that made it answered its client.
+fn apply_topology(state: &BrokerState, vhost: &str, change: Value) -> Reply {
+    use crate::vhost::Change;
+    let (Some(v), Ok(change)) = (state.vhost(vhost), serde_json::from_value::<Change>(change))
+    else {
+        return Reply::default();
+    };
+    let r = match change {
+        Change::Exchange(def) => {
+            let kind = def.kind.as_str().to_string();
+            v.declare_exchange(def, &kind, false)
+        }
+        Change::ExchangeDeleted(name) => v.delete_exchange(&name, false),
+        Change::Queue(def) => v.declare_queue(def, false, false, 0).map(|_| ()),
+        Change::QueueDeleted(name) => v.delete_queue(&name, false, false, 0).map(|_| ()),
+        Change::Bind(b) => v.bind(b, 0),
+        Change::Unbind(b) => v.unbind(b, 0),
+    };
+    if let Err(e) = r {
+        tracing::debug!(error = %e.detail(), "cluster: a replicated topology change was refused here");
+    }
+    Reply::default()
 }
 
 /// Propose a change made over AMQP on this node, without waiting for it (the channel that
@@ -343,12 +359,7 @@ impl Apply for HttpApply {
                         user,
                     } => apply_http(&state, &method, &path, &content_type, body, &user).await,
                     Command::Definitions(v) => import(&state, v).await,
-                    Command::QueueDeleted { vhost, name } => {
-                        if let Some(v) = state.vhost(&vhost) {
-                            let _ = v.delete_queue(&name, false, false, 0);
-                        }
-                        Reply::default()
-                    }
+                    Command::Topology { vhost, change } => apply_topology(&state, &vhost, change),
                     Command::Queue(_) => Reply::default(),
                 }
             })

@@ -50,10 +50,50 @@ pub struct VHost {
     pub(crate) replication: std::sync::OnceLock<Arc<dyn Replication>>,
 }
 
-/// What a clustered broker does when a quorum queue is created or removed in a vhost.
+/// What a clustered broker does with a vhost's changes: a durable quorum queue created here
+/// is replicated (`queue_created`, on every node); a change to the topology a cluster shares
+/// (durable exchanges, durable quorum queues, bindings between them) is proposed to the
+/// metadata group unless it is the application of one (`changed`).
 pub trait Replication: Send + Sync {
-    fn created(&self, vhost: &VHost, q: &Arc<Queue>);
-    fn removed(&self, vhost: &VHost, q: &Arc<Queue>);
+    fn queue_created(&self, vhost: &VHost, q: &Arc<Queue>);
+    fn changed(&self, vhost: &VHost, change: Change);
+}
+
+/// A topology change a cluster shares.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    Exchange(ExchangeDef),
+    ExchangeDeleted(String),
+    Queue(QueueDef),
+    QueueDeleted(String),
+    Bind(BindingDef),
+    Unbind(BindingDef),
+}
+
+impl VHost {
+    /// Tell the cluster of a change (a no-op on a node that is not clustered).
+    fn replicate(&self, change: impl FnOnce() -> Change) {
+        if let Some(r) = self.replication.get() {
+            r.changed(self, change());
+        }
+    }
+
+    /// Whether a binding is shared by a cluster: from a durable exchange to a durable
+    /// exchange or a replicated quorum queue.
+    fn shared_binding(&self, b: &BindingDef) -> bool {
+        self.replication.get().is_some()
+            && self.exchanges.get(&b.source).is_some_and(|x| x.def.durable)
+            && match &b.destination {
+                Destination::Exchange(n) => self
+                    .exchanges
+                    .get(n.as_ref())
+                    .is_some_and(|x| x.def.durable),
+                Destination::Queue(n) => self
+                    .queues
+                    .get(n.as_ref())
+                    .is_some_and(|q| q.replica().is_some()),
+            }
+    }
 }
 
 /// The exchanges every vhost has.

@@ -99,9 +99,13 @@ impl VHost {
                         exchange: def.clone(),
                     });
                 }
+                let shared = def.durable.then(|| def.clone());
                 let x = Exchange::new(def);
                 x.set_policy(self.policies.read().for_exchange(&x.def.name));
                 v.insert(Arc::new(x));
+                if let Some(def) = shared {
+                    self.replicate(|| super::Change::Exchange(def));
+                }
                 Ok(())
             }
         }
@@ -136,6 +140,7 @@ impl VHost {
         self.exchanges.remove(name);
         if x.def.durable {
             t.record(crate::store::journal::Change::DelExchange { name: name.into() });
+            self.replicate(|| super::Change::ExchangeDeleted(name.into()));
         }
         self.drop_delayed(&x);
         self.remove_destination(&mut t, &Destination::Exchange(name.into()));
@@ -177,10 +182,14 @@ impl VHost {
         x.validate_binding(&b.arguments)?;
         let durable = x.def.durable && self.is_durable_destination(&b.destination);
         let rec = durable.then(|| b.clone());
-        if x.bind(b)?
-            && let Some(binding) = rec
-        {
-            t.record(crate::store::journal::Change::PutBinding { binding });
+        let shared = self.shared_binding(&b).then(|| b.clone());
+        if x.bind(b)? {
+            if let Some(binding) = rec {
+                t.record(crate::store::journal::Change::PutBinding { binding });
+            }
+            if let Some(b) = shared {
+                self.replicate(|| super::Change::Bind(b));
+            }
         }
         Ok(())
     }
@@ -205,7 +214,11 @@ impl VHost {
             Err(e) if e.code == ReplyCode::NotFound => return Ok(()),
             r => r?,
         }
+        let shared = self.shared_binding(&b);
         if x.unbind(&b) {
+            if shared {
+                self.replicate(|| super::Change::Unbind(b.clone()));
+            }
             if x.def.durable {
                 t.record(crate::store::journal::Change::DelBinding { binding: b });
             }
@@ -316,7 +329,8 @@ impl VHost {
                     && q.def.durable
                     && let Some(r) = self.replication.get()
                 {
-                    r.created(self, &q);
+                    r.queue_created(self, &q);
+                    r.changed(self, super::Change::Queue(q.def.clone()));
                 }
                 let (policy, operator) = {
                     let p = self.policies.read();
@@ -379,10 +393,8 @@ impl VHost {
         self.churn
             .deleted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if q.replica().is_some()
-            && let Some(r) = self.replication.get()
-        {
-            r.removed(self, q);
+        if q.replica().is_some() {
+            self.replicate(|| super::Change::QueueDeleted(q.name.to_string()));
         }
         if let Some(log) = &q.log {
             t.record(crate::store::journal::Change::DelQueue {
