@@ -39,6 +39,8 @@ cleanup() {
 trap cleanup EXIT
 HZ=$(getconf CLK_TCK)
 ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+# shellcheck source=bench/warren_node.sh
+. bench/warren_node.sh
 rmq_pid() { ss -ltnpH "sport = :$1" | sed -n "s/.*beam.smp\",pid=\([0-9]*\).*/\1/p" | head -n1; }
 
 args_of() {
@@ -53,16 +55,7 @@ args_of() {
 up() {
   case $1 in
     warren1)
-      rm -rf "$OUT/data" && mkdir -p "$OUT/data"
-      "$WARREN" --bind 127.0.0.1 --port 0 --data-dir "$OUT/data" --log-level warn >"$OUT/ready" 2>"$OUT/err" &
-      WPID=$!
-      PORT=""
-      local deadline=$((SECONDS + 30))
-      while [ -z "$PORT" ] && [ $SECONDS -lt $deadline ]; do
-        PORT=$(sed -n 's/.*"amqp":"127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$OUT/ready" | head -n1 || true)
-        [ -n "$PORT" ] || { kill -0 $WPID 2>/dev/null || break; sleep 0.02; }
-      done
-      [ -n "$PORT" ] || { echo "warren did not start" >&2; cat "$OUT/err" >&2; exit 1; }
+      start_warren "$WARREN" "$OUT"
       PIDS=$WPID ;;
     warren3)
       rm -rf "$OUT/c"

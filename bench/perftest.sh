@@ -40,18 +40,8 @@ trap 'kill $WPID 2>/dev/null || true; rm -rf "$OUT" "$CP"' EXIT
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
-start_warren() {  # start_warren BINARY
-  rm -rf "$OUT/data" && mkdir -p "$OUT/data"
-  "$1" --bind 127.0.0.1 --port 0 --data-dir "$OUT/data" --log-level warn >"$OUT/ready" 2>"$OUT/err" &
-  WPID=$!
-  PORT=""
-  local deadline=$((SECONDS + 30))
-  while [ -z "$PORT" ] && [ $SECONDS -lt $deadline ]; do
-    PORT=$(sed -n 's/.*"amqp":"127\.0\.0\.1:\([0-9]*\)".*/\1/p' "$OUT/ready" | head -n1 || true)
-    [ -n "$PORT" ] || { kill -0 $WPID 2>/dev/null || break; sleep 0.02; }
-  done
-  [ -n "$PORT" ] || { echo "warren did not start" >&2; cat "$OUT/err" >&2; exit 1; }
-}
+# shellcheck source=bench/warren_node.sh
+. bench/warren_node.sh
 
 rmq_pid() { ss -ltnpH "sport = :$RMQ_PORT" | sed -n "s/.*beam.smp\",pid=\([0-9]*\).*/\1/p" | head -n1; }
 
@@ -83,7 +73,7 @@ binary_of() {  # the Warren binary a BROKERS entry names
 run() {  # run BROKER ROW (BROKER: an entry of $BROKERS)
   local broker=${1%%=*} row=$2 port pid q
   if [ "$broker" = rabbitmq ]; then port=$RMQ_PORT; pid=$(rmq_pid); else
-    start_warren "$(binary_of "$1")"; port=$PORT; pid=$WPID; fi
+    start_warren "$(binary_of "$1")" "$OUT"; port=$PORT; pid=$WPID; fi
   q="perftest-$row-$RANDOM"
   local queue=(-u "$q")
   [ "$row" = fan10 ] && queue=()
