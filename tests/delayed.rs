@@ -391,11 +391,14 @@ async fn durable_delayed_messages_survive_a_restart_in_due_order() {
         .await
         .unwrap();
     let body = "x".repeat(1024);
-    // Due in reverse publish order: 1,000 ms + 10 ms × i. Published back to back (confirms
-    // awaited at the end), so the order of due times does not depend on publishing speed.
+    // Due in reverse publish order: 1,000 ms + 40 ms × i. Published back to back (confirms
+    // awaited at the end), so the order of due times does not depend on publishing speed,
+    // unless two consecutive publishes are more than 40 ms apart (10 ms was too little on a
+    // loaded CI machine: a stall between two of them swapped their due times, as it should).
+    // 100 messages of 1 KiB: most still wait paged out (64 KiB budget).
     let mut confirms = Vec::new();
-    for i in (0..300).rev() {
-        let d = AMQPValue::LongInt(1000 + 10 * i);
+    for i in (0..100).rev() {
+        let d = AMQPValue::LongInt(1000 + 40 * i);
         let c = ch
             .basic_publish(
                 "dx".into(),
@@ -427,21 +430,21 @@ async fn durable_delayed_messages_survive_a_restart_in_due_order() {
         props(Some(AMQPValue::LongInt(1000)), true),
     )
     .await;
-    assert_eq!(b.state().vhost("/").unwrap().delays.waiting("dx"), 301);
+    assert_eq!(b.state().vhost("/").unwrap().delays.waiting("dx"), 101);
     drop((ch, c));
     b.shutdown(Duration::from_secs(2)).await;
     let b = start_with(cfg).await;
     let v = b.state().vhost("/").unwrap();
-    assert_eq!(v.delays.waiting("dx"), 300);
-    assert_eq!(v.delays.total(), 300);
+    assert_eq!(v.delays.waiting("dx"), 100);
+    assert_eq!(v.delays.total(), 100);
     let c = lapin_connect(&b).await;
     let ch = open(&c).await;
-    let got = receive(&ch, "dq", 300).await;
+    let got = receive(&ch, "dq", 100).await;
     let order: Vec<usize> = got
         .iter()
         .map(|(b, _, _)| b.split(':').next().unwrap().parse().unwrap())
         .collect();
-    assert_eq!(order, (0..300).collect::<Vec<_>>());
+    assert_eq!(order, (0..100).collect::<Vec<_>>());
     assert!(got.iter().all(|(b, _, _)| b.ends_with(&body)));
     // Nothing else arrives: not the transient one, nor the deleted exchange's.
     let extra = ch
